@@ -1,0 +1,101 @@
+"""How an event travels: CloudEvents 1.0 attributes as AMQP headers/properties, data as JSON body.
+
+``OutgoingEvent`` is what the outbox stores and the relay publishes; ``EventMeta`` is what a
+consumer learns about the delivery it handles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import orjson
+
+from sagakit import tracecontext
+from sagakit.events import Event
+
+SPECVERSION = "1.0"
+CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEvent:
+    id: UUID
+    type: str
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+
+    @classmethod
+    def build(cls, event: Event, *, source: str, subject: str) -> OutgoingEvent:
+        """Wrap ``event`` for publication, continuing the current trace."""
+        event_id = uuid4()
+        headers = {
+            "ce-specversion": SPECVERSION,
+            "ce-id": str(event_id),
+            "ce-source": source,
+            "ce-type": str(event.type),
+            "ce-time": datetime.now(UTC).isoformat(),
+            "ce-subject": subject,
+            "ce-datacontenttype": CONTENT_TYPE,
+            "ce-dataschema": event.dataschema(),
+            "traceparent": tracecontext.child(),
+        }
+        body = event.__pydantic_serializer__.to_json(event)
+        return cls(id=event_id, type=str(event.type), subject=subject, body=body, headers=headers)
+
+    def amqp_properties(self) -> dict[str, Any]:
+        """Keyword arguments for a publish: the AMQP properties mirror the CloudEvents ones."""
+        return {
+            "message_id": str(self.id),
+            "correlation_id": self.subject,
+            "message_type": self.type,
+            "content_type": CONTENT_TYPE,
+            "headers": self.headers,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-able form for stores that keep the event as one value (e.g. a Redis stream)."""
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "subject": self.subject,
+            "body": self.body.decode(),
+            "headers": orjson.dumps(self.headers).decode(),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> OutgoingEvent:
+        return cls(
+            id=UUID(record["id"]),
+            type=record["type"],
+            subject=record["subject"],
+            body=record["body"].encode(),
+            headers=orjson.loads(record["headers"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventMeta:
+    """What a consumer knows of the delivery in hand, beyond its body."""
+
+    id: UUID
+    type: str
+    subject: str
+    traceparent: str | None
+    attempt: int
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, Any], message_id: str | None) -> EventMeta:
+        raw_id = headers.get("ce-id") or message_id
+        if not raw_id:
+            raise ValueError("event has no ce-id header and no message_id")
+        return cls(
+            id=UUID(str(raw_id)),
+            type=str(headers.get("ce-type", "")),
+            subject=str(headers.get("ce-subject", "")),
+            traceparent=headers.get("traceparent"),
+            attempt=int(headers.get("x-attempt", 1)),
+        )

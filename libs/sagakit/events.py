@@ -1,0 +1,198 @@
+"""The event contract: the only thing one saga-shop service knows about another.
+
+Every event type has exactly one publisher. Bodies are the JSON of the pydantic models below
+(the CloudEvents ``data``); the CloudEvents attributes travel as AMQP headers and properties
+(see :mod:`sagakit.envelope`). Schemas evolve additively only: a new optional field keeps the
+version, anything that would break a reader is a new event type.
+
+The saga, read top to bottom::
+
+    order.created          order      -> payment     charge this order
+    payment.processed      payment    -> order       approved | declined (with reason)
+    order.received         order      -> production  a paid order for the kitchen
+    production.queued      production -> order       ticket queued, stock reserved
+    production.started     production -> order       the kitchen started cooking
+    order.finished         production -> order       ready: the saga's happy end
+    production.failed      production -> order       cannot make it (e.g. out of stock)
+    order.cancelled        order      -> payment, production   compensate: refund / drop ticket
+    payment.refunded       payment    -> order       the charge was reversed
+    payment.voided         payment    -> order       nothing was charged, nothing will be
+    payment.card_tokenized payment    -> order       a card token the order API may accept
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+# Money is Decimal end to end and a string in JSON ("12.50"), never a float.
+Money = Annotated[Decimal, PlainSerializer(lambda v: f"{v:.2f}", return_type=str, when_used="json")]
+
+
+# Payment tokens every environment knows, for demos and tests (like a card network's test cards).
+TEST_CARD_TOKENS: dict[str, str | None] = {
+    "tok_visa": None,  # always approved
+    "tok_chargeDeclined": "card_declined",
+    "tok_chargeDeclinedInsufficientFunds": "insufficient_funds",
+}
+
+
+class EventType(StrEnum):
+    ORDER_CREATED = "order.created"
+    PAYMENT_PROCESSED = "payment.processed"
+    ORDER_RECEIVED = "order.received"
+    PRODUCTION_QUEUED = "production.queued"
+    PRODUCTION_STARTED = "production.started"
+    ORDER_FINISHED = "order.finished"
+    PRODUCTION_FAILED = "production.failed"
+    ORDER_CANCELLED = "order.cancelled"
+    PAYMENT_REFUNDED = "payment.refunded"
+    PAYMENT_VOIDED = "payment.voided"
+    CARD_TOKENIZED = "payment.card_tokenized"
+
+
+class Event(BaseModel):
+    """Base of every event body. Unknown fields are ignored so producers may add fields."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: ClassVar[EventType]
+    version: ClassVar[int] = 1
+
+    @classmethod
+    def dataschema(cls) -> str:
+        return f"urn:saga-shop:event:{cls.type}:v{cls.version}"
+
+
+class OrderLine(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sku: str
+    name: str
+    quantity: int = Field(ge=1)
+    unit_price: Money
+
+
+class OrderCreated(Event):
+    """A new order waits for its payment. Published by order, consumed by payment."""
+
+    type: ClassVar[EventType] = EventType.ORDER_CREATED
+    order_id: UUID
+    amount: Money
+    currency: str
+    payment_token: str
+    lines: tuple[OrderLine, ...]
+
+
+class PaymentProcessed(Event):
+    """The charge decision for an order. Published by payment, consumed by order."""
+
+    type: ClassVar[EventType] = EventType.PAYMENT_PROCESSED
+    order_id: UUID
+    payment_id: UUID
+    outcome: Literal["approved", "declined"]
+    amount: Money
+    currency: str
+    reason: str | None = None
+
+
+class OrderReceived(Event):
+    """A paid order handed to the kitchen. Published by order, consumed by production."""
+
+    type: ClassVar[EventType] = EventType.ORDER_RECEIVED
+    order_id: UUID
+    lines: tuple[OrderLine, ...]
+
+
+class ProductionQueued(Event):
+    type: ClassVar[EventType] = EventType.PRODUCTION_QUEUED
+    order_id: UUID
+    ticket_id: UUID
+
+
+class ProductionStarted(Event):
+    type: ClassVar[EventType] = EventType.PRODUCTION_STARTED
+    order_id: UUID
+    ticket_id: UUID
+
+
+class OrderFinished(Event):
+    type: ClassVar[EventType] = EventType.ORDER_FINISHED
+    order_id: UUID
+    ticket_id: UUID
+
+
+class MissingStock(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sku: str
+    requested: int
+    available: int
+
+
+class ProductionFailed(Event):
+    """The kitchen cannot make the order; nothing was reserved."""
+
+    type: ClassVar[EventType] = EventType.PRODUCTION_FAILED
+    order_id: UUID
+    reason: str
+    missing: tuple[MissingStock, ...] = ()
+
+
+class OrderCancelled(Event):
+    """The order is abandoned: payment must refund or void, production must drop the ticket."""
+
+    type: ClassVar[EventType] = EventType.ORDER_CANCELLED
+    order_id: UUID
+    reason: str
+    requested_by: Literal["customer", "production"]
+
+
+class PaymentRefunded(Event):
+    type: ClassVar[EventType] = EventType.PAYMENT_REFUNDED
+    order_id: UUID
+    payment_id: UUID
+    refund_of: UUID
+    amount: Money
+    currency: str
+
+
+class PaymentVoided(Event):
+    """No charge exists for the order and none will be made."""
+
+    type: ClassVar[EventType] = EventType.PAYMENT_VOIDED
+    order_id: UUID
+    reason: str
+
+
+class CardTokenized(Event):
+    """A card was tokenized; the order API may accept its token."""
+
+    type: ClassVar[EventType] = EventType.CARD_TOKENIZED
+    token: str
+    brand: str
+    last4: str
+    created_at: datetime
+
+
+EVENT_MODELS: dict[EventType, type[Event]] = {
+    model.type: model
+    for model in (
+        OrderCreated,
+        PaymentProcessed,
+        OrderReceived,
+        ProductionQueued,
+        ProductionStarted,
+        OrderFinished,
+        ProductionFailed,
+        OrderCancelled,
+        PaymentRefunded,
+        PaymentVoided,
+        CardTokenized,
+    )
+}

@@ -1,0 +1,204 @@
+"""Outbox relays: move committed events from a service's database to the broker.
+
+The state change and its event commit together (see :func:`sagakit.postgres.add_to_outbox`
+and the production service's Lua scripts); a relay then publishes them with publisher
+confirms and forgets them only once the broker has confirmed. A crash in between publishes an
+event twice, never zero times; consumers' inboxes make the second copy harmless.
+
+The relays do not poll in a tight loop: PostgreSQL wakes its relay with LISTEN/NOTIFY, Redis
+with a blocking stream read. A slow periodic sweep covers a missed notification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+import asyncpg
+from faststream.rabbit import RabbitBroker
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from sagakit import topology
+from sagakit.envelope import OutgoingEvent
+from sagakit.postgres import row_to_event
+
+log = logging.getLogger("sagakit.outbox")
+
+
+class EventPublisher:
+    """The one publish path: persistent messages to the events exchange, confirmed."""
+
+    def __init__(self, broker: RabbitBroker) -> None:
+        self.broker = broker
+
+    async def publish(self, event: OutgoingEvent) -> None:
+        await self.broker.publish(
+            event.body,
+            exchange=topology.EVENTS,
+            routing_key=event.type,
+            persist=True,
+            **event.amqp_properties(),
+        )
+
+    async def publish_all(self, events: list[OutgoingEvent]) -> None:
+        # One channel keeps publish order; confirms are awaited together, not one by one.
+        await asyncio.gather(*(self.publish(e) for e in events))
+
+
+class _Relay:
+    """Run loop shared by both relays: drain, wait for a wake-up, back off on errors."""
+
+    sweep_seconds = 1.0
+
+    def __init__(self, publisher: EventPublisher, batch_size: int = 200) -> None:
+        self.publisher = publisher
+        self.batch_size = batch_size
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def drain_once(self) -> int:
+        raise NotImplementedError
+
+    async def _wait_for_work(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.sweep_seconds)
+        self._wake.clear()
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                published = await self.drain_once()
+                backoff = 0.1
+                if published < self.batch_size:
+                    await self._wait_for_work()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker or database down: keep the events, try again
+                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=type(self).__name__)
+
+    async def stop(self, flush_seconds: float = 5.0) -> None:
+        """Stop, first publishing what is already committed (bounded by ``flush_seconds``)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(flush_seconds):
+                while await self.drain_once():
+                    pass
+
+
+class PostgresOutboxRelay(_Relay):
+    def __init__(self, pool: asyncpg.Pool, dsn: str, publisher: EventPublisher) -> None:
+        super().__init__(publisher)
+        self.pool = pool
+        self.dsn = dsn
+        self._listener: asyncpg.Connection | None = None
+
+    async def start(self) -> None:
+        await self._listen()
+        await super().start()
+
+    async def _listen(self) -> None:
+        with contextlib.suppress(Exception):
+            self._listener = await asyncpg.connect(self.dsn)
+            await self._listener.add_listener("outbox", lambda *_: self._wake.set())
+
+    async def _wait_for_work(self) -> None:
+        if self._listener is None or self._listener.is_closed():
+            await self._listen()  # the database restarted: listen again (sweep meanwhile)
+        await super()._wait_for_work()
+
+    async def drain_once(self) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT seq, event_id, event_type, subject, headers, body FROM outbox"
+                " ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self.batch_size,
+            )
+            if not rows:
+                return 0
+            await self.publisher.publish_all([row_to_event(r) for r in rows])
+            await conn.execute(
+                "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [r["seq"] for r in rows]
+            )
+        return len(rows)
+
+    async def stop(self, flush_seconds: float = 5.0) -> None:
+        await super().stop(flush_seconds)
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+
+
+class RedisStreamOutboxRelay(_Relay):
+    """Relay for an outbox kept as a Redis stream, read through a consumer group.
+
+    Each replica reads as its own consumer; entries a dead replica had read but not confirmed
+    are claimed by the others after ``claim_idle_ms``.
+    """
+
+    group = "relay"
+    claim_idle_ms = 15_000
+
+    def __init__(self, redis: Redis, publisher: EventPublisher, stream: str = "outbox") -> None:
+        super().__init__(publisher)
+        self.redis = redis
+        self.stream = stream
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+
+    async def start(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        await super().start()
+
+    async def _wait_for_work(self) -> None:
+        pass  # drain_once blocks on the stream itself
+
+    async def drain_once(self) -> int:
+        _, claimed, *_ = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0",
+            count=self.batch_size,
+        )
+        entries: list[tuple[Any, dict[Any, Any]]] = list(claimed)
+        if not entries:
+            block = None if self._stopping else int(self.sweep_seconds * 1000)
+            response = await self.redis.xreadgroup(
+                self.group, self.consumer, {self.stream: ">"},
+                count=self.batch_size, block=block,
+            )
+            entries = response[0][1] if response else []
+        if not entries:
+            return 0
+        events = [OutgoingEvent.from_record(_decode(fields)) for _, fields in entries]
+        await self.publisher.publish_all(events)
+        ids = [entry_id for entry_id, _ in entries]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, self.group, *ids)
+            pipe.xdel(self.stream, *ids)
+            await pipe.execute()
+        return len(entries)
+
+
+def _decode(fields: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in fields.items()
+    }

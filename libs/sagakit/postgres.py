@@ -1,0 +1,87 @@
+"""PostgreSQL plumbing shared by the order and payment services: pool, migrations, outbox, inbox."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from sagakit.envelope import EventMeta, OutgoingEvent
+
+log = logging.getLogger("sagakit.postgres")
+
+_OWN_SQL = Path(__file__).with_name("sql")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+    )
+    assert pool is not None
+    return pool
+
+
+async def migrate(pool: asyncpg.Pool, directories: Sequence[Path]) -> list[str]:
+    """Apply the ``*.sql`` files not applied yet, in name order; returns what it applied.
+
+    Replicas starting together serialise on an advisory lock, so each file runs once.
+    """
+    files = sorted(
+        [*_OWN_SQL.glob("*.sql"), *(f for d in directories for f in d.glob("*.sql"))],
+        key=lambda f: f.name,
+    )
+    applied: list[str] = []
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(7406180)")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+        for file in files:
+            if file.name in done:
+                continue
+            await conn.execute(file.read_text())
+            await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", file.name)
+            applied.append(file.name)
+    if applied:
+        log.info("applied migrations %s", applied)
+    return applied
+
+
+async def add_to_outbox(conn: asyncpg.Connection, *events: OutgoingEvent) -> None:
+    """Record events to publish; call inside the transaction that makes the change they announce."""
+    await conn.executemany(
+        "INSERT INTO outbox (event_id, event_type, subject, headers, body)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        [(e.id, e.type, e.subject, e.headers, e.body) for e in events],
+    )
+
+
+async def first_delivery(conn: asyncpg.Connection, meta: EventMeta) -> bool:
+    """Record the event in the inbox; False when it was already processed (a redelivery).
+
+    Call inside the transaction that applies the event, so effect and record commit together.
+    """
+    status = await conn.execute(
+        "INSERT INTO inbox (event_id, event_type) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        meta.id, meta.type,
+    )
+    return status == "INSERT 0 1"
+
+
+def row_to_event(row: asyncpg.Record) -> OutgoingEvent:
+    return OutgoingEvent(
+        id=row["event_id"], type=row["event_type"], subject=row["subject"],
+        body=bytes(row["body"]), headers=row["headers"],
+    )

@@ -1,0 +1,108 @@
+"""A service's link to the saga (broker, topology, retries, publisher) and its process entry point."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from faststream.middlewares import AckPolicy
+from faststream.rabbit import Channel, RabbitBroker
+from faststream.specification import AsyncAPI
+
+from sagakit import logs
+from sagakit.consuming import RetryPolicy
+from sagakit.envelope import EventMeta
+from sagakit.outbox import EventPublisher
+from sagakit.settings import ServiceSettings
+from sagakit.topology import ConsumerQueue, Topology
+
+
+class Messaging:
+    """Everything a service needs to take part in the saga over RabbitMQ."""
+
+    def __init__(
+        self, service: str, settings: ServiceSettings, queues: Sequence[ConsumerQueue]
+    ) -> None:
+        self.service = service
+        self.broker = RabbitBroker(
+            settings.rabbitmq_url,
+            app_id=service,
+            graceful_timeout=15.0,
+            default_channel=Channel(prefetch_count=settings.prefetch),
+            logger=logging.getLogger(f"{service}.broker"),
+            log_level=logging.DEBUG,
+        )
+        self.topology = Topology(service, queues, settings.retry_delays_ms)
+        self.retries = RetryPolicy(self.broker, service, settings.retry_delays_ms)
+        self.broker.add_middleware(self.retries.middleware())
+        self.publisher = EventPublisher(self.broker)
+
+    def subscriber(self, queue: ConsumerQueue, description: str) -> Any:
+        """A subscriber on ``queue``; register one handler per event type with :func:`on`."""
+        return self.broker.subscriber(
+            queue.declaration(),
+            ack_policy=AckPolicy.NACK_ON_ERROR,  # ack after commit; nack only if rerouting failed
+            description=description,
+        )
+
+    async def start(self) -> None:
+        await self.broker.connect()
+        await self.topology.declare(self.broker)
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        """Stop consuming; in-flight handlers get ``graceful_timeout`` to finish."""
+        await self.broker.stop()
+
+    async def ready(self) -> bool:
+        return await self.broker.ping(timeout=1.0)
+
+    def asyncapi(self, title: str) -> dict[str, Any]:
+        spec = AsyncAPI(self.broker, title=title, version="1.0.0", schema_version="3.0.0")
+        return spec.to_specification().to_jsonable()  # type: ignore[no-any-return]
+
+
+def of_type(event_type: str) -> Callable[[Any], bool]:
+    """A FastStream filter routing a delivery to the handler of its CloudEvents type."""
+
+    def matches(message: Any) -> bool:
+        return message.headers.get("ce-type") == event_type
+
+    matches.__name__ = f"of_type_{event_type.replace('.', '_')}"
+    return matches
+
+
+def event_meta(message: Any) -> EventMeta:
+    """Read the envelope of the delivery and put its ids into the log context."""
+    from sagakit import tracecontext
+
+    meta = EventMeta.from_headers(message.headers, message.message_id)
+    tracecontext.continue_from(meta.traceparent)
+    logs.event_id_var.set(str(meta.id))
+    logs.order_id_var.set(meta.subject or None)
+    return meta
+
+
+def add_asyncapi_route(app: FastAPI, service: str, messaging: Messaging) -> None:
+    @app.get(f"/docs/{service}/asyncapi.json", tags=["docs"], summary="AsyncAPI of the events")
+    async def asyncapi() -> dict[str, Any]:
+        return messaging.asyncapi(f"{service} service events")
+
+
+def serve(app_path: str, settings: ServiceSettings, service: str) -> None:
+    """``python -m <service>``: the one entry point, the same in native and compose mode."""
+    logs.configure(service, settings.log_level)
+    uvicorn.run(
+        app_path,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=20,
+        proxy_headers=True,
+    )

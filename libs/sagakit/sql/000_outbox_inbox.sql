@@ -1,0 +1,27 @@
+-- The transactional outbox and the idempotent inbox every PostgreSQL-backed service uses.
+CREATE TABLE IF NOT EXISTS outbox (
+    seq         bigserial   PRIMARY KEY,
+    event_id    uuid        NOT NULL UNIQUE,
+    event_type  text        NOT NULL,
+    subject     text        NOT NULL,
+    headers     jsonb       NOT NULL,
+    body        bytea       NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Wake the relay as soon as a transaction that wrote an event commits (NOTIFY is transactional).
+CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('outbox', '');
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS outbox_notify ON outbox;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+
+CREATE TABLE IF NOT EXISTS inbox (
+    event_id     uuid        PRIMARY KEY,
+    event_type   text        NOT NULL,
+    processed_at timestamptz NOT NULL DEFAULT now()
+);

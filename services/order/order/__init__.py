@@ -1,0 +1,1 @@
+"""The order service: owns orders, the menu and the saga state machine."""

@@ -1,0 +1,54 @@
+"""Composition root of the order service: settings, pool, broker, relay, HTTP app, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from order import api, handlers
+from order.settings import OrderSettings
+from sagakit import postgres
+from sagakit.outbox import PostgresOutboxRelay
+from sagakit.runtime import Messaging, add_asyncapi_route
+from sagakit.web import create_app
+
+SERVICE = "order"
+settings = OrderSettings()
+messaging = Messaging(SERVICE, settings, handlers.QUEUES)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    pool = await postgres.create_pool(settings.database_url, max_size=settings.db_pool_size)
+    await postgres.migrate(pool, [Path(__file__).with_name("migrations")])
+    app.state.pool, app.state.settings = pool, settings
+    relay = PostgresOutboxRelay(pool, settings.database_url, messaging.publisher)
+    await messaging.start()
+    await relay.start()
+    try:
+        yield
+    finally:
+        await messaging.stop()  # stop consuming first, let in-flight handlers finish
+        await relay.stop()  # then publish what they committed
+        await pool.close()
+
+
+async def _database_ready() -> bool:
+    async with app.state.pool.acquire() as conn:
+        return bool(await conn.fetchval("SELECT 1"))
+
+
+app = create_app(
+    SERVICE,
+    title="saga-shop order service",
+    description="Places orders and runs the order saga. Orders are accepted at once (202) and "
+    "move through payment and the kitchen by events; follow one with GET /api/v1/orders/{id}.",
+    lifespan=lifespan,
+    readiness=lambda app: {"database": _database_ready, "broker": messaging.ready},
+)
+app.include_router(api.router)
+handlers.register(messaging, lambda: app.state.pool)
+add_asyncapi_route(app, SERVICE, messaging)

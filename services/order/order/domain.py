@@ -1,0 +1,166 @@
+"""The order and its saga state machine: pure rules, no I/O.
+
+The transition table below *is* the saga as the order service sees it. Each event the order
+reacts to is a trigger; a trigger either moves the order (and says which events to announce),
+arrives too early (its precondition is not met yet: retry it later), or is stale (the order has
+moved past it: acknowledge and ignore).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from uuid import UUID
+
+
+class Status(StrEnum):
+    PENDING_PAYMENT = "pending_payment"
+    PAID = "paid"
+    RECEIVED = "received"  # in the kitchen's queue, stock reserved
+    IN_PRODUCTION = "in_production"
+    FINISHED = "finished"  # terminal: the happy end
+    CANCELLING = "cancelling"  # compensating: waiting for payment to refund or void
+    CANCELLED = "cancelled"  # terminal: nothing was charged
+    REFUNDED = "refunded"  # terminal: charged, then refunded
+
+
+class Trigger(StrEnum):
+    PAYMENT_APPROVED = "payment approved"
+    PAYMENT_DECLINED = "payment declined"
+    PRODUCTION_QUEUED = "production queued"
+    PRODUCTION_STARTED = "production started"
+    PRODUCTION_FINISHED = "production finished"
+    PRODUCTION_FAILED = "production failed"
+    CUSTOMER_CANCELLED = "customer cancelled"
+    PAYMENT_REFUNDED = "payment refunded"
+    PAYMENT_VOIDED = "payment voided"
+
+
+S, T = Status, Trigger
+TRANSITIONS: Mapping[tuple[Status, Trigger], Status] = {
+    (S.PENDING_PAYMENT, T.PAYMENT_APPROVED): S.PAID,
+    (S.PENDING_PAYMENT, T.PAYMENT_DECLINED): S.CANCELLED,
+    (S.PENDING_PAYMENT, T.CUSTOMER_CANCELLED): S.CANCELLING,
+    (S.PAID, T.PRODUCTION_QUEUED): S.RECEIVED,
+    (S.PAID, T.PRODUCTION_FAILED): S.CANCELLING,
+    (S.PAID, T.CUSTOMER_CANCELLED): S.CANCELLING,
+    (S.RECEIVED, T.PRODUCTION_STARTED): S.IN_PRODUCTION,
+    (S.RECEIVED, T.PRODUCTION_FAILED): S.CANCELLING,
+    (S.RECEIVED, T.CUSTOMER_CANCELLED): S.CANCELLING,
+    (S.IN_PRODUCTION, T.PRODUCTION_FINISHED): S.FINISHED,
+    (S.CANCELLING, T.PAYMENT_REFUNDED): S.REFUNDED,
+    (S.CANCELLING, T.PAYMENT_VOIDED): S.CANCELLED,
+}
+TERMINAL = frozenset({S.FINISHED, S.CANCELLED, S.REFUNDED})
+# The happy path in order; an event meant for a later step than the order has reached is early.
+HAPPY_PATH = (S.PENDING_PAYMENT, S.PAID, S.RECEIVED, S.IN_PRODUCTION, S.FINISHED)
+
+
+class Verdict(StrEnum):
+    APPLY = "apply"
+    EARLY = "early"  # precondition not met yet: retry later
+    STALE = "stale"  # the order moved past this: ignore
+
+
+def judge(status: Status, trigger: Trigger) -> Verdict:
+    if (status, trigger) in TRANSITIONS:
+        return Verdict.APPLY
+    sources = [s for (s, t) in TRANSITIONS if t is trigger and s in HAPPY_PATH]
+    if status in HAPPY_PATH and sources and HAPPY_PATH.index(status) < min(
+        HAPPY_PATH.index(s) for s in sources
+    ):
+        return Verdict.EARLY
+    return Verdict.STALE
+
+
+class IllegalTransition(Exception):
+    def __init__(self, status: Status, trigger: Trigger) -> None:
+        super().__init__(f"an order that is {status} cannot take '{trigger}'")
+        self.status, self.trigger = status, trigger
+
+
+def next_status(status: Status, trigger: Trigger) -> Status:
+    try:
+        return TRANSITIONS[(status, trigger)]
+    except KeyError:
+        raise IllegalTransition(status, trigger) from None
+
+
+def can_customer_cancel(status: Status) -> bool:
+    return (status, T.CUSTOMER_CANCELLED) in TRANSITIONS
+
+
+# --- pricing: the menu sets prices, never the client ---------------------------------------
+
+MAX_QUANTITY = 9_999
+MAX_LINES = 50
+
+
+@dataclass(frozen=True)
+class Product:
+    sku: str
+    name: str
+    price: Decimal
+
+
+@dataclass(frozen=True)
+class Line:
+    sku: str
+    name: str
+    quantity: int
+    unit_price: Decimal
+
+    @property
+    def total(self) -> Decimal:
+        return self.unit_price * self.quantity
+
+
+@dataclass(frozen=True)
+class PricedOrder:
+    lines: tuple[Line, ...]
+    total: Decimal = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "total", sum((line.total for line in self.lines), Decimal("0")))
+
+
+class UnknownSku(Exception):
+    def __init__(self, sku: str, index: int) -> None:
+        super().__init__(f"unknown sku '{sku}'")
+        self.sku, self.index = sku, index
+
+
+class QuantityTooLarge(Exception):
+    def __init__(self, sku: str, quantity: int) -> None:
+        super().__init__(f"at most {MAX_QUANTITY} of '{sku}' per order, asked for {quantity}")
+        self.sku, self.quantity = sku, quantity
+
+
+def price(menu: Mapping[str, Product], requested: Iterable[tuple[str, int]]) -> PricedOrder:
+    """Price the requested (sku, quantity) pairs from the menu; the same sku twice adds up."""
+    quantities: dict[str, int] = {}
+    for index, (sku, quantity) in enumerate(requested):
+        if sku not in menu:
+            raise UnknownSku(sku, index)
+        quantities[sku] = quantities.get(sku, 0) + quantity
+        if quantities[sku] > MAX_QUANTITY:
+            raise QuantityTooLarge(sku, quantities[sku])
+    return PricedOrder(
+        tuple(
+            Line(sku, menu[sku].name, quantity, menu[sku].price)
+            for sku, quantity in quantities.items()
+        )
+    )
+
+
+@dataclass(frozen=True)
+class OrderRef:
+    """The little the saga handlers need to know about an order to decide."""
+
+    id: UUID
+    status: Status
+    total: Decimal
+    currency: str
+    lines: tuple[Line, ...]

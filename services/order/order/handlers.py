@@ -1,0 +1,92 @@
+"""What the order service does with each event it consumes: one small function per event type.
+
+Payment's and production's events arrive on two queues (one per source) so that the events of
+one source keep their publishing order; each function turns its event into a saga trigger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import asyncpg
+from faststream.rabbit.annotations import RabbitMessage
+
+from order import service, store
+from order.domain import Trigger
+from sagakit.events import (
+    CardTokenized,
+    EventType,
+    OrderFinished,
+    PaymentProcessed,
+    PaymentRefunded,
+    PaymentVoided,
+    ProductionFailed,
+    ProductionQueued,
+    ProductionStarted,
+)
+from sagakit.runtime import Messaging, event_meta, of_type
+from sagakit.topology import ConsumerQueue
+
+E = EventType
+PAYMENT_EVENTS = ConsumerQueue(
+    "order", "payment",
+    (E.PAYMENT_PROCESSED, E.PAYMENT_REFUNDED, E.PAYMENT_VOIDED, E.CARD_TOKENIZED),
+)
+PRODUCTION_EVENTS = ConsumerQueue(
+    "order", "production",
+    (E.PRODUCTION_QUEUED, E.PRODUCTION_STARTED, E.PRODUCTION_FAILED, E.ORDER_FINISHED),
+)
+QUEUES = (PAYMENT_EVENTS, PRODUCTION_EVENTS)
+
+
+def register(messaging: Messaging, pool: Callable[[], asyncpg.Pool]) -> None:
+    payments = messaging.subscriber(PAYMENT_EVENTS, "Payment outcomes for orders")
+    kitchen = messaging.subscriber(PRODUCTION_EVENTS, "Kitchen progress of paid orders")
+
+    @payments(filter=of_type(E.PAYMENT_PROCESSED))
+    async def on_payment_processed(event: PaymentProcessed, message: RabbitMessage) -> None:
+        """Approved: the order is paid and goes to the kitchen. Declined: it is cancelled."""
+        approved = event.outcome == "approved"
+        trigger = Trigger.PAYMENT_APPROVED if approved else Trigger.PAYMENT_DECLINED
+        reason = None if approved else f"payment declined: {event.reason or 'declined'}"
+        await service.advance(pool(), event.order_id, trigger, event_meta(message), reason)
+
+    @payments(filter=of_type(E.PAYMENT_REFUNDED))
+    async def on_payment_refunded(event: PaymentRefunded, message: RabbitMessage) -> None:
+        await service.advance(pool(), event.order_id, Trigger.PAYMENT_REFUNDED,
+                              event_meta(message))
+
+    @payments(filter=of_type(E.PAYMENT_VOIDED))
+    async def on_payment_voided(event: PaymentVoided, message: RabbitMessage) -> None:
+        await service.advance(pool(), event.order_id, Trigger.PAYMENT_VOIDED,
+                              event_meta(message))
+
+    @payments(filter=of_type(E.CARD_TOKENIZED))
+    async def on_card_tokenized(event: CardTokenized, message: RabbitMessage) -> None:
+        """Keep a local list of valid tokens so the order API can check one without HTTP."""
+        event_meta(message)
+        async with pool().acquire() as conn:
+            await store.remember_token(conn, event.token, event.brand, event.last4,
+                                       event.created_at)
+
+    @kitchen(filter=of_type(E.PRODUCTION_QUEUED))
+    async def on_production_queued(event: ProductionQueued, message: RabbitMessage) -> None:
+        await service.advance(pool(), event.order_id, Trigger.PRODUCTION_QUEUED,
+                              event_meta(message))
+
+    @kitchen(filter=of_type(E.PRODUCTION_STARTED))
+    async def on_production_started(event: ProductionStarted, message: RabbitMessage) -> None:
+        await service.advance(pool(), event.order_id, Trigger.PRODUCTION_STARTED,
+                              event_meta(message))
+
+    @kitchen(filter=of_type(E.ORDER_FINISHED))
+    async def on_order_finished(event: OrderFinished, message: RabbitMessage) -> None:
+        await service.advance(pool(), event.order_id, Trigger.PRODUCTION_FINISHED,
+                              event_meta(message))
+
+    @kitchen(filter=of_type(E.PRODUCTION_FAILED))
+    async def on_production_failed(event: ProductionFailed, message: RabbitMessage) -> None:
+        """The kitchen cannot make it: cancel, which makes payment refund the charge."""
+        reason = f"production failed: {event.reason}"
+        await service.advance(pool(), event.order_id, Trigger.PRODUCTION_FAILED,
+                              event_meta(message), reason)
