@@ -85,7 +85,7 @@ class RetryPolicy:
         headers.update(
             {
                 "x-attempt": attempt + 1,
-                "x-retry-delay": str(delay),
+                "retry-delay-ms": str(delay),
                 "x-last-error": reason,
                 "x-original-queue": queue,
             }

@@ -4,14 +4,15 @@
 
     saga.events (topic) ──routing key = event type──▶ <service>.<source>-events (quorum)
                                                           │ handler fails (transient / not yet)
-    saga.retry (headers, x-retry-delay) ──▶ saga.retry.<ms>ms (quorum, TTL) ──expires──┐
+    saga.retry (headers, retry-delay-ms) ──▶ saga.retry.<ms>ms (quorum, TTL) ──expires──┐
                                                                                         ▼
     saga.requeue (direct, key = queue name) ──▶ back into the same consumer queue
                                                           │ poison, or retries exhausted
     saga.dead-letters (direct, key = service) ──▶ <service>.dead-letters (quorum, parked)
     saga.unrouted (fanout, alternate exchange of saga.events) ──▶ saga.unrouted (kept)
 
-Retries are plain RabbitMQ (TTL + dead-lettering, 3.10+, no plugin). Every queue is a quorum
+The retry tier is picked by a ``retry-delay-ms`` header (not ``x-``-prefixed: a headers exchange
+ignores ``x-`` headers when matching). Retries are plain RabbitMQ (TTL + dead-lettering, 3.10+, no plugin). Every queue is a quorum
 queue with at-least-once dead-lettering, so a message is never dropped on the way to a DLQ.
 """
 
@@ -102,7 +103,7 @@ class Topology:
 
         for delay in sorted(set(self.retry_delays_ms)):
             queue = await broker.declare_queue(retry_queue(delay))
-            await queue.bind(retry, arguments={"x-match": "all", "x-retry-delay": str(delay)})
+            await queue.bind(retry, arguments={"x-match": "all", "retry-delay-ms": str(delay)})
 
         parked = await broker.declare_queue(dead_letter_queue(self.service))
         await parked.bind(dead, routing_key=self.service)

@@ -1,0 +1,570 @@
+"""Native mode: saga-shop's three services and its nginx gateway as local processes.
+
+The same commands compose runs (``python -m order`` ...), against RabbitMQ, PostgreSQL and Redis at
+the URLs in the environment (defaults: docs/conventions.md), behind nginx rendered from the one
+gateway template. ``make up`` calls this when no Docker engine answers; pytest fixtures import it.
+
+    python deploy/native.py [--run-dir DIR] up [--timeout S] | prepare | down | status | logs
+
+Everything comes from the environment, so a second, isolated stack is just other values::
+
+    SAGA_RUN_DIR=.run/test GATEWAY_PORT=18080 ORDER_HTTP_PORT=18001 ... python deploy/native.py up
+
+Run directory (``--run-dir``, else ``SAGA_RUN_DIR``, else ``.run``; a relative path is taken from
+the repository root): ``<name>.pid`` and ``logs/<name>.log`` for order, payment, production and
+gateway, the rendered nginx config under ``nginx/``, and ``stack.json`` (the gateway port, so
+``status`` finds a stack started with other values).
+
+``SAGA_SERVICE_CMD_<SERVICE>`` (e.g. ``SAGA_SERVICE_CMD_ORDER="python /tmp/fake.py order"``)
+replaces a service's start command; it exists to test this runner before the services do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO_ROOT / "gateway" / "templates" / "gateway.conf.template"
+SERVICES = ("order", "payment", "production")
+GATEWAY = "gateway"
+TEMPLATE_VARS = ("GATEWAY_PORT", "ORDER_UPSTREAM", "PAYMENT_UPSTREAM", "PRODUCTION_UPSTREAM")
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+
+# The defaults of docs/conventions.md that this runner itself reads.
+DEFAULTS = {
+    "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672/",
+    "ORDER_DATABASE_URL": "postgresql://order_svc:order_svc@127.0.0.1:5432/orders",
+    "PAYMENT_DATABASE_URL": "postgresql://payment_svc:payment_svc@127.0.0.1:5432/payments",
+    "POSTGRES_ADMIN_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+    "GATEWAY_PORT": "8080",
+    "ORDER_HTTP_HOST": "127.0.0.1",
+    "ORDER_HTTP_PORT": "8001",
+    "PAYMENT_HTTP_HOST": "127.0.0.1",
+    "PAYMENT_HTTP_PORT": "8002",
+    "PRODUCTION_HTTP_HOST": "127.0.0.1",
+    "PRODUCTION_HTTP_PORT": "8003",
+}
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought to the state asked for; the message says why."""
+
+
+def _say(message: str) -> None:
+    print(f"native: {message}", flush=True)
+
+
+# --- Configuration ----------------------------------------------------------------------------
+
+
+def stack_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment every process gets: the caller's, plus conventions defaults and upstreams."""
+    full = dict(os.environ if env is None else env)
+    for name, value in DEFAULTS.items():
+        full.setdefault(name, value)
+    for service in SERVICES:
+        prefix = service.upper()
+        host = full[f"{prefix}_HTTP_HOST"]
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        full.setdefault(f"{prefix}_UPSTREAM", f"{host}:{full[f'{prefix}_HTTP_PORT']}")
+    full.setdefault("PYTHONUNBUFFERED", "1")  # log lines reach the log file as they happen
+    return full
+
+
+def resolve_run_dir(run_dir: str | os.PathLike[str] | None = None) -> Path:
+    path = Path(run_dir or os.environ.get("SAGA_RUN_DIR") or ".run")
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def service_command(service: str, env: Mapping[str, str]) -> list[str]:
+    override = env.get(f"SAGA_SERVICE_CMD_{service.upper()}")
+    return shlex.split(override) if override else [sys.executable, "-m", service]
+
+
+# --- PostgreSQL roles and databases, RabbitMQ vhost -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Database:
+    role: str
+    password: str | None
+    name: str
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        parts = urlsplit(url)
+        name = unquote(parts.path.lstrip("/"))
+        if not parts.username or not name:
+            raise StackError(f"database URL needs a user and a database name: {url!r}")
+        password = unquote(parts.password) if parts.password is not None else None
+        return cls(unquote(parts.username), password, name)
+
+
+async def _ensure_databases(admin_url: str, databases: Iterable[Database]) -> None:
+    import asyncpg  # only `up`/`prepare` need it; `down` and `status` stay stdlib-only
+
+    try:
+        conn = await asyncpg.connect(admin_url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise StackError(f"cannot reach PostgreSQL with POSTGRES_ADMIN_URL: {exc}") from exc
+    try:
+        admin = await conn.fetchval("SELECT current_user")
+
+        async def run(template: str, *args: str | None) -> None:
+            # The server quotes identifiers (%I) and literals (%L); NULL becomes PASSWORD NULL.
+            params = ", ".join(f"${i}::text" for i in range(2, len(args) + 2))
+            await conn.execute(await conn.fetchval(f"SELECT format($1, {params})", template, *args))
+
+        for db in databases:
+            if db.role != admin:
+                exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", db.role)
+                verb = "ALTER" if exists else "CREATE"
+                await run(verb + " ROLE %I LOGIN PASSWORD %L", db.role, db.password)
+            if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db.name):
+                await run("ALTER DATABASE %I OWNER TO %I", db.name, db.role)
+            else:
+                await run("CREATE DATABASE %I OWNER %I", db.name, db.role)
+            # Each role may open only its own database: no service reads another's tables.
+            await run("REVOKE CONNECT ON DATABASE %I FROM PUBLIC", db.name)
+            _say(f"postgres: database {db.name} owned by {db.role}")
+    finally:
+        await conn.close()
+
+
+def _run_coroutine(factory: Callable[[], Any]) -> Any:
+    """Run a coroutine to completion even when the caller is inside an event loop (a fixture)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+def ensure_databases(env: Mapping[str, str]) -> None:
+    """Create (or converge) each service's role and database from its URL; idempotent."""
+    databases = [Database.from_url(env[k]) for k in ("ORDER_DATABASE_URL", "PAYMENT_DATABASE_URL")]
+    _run_coroutine(lambda: _ensure_databases(env["POSTGRES_ADMIN_URL"], databases))
+
+
+def amqp_vhost(url: str) -> str:
+    """The vhost an AMQP URL names, read the way aiormq reads it ("/" when the path is empty)."""
+    path = urlsplit(url).path
+    return "/" if path in ("", "/") else unquote(path[1:])
+
+
+def ensure_vhost(url: str) -> None:
+    """Create a non-default vhost named by RABBITMQ_URL; only possible on this machine."""
+    vhost = amqp_vhost(url)
+    if vhost == "/":
+        return
+    parts = urlsplit(url)
+    if (parts.hostname or "") not in LOCAL_HOSTS:
+        _say(f"rabbitmq: broker {parts.hostname} is remote; vhost {vhost!r} must exist there")
+        return
+    ctl = shutil.which("rabbitmqctl") or shutil.which("rabbitmqctl", path="/usr/sbin:/sbin")
+    if ctl is None:
+        raise StackError(f"vhost {vhost!r} is needed but rabbitmqctl is not installed here")
+
+    def rabbitmqctl(*args: str) -> str:
+        done = subprocess.run([ctl, "-s", *args], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise StackError(f"rabbitmqctl {' '.join(args)} failed (run as root?):\n"
+                             f"{done.stdout}{done.stderr}")
+        return done.stdout
+
+    if vhost in rabbitmqctl("list_vhosts", "name").split():
+        return
+    user = unquote(parts.username or "guest")
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    _say(f"rabbitmq: created vhost {vhost!r} for {user}")
+
+
+# --- Processes --------------------------------------------------------------------------------
+
+# Processes this interpreter started: polled so they never linger as zombies (pytest fixtures).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+_START_MARK = "native: starting"
+
+
+def _pid_file(run_dir: Path, name: str) -> Path:
+    return run_dir / f"{name}.pid"
+
+
+def _log_file(run_dir: Path, name: str) -> Path:
+    return run_dir / "logs" / f"{name}.log"
+
+
+def _stat(pid: int) -> tuple[str, int, float] | None:
+    """(state, process group, start time as epoch seconds) of a process, or None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        btime = next(line for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+    except (OSError, IndexError):
+        return None
+    started = int(btime.split()[1]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return fields[0], int(fields[2]), started
+
+
+def _alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def read_pid(run_dir: Path, name: str) -> int | None:
+    """The pid recorded for `name` if that process still runs (not a later one reusing its pid)."""
+    pid_file = _pid_file(run_dir, name)
+    try:
+        pid = int(pid_file.read_text().strip())
+        written = pid_file.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    stat = _stat(pid)
+    if stat is None or not _alive(pid) or stat[2] > written + 2:
+        return None
+    return pid
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group; reaps our own children first."""
+    for pid in list(_children):
+        if _children[pid].poll() is not None:
+            del _children[pid]
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            if stat[1] == pgid and stat[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def _start(name: str, argv: list[str], env: Mapping[str, str], run_dir: Path) -> int:
+    """Start one process in its own session, output appended to its log, pid recorded."""
+    log_path = _log_file(run_dir, name)
+    with log_path.open("ab") as log:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        log.write(f"--- {stamp} {_START_MARK} {shlex.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=dict(env), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _children[proc.pid] = proc
+    _pid_file(run_dir, name).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _port_busy(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _start_service(service: str, env: Mapping[str, str], run_dir: Path) -> None:
+    if (pid := read_pid(run_dir, service)) is not None:
+        _say(f"{service}: already running (pid {pid})")
+        return
+    host, port = env[f"{service.upper()}_UPSTREAM"].rsplit(":", 1)
+    if _port_busy(host.strip("[]"), int(port)):
+        raise StackError(f"{service}: port {port} is taken by a process this run dir did not "
+                         f"start; stop it or choose another {service.upper()}_HTTP_PORT")
+    pid = _start(service, service_command(service, env), env, run_dir)
+    _say(f"{service}: started (pid {pid}), log {_log_file(run_dir, service)}")
+
+
+# --- Gateway ----------------------------------------------------------------------------------
+
+
+def render_template(text: str, values: Mapping[str, str]) -> str:
+    """envsubst restricted to TEMPLATE_VARS: `${VAR}` and `$VAR`; nginx's own `$vars` stay."""
+    names = "|".join(TEMPLATE_VARS)
+    pattern = re.compile(rf"\$(?:\{{({names})\}}|({names})(?![A-Za-z0-9_]))")
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if not values.get(name):
+            raise StackError(f"gateway template needs {name}")
+        return values[name]
+
+    return pattern.sub(value, text)
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise StackError("nginx is not installed; run deploy/bootstrap.sh as root, or: "
+                         "sudo apt-get update && sudo apt-get install -y nginx")
+    return found
+
+
+def _nginx_main_conf(nginx_dir: Path) -> str:
+    """The main config around conf.d: every path a worker writes stays inside the run dir."""
+    temp = "\n".join(f"    {kind}_temp_path {nginx_dir / 'tmp' / kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    mime = "    include /etc/nginx/mime.types;\n" if Path("/etc/nginx/mime.types").exists() else ""
+    # As root, nginx would hand requests to `nobody`, which may not enter the run dir.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return (
+        "# Written by deploy/native.py; edit gateway/templates/gateway.conf.template instead.\n"
+        f"{user}daemon off;\nworker_processes auto;\npid {nginx_dir / 'nginx.pid'};\n"
+        "error_log stderr warn;\n\n"
+        "events {\n    worker_connections 1024;\n}\n\n"
+        "http {\n"
+        f"{mime}    default_type application/octet-stream;\n"
+        "    sendfile on;\n    keepalive_timeout 65;\n"
+        f"{temp}\n    include {nginx_dir / 'conf.d'}/*.conf;\n"
+        "}\n"
+    )
+
+
+def _nginx(nginx_dir: Path, *args: str) -> list[str]:
+    return [nginx_binary(), "-p", f"{nginx_dir}/", "-c", str(nginx_dir / "nginx.conf"),
+            "-e", "stderr", *args]
+
+
+def _write_nginx_config(env: Mapping[str, str], nginx_dir: Path) -> bool:
+    """Render and validate the gateway config; True when it differs from what was there."""
+    for sub in ("conf.d", "tmp"):
+        (nginx_dir / sub).mkdir(parents=True, exist_ok=True)
+    gateway_conf = nginx_dir / "conf.d" / "gateway.conf"
+    rendered = render_template(TEMPLATE.read_text(), env)
+    changed = not gateway_conf.exists() or gateway_conf.read_text() != rendered
+    gateway_conf.write_text(rendered)
+    (nginx_dir / "nginx.conf").write_text(_nginx_main_conf(nginx_dir))
+    check = subprocess.run(_nginx(nginx_dir, "-t", "-q"), capture_output=True, text=True,
+                           check=False)
+    if check.returncode != 0:
+        raise StackError(f"nginx rejected {gateway_conf}:\n{check.stdout}{check.stderr}")
+    return changed
+
+
+def _start_gateway(env: Mapping[str, str], run_dir: Path) -> None:
+    nginx_dir = run_dir / "nginx"
+    changed = _write_nginx_config(env, nginx_dir)
+    if (pid := read_pid(run_dir, GATEWAY)) is not None:
+        if changed:
+            os.kill(pid, signal.SIGHUP)  # nginx re-reads its config without dropping requests
+            _say(f"gateway: config changed, reloaded (pid {pid})")
+        else:
+            _say(f"gateway: already running (pid {pid})")
+        return
+    port = int(env["GATEWAY_PORT"])
+    if _port_busy("127.0.0.1", port):
+        raise StackError(f"gateway: port {port} is taken by a process this run dir did not start")
+    pid = _start(GATEWAY, _nginx(nginx_dir), env, run_dir)
+    _say(f"gateway: started nginx (pid {pid}) on http://127.0.0.1:{port}/")
+
+
+# --- Readiness --------------------------------------------------------------------------------
+
+# Straight to 127.0.0.1: an http_proxy in the environment must not be asked.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """The HTTP status a GET gets, or None when nothing answers."""
+    try:
+        with _opener.open(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def log_tail(run_dir: Path, name: str, lines: int = 40, *, this_run: bool = False) -> str:
+    """The last `lines` of a log; with `this_run`, none from before the latest start."""
+    try:
+        text = _log_file(run_dir, name).read_bytes()[-200_000:].decode(errors="replace")
+    except OSError:
+        return f"(no log for {name})"
+    if this_run:
+        text = text[text.rfind(_START_MARK) :]
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _failure(run_dir: Path | None, name: str, problem: str) -> StackError:
+    if run_dir is None:
+        return StackError(f"{name}: {problem}")
+    return StackError(f"{name}: {problem}; last lines of {_log_file(run_dir, name)}:\n"
+                      f"{log_tail(run_dir, name, this_run=True)}")
+
+
+def wait_ready(gateway_port: int | str, *, run_dir: Path | None = None,
+               services: Iterable[str] = SERVICES, timeout: float = 60.0,
+               interval: float = 0.5) -> None:
+    """Poll each service's /health/<service>/ready through the gateway until all answer 200.
+
+    With a run dir, a recorded process that has died fails at once, with the end of its log.
+    """
+    base = f"http://127.0.0.1:{gateway_port}"
+    pending = list(services)
+    seen: dict[str, int | None] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        for name in [GATEWAY, *pending]:
+            if run_dir is not None and _pid_file(run_dir, name).exists() \
+                    and read_pid(run_dir, name) is None:
+                raise _failure(run_dir, name, "process exited")
+        for service in list(pending):
+            status = http_status(f"{base}/health/{service}/ready")
+            if status == 200:
+                pending.remove(service)
+                _say(f"{service}: ready")
+            elif seen.get(service, -1) != status:
+                seen[service] = status
+                why = "gateway not answering" if status is None else f"HTTP {status}"
+                _say(f"{service}: waiting ({why})")
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            culprit = GATEWAY if seen.get(pending[0]) is None else pending[0]
+            raise _failure(run_dir, culprit, f"not ready after {timeout:.0f}s "
+                                             f"(still waiting for {', '.join(pending)})")
+        time.sleep(interval)
+
+
+# --- The commands -----------------------------------------------------------------------------
+
+
+def prepare(env: Mapping[str, str] | None = None) -> None:
+    """Create the databases, roles and broker vhost the services need (idempotent)."""
+    full = stack_env(env)
+    ensure_databases(full)
+    ensure_vhost(full["RABBITMQ_URL"])
+
+
+def up(env: Mapping[str, str] | None = None, run_dir: str | os.PathLike[str] | None = None, *,
+       timeout: float = 60.0) -> None:
+    """Start whatever is not running yet and return once every service is ready via nginx."""
+    full = stack_env(env)
+    path = resolve_run_dir(run_dir)
+    (path / "logs").mkdir(parents=True, exist_ok=True)
+    prepare(full)
+    for service in SERVICES:
+        _start_service(service, full, path)
+    _start_gateway(full, path)
+    (path / "stack.json").write_text(json.dumps({"gateway_port": int(full["GATEWAY_PORT"])}))
+    wait_ready(full["GATEWAY_PORT"], run_dir=path, timeout=timeout)
+    _say(f"all ready: http://127.0.0.1:{full['GATEWAY_PORT']}/")
+
+
+def down(run_dir: str | os.PathLike[str] | None = None, *, timeout: float = 15.0) -> None:
+    """SIGTERM every recorded process group (gateway first), SIGKILL what outlives `timeout`."""
+    path = resolve_run_dir(run_dir)
+    groups: dict[str, int] = {}
+    for name in (GATEWAY, *SERVICES):
+        pid = read_pid(path, name)
+        if pid is not None:
+            groups[name] = pid
+            _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_group_members(pid) for pid in groups.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for name, pid in groups.items():
+        if _group_members(pid):
+            _say(f"{name}: still running after {timeout:.0f}s, killing")
+            _signal_group(pid, signal.SIGKILL)
+    kill_deadline = time.monotonic() + 5
+    while any(_group_members(pid) for pid in groups.values()) and time.monotonic() < kill_deadline:
+        time.sleep(0.1)
+    for name in (GATEWAY, *SERVICES):
+        _pid_file(path, name).unlink(missing_ok=True)
+        if name in groups:
+            _say(f"{name}: stopped (pid {groups[name]})")
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def status(run_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Each process: its pid, whether it runs, and whether it answers ready through the gateway."""
+    path = resolve_run_dir(run_dir)
+    try:
+        port = json.loads((path / "stack.json").read_text())["gateway_port"]
+    except (OSError, ValueError, KeyError):
+        port = stack_env()["GATEWAY_PORT"]
+    rows = []
+    for name in (GATEWAY, *SERVICES):
+        pid = read_pid(path, name)
+        url = f"http://127.0.0.1:{port}/health" + ("" if name == GATEWAY else f"/{name}/ready")
+        rows.append({"name": name, "pid": pid, "alive": pid is not None,
+                     "ready": pid is not None and http_status(url) == 200})
+    return rows
+
+
+def _print_logs(run_dir: Path, names: list[str], lines: int | None) -> None:
+    files = [_log_file(run_dir, name) for name in names if _log_file(run_dir, name).exists()]
+    if not files:
+        raise StackError(f"no logs in {run_dir / 'logs'}")
+    if lines is None:
+        os.execvp("tail", ["tail", "-n", "20", "-F", *map(str, files)])
+    for file in files:
+        print(f"==> {file} <==")
+        print(log_tail(run_dir, file.stem, lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="native.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", help="default: $SAGA_RUN_DIR, else .run at the repo root")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up_cmd = commands.add_parser("up", help="start what is missing, wait until all are ready")
+    up_cmd.add_argument("--timeout", type=float, default=60.0)
+    commands.add_parser("prepare", help="only create the databases, roles and vhost")
+    commands.add_parser("down", help="stop everything this run dir started")
+    commands.add_parser("status", aliases=["ps"], help="pid, alive and ready of each process")
+    logs_cmd = commands.add_parser("logs", help="follow the logs (or print the last --lines)")
+    logs_cmd.add_argument("names", nargs="*", help=f"any of {GATEWAY}, {', '.join(SERVICES)}")
+    logs_cmd.add_argument("--lines", "-n", type=int)
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "up":
+            up(None, args.run_dir, timeout=args.timeout)
+        elif args.command == "prepare":
+            prepare()
+        elif args.command == "down":
+            down(args.run_dir)
+        elif args.command in ("status", "ps"):
+            print(f"{'NAME':<11} {'PID':>8}  {'ALIVE':<6} READY")
+            for row in status(args.run_dir):
+                pid = row["pid"] or "-"
+                print(f"{row['name']:<11} {pid:>8}  {row['alive']!s:<6} {row['ready']}")
+        else:
+            names = args.names or [GATEWAY, *SERVICES]
+            if unknown := set(names) - {GATEWAY, *SERVICES}:
+                parser.error(f"unknown process: {', '.join(sorted(unknown))}")
+            _print_logs(resolve_run_dir(args.run_dir), names, args.lines)
+    except StackError as exc:
+        print(f"native: {exc}", file=sys.stderr)
+        if args.command == "up":
+            print("native: `make down` (or `deploy/native.py down`) stops what did start",
+                  file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

