@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import functools
 import json
 import os
 import re
@@ -85,6 +86,7 @@ def stack_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
         prefix = service.upper()
         host = full[f"{prefix}_HTTP_HOST"]
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address in nginx's host:port
         full.setdefault(f"{prefix}_UPSTREAM", f"{host}:{full[f'{prefix}_HTTP_PORT']}")
     full.setdefault("PYTHONUNBUFFERED", "1")  # log lines reach the log file as they happen
     return full
@@ -211,15 +213,20 @@ def _log_file(run_dir: Path, name: str) -> Path:
     return run_dir / "logs" / f"{name}.log"
 
 
+@functools.cache
+def _boot_time() -> int:
+    btime = next(line for line in Path("/proc/stat").read_text().splitlines()
+                 if line.startswith("btime "))
+    return int(btime.split()[1])
+
+
 def _stat(pid: int) -> tuple[str, int, float] | None:
     """(state, process group, start time as epoch seconds) of a process, or None if it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        btime = next(line for line in Path("/proc/stat").read_text().splitlines()
-                     if line.startswith("btime "))
     except (OSError, IndexError):
         return None
-    started = int(btime.split()[1]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    started = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     return fields[0], int(fields[2]), started
 
 
@@ -273,9 +280,11 @@ def _start(name: str, argv: list[str], env: Mapping[str, str], run_dir: Path) ->
 
 
 def _port_busy(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _start_service(service: str, env: Mapping[str, str], run_dir: Path) -> None:
@@ -396,8 +405,8 @@ def log_tail(run_dir: Path, name: str, lines: int = 40, *, this_run: bool = Fals
         text = _log_file(run_dir, name).read_bytes()[-200_000:].decode(errors="replace")
     except OSError:
         return f"(no log for {name})"
-    if this_run:
-        text = text[text.rfind(_START_MARK) :]
+    if this_run and (mark := text.rfind(_START_MARK)) >= 0:
+        text = text[text.rfind("\n", 0, mark) + 1 :]
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -456,7 +465,7 @@ def up(env: Mapping[str, str] | None = None, run_dir: str | os.PathLike[str] | N
        timeout: float = 60.0) -> None:
     """Start whatever is not running yet and return once every service is ready via nginx."""
     full = stack_env(env)
-    path = resolve_run_dir(run_dir)
+    path = resolve_run_dir(run_dir or full.get("SAGA_RUN_DIR"))
     (path / "logs").mkdir(parents=True, exist_ok=True)
     prepare(full)
     for service in SERVICES:
@@ -476,6 +485,8 @@ def down(run_dir: str | os.PathLike[str] | None = None, *, timeout: float = 15.0
         if pid is not None:
             groups[name] = pid
             _signal_group(pid, signal.SIGTERM)
+    if not groups:
+        _say(f"nothing running from {path}")
     deadline = time.monotonic() + timeout
     while any(_group_members(pid) for pid in groups.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -485,6 +496,10 @@ def down(run_dir: str | os.PathLike[str] | None = None, *, timeout: float = 15.0
             _signal_group(pid, signal.SIGKILL)
     kill_deadline = time.monotonic() + 5
     while any(_group_members(pid) for pid in groups.values()) and time.monotonic() < kill_deadline:
+        time.sleep(0.1)
+    # Give init a moment to reap the leaders too, so `pgrep` right after `down` finds nothing.
+    while any(Path(f"/proc/{pid}").exists() for pid in groups.values()) \
+            and time.monotonic() < kill_deadline:
         time.sleep(0.1)
     for name in (GATEWAY, *SERVICES):
         _pid_file(path, name).unlink(missing_ok=True)
@@ -563,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
             print("native: `make down` (or `deploy/native.py down`) stops what did start",
                   file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

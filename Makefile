@@ -1,0 +1,77 @@
+# saga-shop: `make up` starts the whole stack, `make test` runs the tests.
+#
+# `make up` uses compose when a Docker engine answers, otherwise native mode (deploy/native.py:
+# local processes against the RabbitMQ/PostgreSQL/Redis at the configured URLs, nginx in front).
+# Force one with SAGA_MODE=compose|native. Variables given on the command line reach every
+# process, as GNU make exports them: `make up PRODUCTION_PREPARATION_SECONDS=0`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SAGA_MODE ?= auto
+PYTEST_ARGS ?=
+# Where mypy looks: the shared library, each service package and the runner.
+MYPY_PATHS ?= libs/sagakit services/order/order services/payment/payment \
+              services/production/production deploy
+
+# Prints "compose" or "native"; a client without an engine (or without compose) means native.
+MODE := $(shell if [ "$(SAGA_MODE)" != auto ]; then echo "$(SAGA_MODE)"; \
+	elif timeout 10 docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; \
+	then echo compose; else echo native; fi)
+# down/ps/logs work without a venv too: the runner needs only the standard library for them.
+RUNNER = $(if $(wildcard $(PY)),$(PY),python3) deploy/native.py
+
+.PHONY: help bootstrap up down ps logs test lint clean
+
+help:
+	@echo "make up         start everything and wait until healthy (compose or native: $(MODE))"
+	@echo "make down       stop everything"
+	@echo "make ps         what runs, and whether it is ready"
+	@echo "make logs       follow the logs"
+	@echo "make test       run the tests (PYTEST_ARGS='-k order' to pass options)"
+	@echo "make lint       ruff and mypy"
+	@echo "make bootstrap  create .venv and install nginx if missing (up and test do it too)"
+	@echo "make clean      stop, then remove run state and caches (not .venv)"
+
+bootstrap:
+	@bash deploy/bootstrap.sh
+
+up: bootstrap
+ifeq ($(MODE),compose)
+	docker compose up -d --build --wait
+else
+	$(PY) deploy/native.py up
+endif
+
+down:
+	@if [ "$(MODE)" = compose ]; then docker compose down; fi
+	@$(RUNNER) down
+
+ps:
+ifeq ($(MODE),compose)
+	docker compose ps
+else
+	@$(RUNNER) status
+endif
+
+logs:
+ifeq ($(MODE),compose)
+	docker compose logs -f
+else
+	@$(RUNNER) logs
+endif
+
+test: bootstrap
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy $(MYPY_PATHS)
+
+clean: down
+	@for dir in .run/*/; do [ ! -d "$$dir" ] || $(RUNNER) --run-dir "$$dir" down; done
+	rm -rf .run .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	find . -path ./.venv -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d \
+		-prune -exec rm -rf {} +

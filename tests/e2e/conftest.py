@@ -1,0 +1,116 @@
+"""The whole stack, started once per test session in native mode, isolated from `make up`'s.
+
+It runs on its own ports (gateway 18080), its own databases (``orders_test``, ``payments_test``,
+dropped and recreated each session), Redis database 1 and the RabbitMQ vhost ``saga_test``, with
+the kitchen's preparation time at 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis
+
+from deploy import native
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_DIR = REPO / ".run" / "test"
+PORTS = {"GATEWAY_PORT": "18080", "ORDER_HTTP_PORT": "18001", "PAYMENT_HTTP_PORT": "18002",
+         "PRODUCTION_HTTP_PORT": "18003"}
+TERMINAL = {"finished", "cancelled", "refunded"}
+
+
+@dataclass(frozen=True)
+class Stack:
+    base_url: str
+    rabbitmq_url: str
+    env: dict[str, str]
+
+
+async def _drop_databases(admin_url: str, names: list[str]) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        for name in names:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def stack(infra) -> Iterator[Stack]:
+    native.down(RUN_DIR)
+    env = {
+        **os.environ, **PORTS,
+        "SAGA_RUN_DIR": str(RUN_DIR),
+        "RABBITMQ_URL": infra.rabbitmq_url,
+        "POSTGRES_ADMIN_URL": infra.postgres_admin_url,
+        "ORDER_DATABASE_URL": infra.postgres_url("orders_test", "order_svc", "order_svc"),
+        "PAYMENT_DATABASE_URL": infra.postgres_url("payments_test", "payment_svc", "payment_svc"),
+        "PRODUCTION_REDIS_URL": infra.redis_url,
+        "PRODUCTION_PREPARATION_SECONDS": "0",
+        "RETRY_DELAYS_MS": "[50, 200, 1000, 3000]",
+    }
+    asyncio.run(_drop_databases(infra.postgres_admin_url, ["orders_test", "payments_test"]))
+    redis.Redis.from_url(infra.redis_url).flushdb()
+    native.up(env, RUN_DIR, timeout=120)
+    try:
+        yield Stack(f"http://127.0.0.1:{PORTS['GATEWAY_PORT']}", infra.rabbitmq_url, env)
+    finally:
+        native.down(RUN_DIR)
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.base_url, timeout=10) as http:
+        yield http
+
+
+CUSTOMER = {"name": "Ana", "email": "ana@example.com"}
+
+
+def order_body(items: list[tuple[str, int]], token: str = "tok_visa") -> dict[str, Any]:
+    return {"customer": CUSTOMER, "items": [{"sku": s, "quantity": q} for s, q in items],
+            "payment_token": token}
+
+
+def place(client: httpx.Client, items: list[tuple[str, int]], token: str = "tok_visa",
+          **kwargs: Any) -> httpx.Response:
+    return client.post("/api/v1/orders", json=order_body(items, token), **kwargs)
+
+
+def wait_for(client: httpx.Client, order_id: str, statuses: set[str],
+              timeout: float = 20.0) -> dict[str, Any]:
+    """Poll the order until its status is one of ``statuses``; fail with its last state."""
+    deadline = time.monotonic() + timeout
+    order: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        order = client.get(f"/api/v1/orders/{order_id}").json()
+        if order.get("status") in statuses:
+            return order
+        time.sleep(0.05)
+    raise AssertionError(f"order {order_id} never reached {statuses}: {order}")
+
+
+def payments_of(client: httpx.Client, order_id: str) -> list[dict[str, Any]]:
+    response = client.get("/api/v1/payments", params={"order_id": order_id})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def stock_of(client: httpx.Client, sku: str) -> int:
+    rows = client.get("/api/v1/production/stock").json()
+    return next(r["available"] for r in rows if r["sku"] == sku)
+
+
+def set_stock(client: httpx.Client, sku: str, available: int) -> None:
+    response = client.put(f"/api/v1/production/stock/{sku}", json={"available": available})
+    assert response.status_code == 200, response.text
