@@ -34,11 +34,11 @@ from sagakit import topology
 log = logging.getLogger("sagakit.consuming")
 
 
-class RetryLater(Exception):  # noqa: N818 - it is an instruction, not an error
+class RetryLater(Exception):
     """The event cannot be applied yet (its precondition is not met); try again later."""
 
 
-class Poison(Exception):  # noqa: N818
+class Poison(Exception):
     """The event can never be applied; park it for an operator."""
 
 
@@ -128,7 +128,8 @@ class RetryPolicy:
                 if isinstance(exc_val, HandlerException):
                     return False  # an explicit ack/nack/reject from the handler: let it be
                 subscriber = self.context.get_local("handler_")
-                await policy.reroute(self.msg, subscriber.queue.name, exc_val)
+                raw: IncomingMessage = self.msg  # type: ignore[assignment]
+                await policy.reroute(raw, subscriber.queue.name, exc_val)
                 return True  # handled: the original delivery is acked
 
         return ParkOrRetry

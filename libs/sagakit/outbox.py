@@ -180,7 +180,7 @@ class RedisStreamOutboxRelay(_Relay):
         entries: list[tuple[Any, dict[Any, Any]]] = list(claimed)
         if not entries:
             block = None if self._stopping else int(self.sweep_seconds * 1000)
-            response = await self.redis.xreadgroup(
+            response: Any = await self.redis.xreadgroup(
                 self.group, self.consumer, {self.stream: ">"},
                 count=self.batch_size, block=block,
             )

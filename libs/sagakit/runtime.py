@@ -1,4 +1,4 @@
-"""A service's link to the saga (broker, topology, retries, publisher) and its process entry point."""
+"""A service's link to the saga (broker, topology, retries, publisher) and its entry point."""
 
 from __future__ import annotations
 

@@ -11,9 +11,10 @@
     saga.dead-letters (direct, key = service) ──▶ <service>.dead-letters (quorum, parked)
     saga.unrouted (fanout, alternate exchange of saga.events) ──▶ saga.unrouted (kept)
 
-The retry tier is picked by a ``retry-delay-ms`` header (not ``x-``-prefixed: a headers exchange
-ignores ``x-`` headers when matching). Retries are plain RabbitMQ (TTL + dead-lettering, 3.10+, no plugin). Every queue is a quorum
-queue with at-least-once dead-lettering, so a message is never dropped on the way to a DLQ.
+The retry tier is picked by a ``retry-delay-ms`` header (not ``x-``-prefixed: a headers
+exchange ignores ``x-`` headers when matching). Retries are plain RabbitMQ (TTL +
+dead-lettering, 3.10+, no plugin). Every queue is a quorum queue with at-least-once
+dead-lettering, so a message is never dropped on the way to a DLQ.
 """
 
 from __future__ import annotations

@@ -1,0 +1,129 @@
+"""The payment service's use cases: tokenize a card, charge an order, compensate a cancelled one.
+
+Each use case is one database transaction in which the ledger changes and the events it causes
+are written to the outbox; nothing is published directly. The saga handlers also take the
+order's advisory lock and record the event in the inbox within that transaction, so that the
+created and cancelled events of one order apply one at a time and each exactly once in effect.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import asyncpg
+
+from payment import store
+from payment.domain import (
+    Card,
+    Compensation,
+    compensation_for,
+    decide_charge,
+    is_chargeable,
+    tokenize,
+    void_reason,
+)
+from sagakit.consuming import Poison
+from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.events import (
+    CardTokenized,
+    Event,
+    OrderCancelled,
+    OrderCreated,
+    PaymentProcessed,
+    PaymentRefunded,
+    PaymentVoided,
+)
+from sagakit.postgres import add_to_outbox, first_delivery
+
+log = logging.getLogger("payment.service")
+SOURCE = "saga-shop/payment"
+
+
+def _event(event: Event, subject: object) -> OutgoingEvent:
+    return OutgoingEvent.build(event, source=SOURCE, subject=str(subject))
+
+
+def new_token() -> str:
+    return f"tok_{secrets.token_hex(12)}"
+
+
+async def tokenize_card(
+    pool: asyncpg.Pool, *, number: str, exp_month: int, exp_year: int, cvc: str, holder: str,
+) -> Card:
+    """Check and keep a card, and announce its token (the order API accepts only known tokens).
+
+    Raises :class:`payment.domain.InvalidCard` before anything is written.
+    """
+    card = tokenize(new_token(), number=number, exp_month=exp_month, exp_year=exp_year, cvc=cvc,
+                    holder=holder, today=datetime.now(UTC).date())
+    async with pool.acquire() as conn, conn.transaction():
+        created_at = await store.insert_card(conn, card)
+        await add_to_outbox(conn, _event(CardTokenized(
+            token=card.token, brand=card.brand, last4=card.last4, created_at=created_at,
+        ), card.token))
+    log.info("card tokenized", extra={"token": card.token, "brand": str(card.brand),
+                                      "last4": card.last4})
+    return card
+
+
+async def charge_order(pool: asyncpg.Pool, order: OrderCreated, meta: EventMeta) -> None:
+    """Charge a new order once, unless it was cancelled first; announce the decision."""
+    if not is_chargeable(order.amount):
+        raise Poison(f"order.created with an amount that cannot be charged: {order.amount}")
+    async with pool.acquire() as conn, conn.transaction():
+        await store.lock_order(conn, order.order_id)
+        if not await first_delivery(conn, meta):
+            log.info("duplicate %s ignored", meta.type)
+            return
+        if await store.is_cancelled(conn, order.order_id):
+            log.info("%s ignored: the order was cancelled before it was charged", meta.type)
+            return
+        if await store.charge(conn, order.order_id) is not None:
+            log.info("%s ignored: the order is charged already", meta.type)
+            return
+        card = await store.card(conn, order.payment_token)
+        decision = decide_charge(order.payment_token, card)
+        payment_id = uuid4()
+        await store.insert_charge(
+            conn, payment_id=payment_id, order_id=order.order_id, outcome=decision.outcome,
+            amount=order.amount, currency=order.currency, reason=decision.reason,
+            payment_token=order.payment_token,
+        )
+        await add_to_outbox(conn, _event(PaymentProcessed(
+            order_id=order.order_id, payment_id=payment_id, outcome=decision.outcome,
+            amount=order.amount, currency=order.currency, reason=decision.reason,
+        ), order.order_id))
+    log.info("charge %s", decision.outcome,
+             extra={"amount": str(order.amount), "currency": order.currency,
+                    "reason": decision.reason})
+
+
+async def refund_or_void(pool: asyncpg.Pool, order: OrderCancelled, meta: EventMeta) -> None:
+    """Compensate a cancelled order: refund its charge, or say that nothing was (or will be)
+    charged. Either way the order learns, once, that payment is settled."""
+    async with pool.acquire() as conn, conn.transaction():
+        await store.lock_order(conn, order.order_id)
+        if not await first_delivery(conn, meta):
+            log.info("duplicate %s ignored", meta.type)
+            return
+        await store.record_cancellation(conn, order.order_id, order.reason)
+        charge = await store.charge(conn, order.order_id)
+        compensation = compensation_for(charge)
+        if compensation is Compensation.REFUND:
+            assert charge is not None
+            refund_id = uuid4()
+            await store.insert_refund(conn, refund_id=refund_id, order_id=order.order_id,
+                                      charge=charge, reason=order.reason)
+            await add_to_outbox(conn, _event(PaymentRefunded(
+                order_id=order.order_id, payment_id=refund_id, refund_of=charge.id,
+                amount=charge.amount, currency=charge.currency,
+            ), order.order_id))
+        elif compensation is Compensation.VOID:
+            await add_to_outbox(conn, _event(PaymentVoided(
+                order_id=order.order_id, reason=void_reason(charge),
+            ), order.order_id))
+    log.info("order cancelled: %s", compensation, extra={"reason": order.reason})
+
