@@ -173,21 +173,18 @@ class RedisStreamOutboxRelay(_Relay):
         pass  # drain_once blocks on the stream itself
 
     async def drain_once(self) -> int:
-        _, claimed, *_ = await self.redis.xautoclaim(
-            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0",
-            count=self.batch_size,
+        # First what this relay was handed but never confirmed (a read cut short by a stop, a
+        # publish that failed while the broker was away), so it goes out first and in order;
+        # then what dead replicas left pending; then new entries.
+        entries = (
+            await self._read("0", block=None)
+            or await self._claim_abandoned()
+            or await self._read(">", block=None if self._stopping
+                                else int(self.sweep_seconds * 1000))
         )
-        entries: list[tuple[Any, dict[Any, Any]]] = list(claimed)
-        if not entries:
-            block = None if self._stopping else int(self.sweep_seconds * 1000)
-            response: Any = await self.redis.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"},
-                count=self.batch_size, block=block,
-            )
-            entries = response[0][1] if response else []
         if not entries:
             return 0
-        events = [OutgoingEvent.from_record(_decode(fields)) for _, fields in entries]
+        events = [OutgoingEvent.from_record(_decode(fields)) for _, fields in entries if fields]
         await self.publisher.publish_all(events)
         ids = [entry_id for entry_id, _ in entries]
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -195,6 +192,19 @@ class RedisStreamOutboxRelay(_Relay):
             pipe.xdel(self.stream, *ids)
             await pipe.execute()
         return len(entries)
+
+    async def _read(self, start: str, block: int | None) -> list[tuple[Any, dict[Any, Any]]]:
+        response: Any = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: start}, count=self.batch_size, block=block,
+        )
+        return list(response[0][1]) if response else []
+
+    async def _claim_abandoned(self) -> list[tuple[Any, dict[Any, Any]]]:
+        _, claimed, *_ = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0",
+            count=self.batch_size,
+        )
+        return list(claimed)
 
 
 def _decode(fields: dict[Any, Any]) -> dict[str, str]:

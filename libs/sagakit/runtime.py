@@ -53,8 +53,15 @@ class Messaging:
         await self.topology.declare(self.broker)
         await self.broker.start()
 
-    async def stop(self) -> None:
-        """Stop consuming; in-flight handlers get ``graceful_timeout`` to finish."""
+    async def stop_consuming(self) -> None:
+        """Take no more deliveries; in-flight handlers get ``graceful_timeout`` to finish.
+
+        The connection stays open, so the outbox relay can still flush what they committed.
+        """
+        for subscriber in self.broker.subscribers:
+            await subscriber.stop()
+
+    async def close(self) -> None:
         await self.broker.stop()
 
     async def ready(self) -> bool:

@@ -31,8 +31,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await messaging.stop()  # stop consuming first, let in-flight handlers finish
+        await messaging.stop_consuming()  # first, letting in-flight handlers finish
         await relay.stop()  # then publish what they committed
+        await messaging.close()
         await pool.close()
 
 

@@ -1,0 +1,66 @@
+"""Composition root of the production service: settings, Redis, broker, relay, kitchen, HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from production import api, handlers
+from production.kitchen import KitchenLine
+from production.settings import ProductionSettings
+from production.store import ProductionStore
+from sagakit.outbox import RedisStreamOutboxRelay
+from sagakit.runtime import Messaging, add_asyncapi_route
+from sagakit.web import create_app
+
+SERVICE = "production"
+settings = ProductionSettings()
+messaging = Messaging(SERVICE, settings, handlers.QUEUES)
+log = logging.getLogger("production.app")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    store = ProductionStore(redis, inbox_ttl_seconds=settings.inbox_ttl_seconds)
+    if seeded := await store.seed_stock(settings.seed_stock):
+        log.info("stocked %s", ", ".join(seeded))
+    app.state.store, app.state.settings = store, settings
+    relay = RedisStreamOutboxRelay(redis, messaging.publisher)
+    kitchen = KitchenLine(
+        store, cooks=settings.kitchen_workers, preparation_seconds=settings.preparation_seconds,
+        reclaim_seconds=settings.kitchen_reclaim_seconds,
+    )
+    await messaging.start()
+    await relay.start()
+    await kitchen.start()
+    try:
+        yield
+    finally:
+        await messaging.stop_consuming()  # first, letting in-flight handlers finish
+        await kitchen.stop()  # cooks finish the ticket in hand if they can
+        await relay.stop()  # then publish what was committed
+        await messaging.close()
+        await redis.aclose()
+
+
+async def _redis_ready() -> bool:
+    store: ProductionStore = app.state.store
+    return await store.ping()
+
+
+app = create_app(
+    SERVICE,
+    title="saga-shop production service",
+    description="The kitchen line: reserves stock for paid orders, queues their tickets and "
+    "cooks them, announcing each step as an event. The kitchen view lists the queue.",
+    lifespan=lifespan,
+    readiness=lambda app: {"redis": _redis_ready, "broker": messaging.ready},
+)
+app.include_router(api.router)
+handlers.register(messaging, lambda: app.state.store)
+add_asyncapi_route(app, SERVICE, messaging)

@@ -1,0 +1,15 @@
+-- A cook hands a ticket over: in_progress -> done, announced by order.finished.
+-- A ticket cancelled while it cooked stays cancelled and is not announced.
+--
+-- KEYS: 1 ticket:<id>  2 tickets:in_progress  3 tickets:done  4 outbox
+-- ARGV: 1 ticket id  2 finished at (ISO)  3 .. the order.finished outbox entry's fields
+-- Returns 'finished' | 'skip'
+if redis.call('HGET', KEYS[1], 'status') ~= 'in_progress' then
+  return 'skip'
+end
+redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[2])
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0'
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], score, ARGV[1])
+redis.call('XADD', KEYS[4], '*', unpack(ARGV, 3))
+return 'finished'

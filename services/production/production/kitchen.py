@@ -1,0 +1,121 @@
+"""The kitchen line: cooks that take tickets from the kitchen queue and make them, one each.
+
+Tickets wait in the Redis stream ``kitchen``, read through the consumer group ``cooks``, so the
+cooks of every replica share one queue and each ticket goes to one cook. An entry leaves the
+stream only after its ticket is done (or turned out not to need making); one whose cook died
+with it is taken over by another cook once it sat idle longer than any cook could need.
+While the kitchen manager pauses the line, a cook holds the ticket it took, unstarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+from production import service
+from production.store import KitchenEntry, ProductionStore
+from sagakit import logs
+
+log = logging.getLogger("production.kitchen")
+
+# A cook waits this long for work before it looks again (for a stop, or a ticket to reclaim).
+READ_BLOCK_MS = 1_000
+# How often a cook holding a ticket looks whether the paused line runs again.
+PAUSE_POLL_SECONDS = 0.2
+# How often one ticket in hand is retried after a Redis error before the cook lets go of it
+# (it stays pending in the stream, and a cook takes it over after the reclaim idle time).
+ATTEMPTS_PER_TICKET = 3
+
+
+class KitchenLine:
+    def __init__(
+        self, store: ProductionStore, *, cooks: int, preparation_seconds: float,
+        reclaim_seconds: float,
+    ) -> None:
+        self.store = store
+        self.preparation_seconds = preparation_seconds
+        # Never take a ticket from a cook who may still be making it.
+        self.reclaim_idle_ms = int(max(reclaim_seconds, 3 * preparation_seconds) * 1000)
+        self._reclaim_every = min(5.0, self.reclaim_idle_ms / 2000)
+        self._next_reclaim = 0.0
+        prefix = f"{socket.gethostname()}-{os.getpid()}"
+        self.cooks = [f"{prefix}-cook-{n}" for n in range(1, cooks + 1)]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        await self.store.ensure_kitchen_group()
+        self._tasks = [asyncio.create_task(self._work(cook), name=cook) for cook in self.cooks]
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Take no more tickets. A cook with one in hand has ``grace_seconds`` to finish it;
+        if it cannot, the ticket stays pending in the stream for another cook to take over.
+
+        Idle cooks are not cancelled but let their read run out (READ_BLOCK_MS): a read
+        cancelled just as Redis served it would leave a ticket pending that no cook saw.
+        """
+        self._stopping = True
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=grace_seconds)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for cook in self.cooks:
+            with contextlib.suppress(Exception):
+                await self.store.retire_cook(cook)
+
+    async def _work(self, cook: str) -> None:
+        backoff, attempts = 0.1, 0
+        in_hand: KitchenEntry | None = None
+        while not self._stopping:
+            try:
+                if in_hand is None:
+                    in_hand, attempts = await self._next(cook), 0
+                    if in_hand is None:
+                        continue
+                attempts += 1
+                await self._make(cook, in_hand)
+                in_hand, backoff = None, 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away or restarted: keep the ticket, try again
+                log.warning("%s: %s; retrying in %.1fs", cook, exc, backoff)
+                if in_hand is not None and attempts >= ATTEMPTS_PER_TICKET:
+                    log.error("%s lets go of kitchen entry %s", cook, in_hand.entry_id)
+                    in_hand = None
+                if "NOGROUP" in str(exc):  # the stream was deleted: recreate the queue
+                    with contextlib.suppress(Exception):
+                        await self.store.ensure_kitchen_group()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _next(self, cook: str) -> KitchenEntry | None:
+        """A ticket a dead cook left behind, if one is due, else the next one in the queue."""
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._next_reclaim:
+            self._next_reclaim = loop.time() + self._reclaim_every
+            entry = await self.store.reclaim_ticket(cook, self.reclaim_idle_ms)
+            if entry is not None:
+                self._next_reclaim = 0.0  # there may be more
+                log.warning("%s took over kitchen entry %s", cook, entry.entry_id)
+                return entry
+        return await self.store.next_ticket(cook, READ_BLOCK_MS)
+
+    async def _make(self, cook: str, entry: KitchenEntry) -> None:
+        logs.order_id_var.set(None)
+        if entry.ticket_id is not None:
+            outcome, order_id = await service.start_cooking(self.store, entry.ticket_id)
+            while outcome == "paused":  # hold the ticket, in its place, until the line runs
+                if self._stopping:
+                    return  # still pending: the next cook to run takes it over
+                await self.store.keep(cook, entry)
+                await asyncio.sleep(PAUSE_POLL_SECONDS)
+                outcome, order_id = await service.start_cooking(self.store, entry.ticket_id)
+            if order_id is not None:
+                if self.preparation_seconds > 0:
+                    await asyncio.sleep(self.preparation_seconds)
+                await service.finish_cooking(self.store, entry.ticket_id, order_id)
+        await self.store.done_with(entry)

@@ -1,0 +1,118 @@
+"""The production service's use cases: take a paid order, drop a cancelled one, cook a ticket.
+
+Each change is one Lua script in which stock and the ticket change, the consumed event is
+marked in the inbox and the events it causes are appended to the outbox; nothing is published
+directly. Events are built here, before the script runs, and simply dropped when the script
+decides there is nothing to announce.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+from production.domain import TicketLine, demand, failure_reason, shortages
+from production.store import ProductionStore
+from sagakit import logs, tracecontext
+from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.events import (
+    Event,
+    MissingStock,
+    OrderCancelled,
+    OrderFinished,
+    OrderReceived,
+    ProductionFailed,
+    ProductionQueued,
+    ProductionStarted,
+)
+
+log = logging.getLogger("production.service")
+SOURCE = "saga-shop/production"
+
+
+class UnknownSku(Exception):
+    def __init__(self, sku: str) -> None:
+        super().__init__(f"the kitchen does not stock '{sku}'")
+        self.sku = sku
+
+
+def _event(event: Event, order_id: UUID) -> OutgoingEvent:
+    return OutgoingEvent.build(event, source=SOURCE, subject=str(order_id))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def receive_order(store: ProductionStore, event: OrderReceived, meta: EventMeta) -> str:
+    """Reserve the order's stock and queue its ticket, or announce why the kitchen cannot."""
+    lines = tuple(TicketLine(x.sku, x.name, x.quantity) for x in event.lines)
+    needed = demand(lines)
+    ticket_id = uuid4()
+    queued = _event(ProductionQueued(order_id=event.order_id, ticket_id=ticket_id),
+                    event.order_id)
+    reservation = await store.reserve(
+        event_id=meta.id, order_id=event.order_id, ticket_id=ticket_id, lines=lines,
+        needed=needed, announcement=queued, traceparent=tracecontext.current(), at=_now(),
+    )
+    if reservation.outcome != "short":
+        ticket = reservation.ticket_id
+        log.info("order.received: %s", reservation.outcome,
+                 extra={"ticket_id": str(ticket) if ticket else None})
+        return reservation.outcome
+
+    missing = shortages(needed, reservation.levels)
+    failed = _event(ProductionFailed(
+        order_id=event.order_id, reason=failure_reason(missing),
+        missing=tuple(MissingStock(sku=s.sku, requested=s.requested, available=s.available)
+                      for s in missing),
+    ), event.order_id)
+    outcome = await store.record_failure(event_id=meta.id, order_id=event.order_id,
+                                         announcement=failed)
+    log.info("order.received: %s", outcome, extra={"reason": failure_reason(missing)})
+    return outcome
+
+
+async def cancel_order(store: ProductionStore, event: OrderCancelled, meta: EventMeta) -> str:
+    """Drop the order's ticket; a ticket no cook has touched gives its stock back."""
+    outcome = await store.cancel(event_id=meta.id, order_id=event.order_id, at=_now())
+    log.info("order.cancelled: %s", outcome)
+    return outcome
+
+
+async def start_cooking(store: ProductionStore, ticket_id: UUID) -> tuple[str, UUID | None]:
+    """Take the ticket to the stove: ("started" or "resumed", its order id) when it is to be
+    made now, ("paused", None) while the line is held, else ("skip", None)."""
+    context = await store.ticket_context(ticket_id)
+    if context is None:
+        log.error("kitchen entry for unknown ticket %s dropped", ticket_id)
+        return "skip", None
+    order_id, traceparent = context
+    tracecontext.continue_from(traceparent)  # the order's trace goes on in the kitchen
+    logs.order_id_var.set(str(order_id))
+    started = _event(ProductionStarted(order_id=order_id, ticket_id=ticket_id), order_id)
+    outcome = await store.start(ticket_id, started, _now())
+    if outcome == "paused":
+        return outcome, None
+    log.info("ticket %s: %s", ticket_id, outcome)
+    return outcome, (order_id if outcome in ("started", "resumed") else None)
+
+
+async def finish_cooking(store: ProductionStore, ticket_id: UUID, order_id: UUID) -> str:
+    finished = _event(OrderFinished(order_id=order_id, ticket_id=ticket_id), order_id)
+    outcome = await store.finish(ticket_id, finished, _now())
+    log.info("ticket %s: %s", ticket_id, outcome)
+    return outcome
+
+
+async def pause_line(store: ProductionStore, paused: bool) -> None:
+    """Hold the line (cooks start no new ticket; one in the pan is finished) or let it go."""
+    await store.pause_line(paused)
+    log.info("kitchen line %s", "paused" if paused else "running")
+
+
+async def restock(store: ProductionStore, sku: str, available: int) -> None:
+    if not await store.restock(sku, available):
+        raise UnknownSku(sku)
+    log.info("restocked %s: %d available", sku, available)

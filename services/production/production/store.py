@@ -1,0 +1,294 @@
+"""Redis for the production service: stock, tickets, the kitchen's work queue, outbox and inbox.
+
+Every change that announces an event is one Lua script (the ``*.lua`` files next to this
+module) that also appends the event to the ``outbox`` stream and, for a consumed event, marks
+its id in the inbox. Keys::
+
+    stock                     hash   sku -> units available
+    ticket:<ticket id>        hash   id, order_id, status, lines (JSON), created_at, started_at,
+                                     finished_at, cancelled_at, traceparent
+    order-ticket:<order id>   string the order's ticket id
+    tickets, tickets:<status> zsets  ticket ids scored by creation time (ms), for the queue view
+    kitchen                   stream ticket ids for the cooks (consumer group ``cooks``)
+    kitchen:paused            string present while the kitchen manager holds the line
+    outbox                    stream events to publish (sagakit.outbox.RedisStreamOutboxRelay)
+    inbox:<event id>          string a consumed event (expires after the inbox TTL)
+    cancelled:<order id>      string tombstone of a cancelled order (same TTL)
+
+The scripts address a few keys they derive (``ticket:<id>`` in cancel.lua), so the store
+needs one Redis, not a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+import orjson
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
+
+from production.domain import Ticket, TicketLine, TicketStatus
+from sagakit.envelope import OutgoingEvent
+
+STOCK = "stock"
+TICKETS = "tickets"
+KITCHEN = "kitchen"
+COOKS = "cooks"
+PAUSED = "kitchen:paused"
+OUTBOX = "outbox"
+
+
+def _ticket(ticket_id: UUID | str) -> str:
+    return f"ticket:{ticket_id}"
+
+
+def _by_status(status: TicketStatus) -> str:
+    return f"{TICKETS}:{status}"
+
+
+def _inbox(event_id: UUID) -> str:
+    return f"inbox:{event_id}"
+
+
+def _tombstone(order_id: UUID) -> str:
+    return f"cancelled:{order_id}"
+
+
+def _order_ticket(order_id: UUID) -> str:
+    return f"order-ticket:{order_id}"
+
+
+def _outbox_fields(event: OutgoingEvent) -> list[str]:
+    return [part for item in event.to_record().items() for part in item]
+
+
+def _script(redis: Redis, name: str) -> AsyncScript:
+    # EVALSHA, loading the script again when Redis lost it (a restart): see AsyncScript.
+    return redis.register_script(Path(__file__).with_name(f"{name}.lua").read_text())
+
+
+def _millis(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    outcome: Literal["queued", "duplicate", "cancelled", "exists", "short"]
+    ticket_id: UUID | None = None
+    # For "short": units available per requested SKU, None for a SKU not stocked at all.
+    levels: dict[str, int | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KitchenEntry:
+    entry_id: str
+    ticket_id: UUID | None  # None: an entry that is not a ticket (dropped)
+
+
+class ProductionStore:
+    def __init__(self, redis: Redis, *, inbox_ttl_seconds: int) -> None:
+        self.redis = redis
+        self.inbox_ttl = inbox_ttl_seconds
+        self._reserve = _script(redis, "reserve")
+        self._record_failure = _script(redis, "record_failure")
+        self._start = _script(redis, "start")
+        self._finish = _script(redis, "finish")
+        self._cancel = _script(redis, "cancel")
+        self._restock = _script(redis, "restock")
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    # --- stock ------------------------------------------------------------------------------
+
+    async def seed_stock(self, stock: Mapping[str, int]) -> list[str]:
+        """Stock SKUs not known yet (HSETNX: a restart never resets counts); returns them."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for sku, units in stock.items():
+                pipe.hsetnx(STOCK, sku, units)
+            added = await pipe.execute()
+        return [sku for sku, new in zip(stock, added, strict=True) if new]
+
+    async def stock_levels(self) -> dict[str, int]:
+        levels = await self.redis.hgetall(STOCK)
+        return {str(sku): int(units) for sku, units in levels.items()}
+
+    async def stock_of(self, sku: str) -> int | None:
+        units = await self.redis.hget(STOCK, sku)
+        return None if units is None else int(units)
+
+    async def restock(self, sku: str, available: int) -> bool:
+        """Set a stocked SKU's count; False when the SKU is not stocked."""
+        return bool(await self._restock(keys=[STOCK], args=[sku, available]))
+
+    # --- consumed events -----------------------------------------------------------------------
+
+    async def reserve(
+        self, *, event_id: UUID, order_id: UUID, ticket_id: UUID, lines: Iterable[TicketLine],
+        needed: Mapping[str, int], announcement: OutgoingEvent, traceparent: str, at: datetime,
+    ) -> Reservation:
+        lines_json = orjson.dumps(
+            [{"sku": x.sku, "name": x.name, "quantity": x.quantity} for x in lines]
+        ).decode()
+        pairs = [part for sku, units in needed.items() for part in (sku, units)]
+        reply = await self._reserve(
+            keys=[
+                _inbox(event_id), _tombstone(order_id), _order_ticket(order_id), STOCK,
+                _ticket(ticket_id), TICKETS, _by_status(TicketStatus.QUEUED), KITCHEN, OUTBOX,
+            ],
+            args=[
+                self.inbox_ttl, str(ticket_id), str(order_id), lines_json, at.isoformat(),
+                _millis(at), traceparent, len(needed), *pairs, *_outbox_fields(announcement),
+            ],
+        )
+        outcome = reply[0]
+        if outcome == "short":
+            raw = reply[1:]
+            levels = {
+                str(raw[i]): (None if int(raw[i + 1]) < 0 else int(raw[i + 1]))
+                for i in range(0, len(raw), 2)
+            }
+            return Reservation("short", levels=levels)
+        return Reservation(outcome, UUID(reply[1]) if len(reply) > 1 else None)
+
+    async def record_failure(
+        self, *, event_id: UUID, order_id: UUID, announcement: OutgoingEvent
+    ) -> str:
+        outcome: str = await self._record_failure(
+            keys=[_inbox(event_id), _tombstone(order_id), _order_ticket(order_id), OUTBOX],
+            args=[self.inbox_ttl, *_outbox_fields(announcement)],
+        )
+        return outcome
+
+    async def cancel(self, *, event_id: UUID, order_id: UUID, at: datetime) -> str:
+        outcome: str = await self._cancel(
+            keys=[
+                _inbox(event_id), _tombstone(order_id), _order_ticket(order_id), STOCK,
+                _by_status(TicketStatus.QUEUED), _by_status(TicketStatus.IN_PROGRESS),
+                _by_status(TicketStatus.CANCELLED),
+            ],
+            args=[self.inbox_ttl, at.isoformat()],
+        )
+        return outcome
+
+    # --- the kitchen's steps -------------------------------------------------------------------
+
+    async def ticket_context(self, ticket_id: UUID) -> tuple[UUID, str | None] | None:
+        """(order id, traceparent) of a ticket, for the events its cooking announces."""
+        order_id, traceparent = await self.redis.hmget(_ticket(ticket_id), "order_id",
+                                                       "traceparent")
+        if order_id is None:
+            return None
+        return UUID(str(order_id)), None if traceparent is None else str(traceparent)
+
+    async def start(self, ticket_id: UUID, announcement: OutgoingEvent, at: datetime) -> str:
+        outcome: str = await self._start(
+            keys=[_ticket(ticket_id), _by_status(TicketStatus.QUEUED),
+                  _by_status(TicketStatus.IN_PROGRESS), OUTBOX, PAUSED],
+            args=[str(ticket_id), at.isoformat(), *_outbox_fields(announcement)],
+        )
+        return outcome
+
+    async def finish(self, ticket_id: UUID, announcement: OutgoingEvent, at: datetime) -> str:
+        outcome: str = await self._finish(
+            keys=[_ticket(ticket_id), _by_status(TicketStatus.IN_PROGRESS),
+                  _by_status(TicketStatus.DONE), OUTBOX],
+            args=[str(ticket_id), at.isoformat(), *_outbox_fields(announcement)],
+        )
+        return outcome
+
+    # --- the kitchen's work queue --------------------------------------------------------------
+
+    async def ensure_kitchen_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(KITCHEN, COOKS, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def next_ticket(self, cook: str, block_ms: int) -> KitchenEntry | None:
+        # (redis-py's legacy reply shape, which it keeps on RESP3: [[stream, entries]])
+        reply: Any = await self.redis.xreadgroup(COOKS, cook, {KITCHEN: ">"}, count=1,
+                                                 block=block_ms)
+        entries = reply[0][1] if reply else []
+        return _entry(*entries[0]) if entries else None
+
+    async def reclaim_ticket(self, cook: str, min_idle_ms: int) -> KitchenEntry | None:
+        """Take over the oldest ticket another cook has held for ``min_idle_ms`` unfinished."""
+        _, claimed, *_ = await self.redis.xautoclaim(KITCHEN, COOKS, cook, min_idle_ms, "0-0",
+                                                     count=1)
+        return _entry(*claimed[0]) if claimed else None
+
+    async def keep(self, cook: str, entry: KitchenEntry) -> None:
+        """Tell the group ``cook`` still has the entry (resets its idle time: not reclaimed)."""
+        await self.redis.xclaim(KITCHEN, COOKS, cook, 0, [entry.entry_id], justid=True)
+
+    async def done_with(self, entry: KitchenEntry) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(KITCHEN, COOKS, entry.entry_id)
+            pipe.xdel(KITCHEN, entry.entry_id)
+            await pipe.execute()
+
+    async def retire_cook(self, cook: str) -> None:
+        """Forget a stopped cook, unless it left a ticket behind for another cook to reclaim."""
+        pending = await self.redis.xpending_range(KITCHEN, COOKS, "-", "+", 1, consumername=cook)
+        if not pending:
+            await self.redis.xgroup_delconsumer(KITCHEN, COOKS, cook)
+
+    async def line_paused(self) -> bool:
+        return bool(await self.redis.exists(PAUSED))
+
+    async def pause_line(self, paused: bool) -> None:
+        if paused:
+            await self.redis.set(PAUSED, "1")
+        else:
+            await self.redis.delete(PAUSED)
+
+    # --- the kitchen view ------------------------------------------------------------------------
+
+    async def tickets(self, status: TicketStatus | None, limit: int) -> list[Ticket]:
+        """Newest first."""
+        key = TICKETS if status is None else _by_status(status)
+        ids: Any = await self.redis.zrevrange(key, 0, limit - 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ticket_id in ids:
+                pipe.hgetall(_ticket(ticket_id))
+            rows = await pipe.execute()
+        return [_parse_ticket(row) for row in rows if row]
+
+    async def ticket(self, ticket_id: UUID) -> Ticket | None:
+        row: Any = await self.redis.hgetall(_ticket(ticket_id))
+        return _parse_ticket(row) if row else None
+
+
+def _entry(entry_id: str, fields: dict[str, str] | None) -> KitchenEntry:
+    raw = (fields or {}).get("ticket_id")
+    try:
+        return KitchenEntry(entry_id, UUID(raw) if raw else None)
+    except ValueError:
+        return KitchenEntry(entry_id, None)
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _parse_ticket(row: dict[str, Any]) -> Ticket:
+    return Ticket(
+        id=UUID(row["id"]),
+        order_id=UUID(row["order_id"]),
+        status=TicketStatus(row["status"]),
+        lines=tuple(
+            TicketLine(x["sku"], x["name"], int(x["quantity"])) for x in orjson.loads(row["lines"])
+        ),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        started_at=_time(row.get("started_at")),
+        finished_at=_time(row.get("finished_at")),
+        cancelled_at=_time(row.get("cancelled_at")),
+    )

@@ -1,0 +1,739 @@
+"""The production service against a real RabbitMQ and Redis, run as ``python -m production``.
+
+The tests talk to it as the saga does: they publish the order service's events to
+``saga.events`` and watch what production announces on a queue of their own, and they use its
+HTTP API as the kitchen manager would.
+
+It gets a RabbitMQ vhost (``production_it``) and a Redis database (3) of its own, so no other
+process (the e2e stack, a developer's ``make up``) takes its messages or touches its keys.
+Override them with ``PRODUCTION_IT_RABBITMQ_URL`` and ``PRODUCTION_IT_REDIS_URL``; the vhost is
+created with rabbitmqctl when that is at hand. A missing server fails the run. The tests own
+that Redis database: it is flushed, so never point them at one holding real data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID, uuid4
+
+import aio_pika
+import httpx
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from production.domain import Step, TicketStatus, next_status, releases_stock
+from production.store import ProductionStore
+from sagakit.envelope import OutgoingEvent
+from sagakit.events import OrderCancelled, OrderLine, OrderReceived
+from sagakit.topology import EVENTS
+
+RABBITMQ_URL = os.environ.get("PRODUCTION_IT_RABBITMQ_URL",
+                              "amqp://guest:guest@127.0.0.1:5672/production_it")
+REDIS_URL = os.environ.get("PRODUCTION_IT_REDIS_URL", "redis://127.0.0.1:6379/3")
+QUEUE = "production.order-events"
+TIMEOUT = 15.0
+
+# --- the service as a process -----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """One ``python -m production`` process with its own settings."""
+
+    def __init__(self, log_path: Path, **settings: Any) -> None:
+        self.port = _free_port()
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "RABBITMQ_URL": RABBITMQ_URL,
+            "PRODUCTION_REDIS_URL": REDIS_URL,
+            "PRODUCTION_HTTP_PORT": str(self.port),
+            "PRODUCTION_PREPARATION_SECONDS": "0",
+            **{f"PRODUCTION_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        self.process: asyncio.subprocess.Process | None = None
+        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+
+    async def start(self) -> Service:
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "production", env=self.env, stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while True:
+            if self.process.returncode is not None:
+                pytest.fail(f"production exited with {self.process.returncode}:\n{self.logs()}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await self.http.get("/health/ready")).status_code == 200:
+                    return self
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail(f"production not ready within {TIMEOUT}s:\n{self.logs()}")
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> bool:
+        """SIGTERM, as an orchestrator stops it; True when it shut down gracefully.
+
+        (uvicorn re-raises the signal after its graceful shutdown, so the exit status is
+        "killed by SIGTERM" either way; the log tells whether the lifespan completed.)
+        """
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            code = await self.process.wait()
+        await self.http.aclose()
+        return code in (0, -signal.SIGTERM) and any(
+            r.get("message") == "Application shutdown complete." for r in self.log_records()
+        )
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        await self.process.wait()
+        await self.http.aclose()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        records = []
+        for line in self.logs().splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                records.append(orjson.loads(line))
+        return records
+
+    async def wait_for_log(self, message: str, event_id: UUID) -> None:
+        """Wait until the service logs ``message`` for the event ``event_id``."""
+        await _until(lambda: any(
+            r.get("message") == message and r.get("event_id") == str(event_id)
+            for r in self.log_records()
+        ), f"log {message!r} for event {event_id}")
+
+
+async def _until(condition: Callable[[], Any], what: str) -> None:
+    """Poll ``condition`` (plain or async) until it holds; fail after TIMEOUT seconds."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+# --- the broker side: publish as the order service, watch what production announces ---------
+
+
+@dataclass(frozen=True)
+class Seen:
+    type: str
+    id: str
+    order_id: str
+    trace_id: str
+    body: dict[str, Any]
+
+
+class Saga:
+    def __init__(self, channel: aio_pika.abc.AbstractChannel,
+                 exchange: aio_pika.abc.AbstractExchange) -> None:
+        self.channel, self.exchange = channel, exchange
+        self.seen: list[Seen] = []
+
+    async def watch(self) -> None:
+        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in ("production.#", "order.finished"):
+            await queue.bind(self.exchange, routing_key=key)
+
+        async def remember(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            async with message.process():
+                body = orjson.loads(message.body)
+                headers = message.headers
+                self.seen.append(Seen(
+                    str(message.routing_key), str(headers["ce-id"]), body["order_id"],
+                    str(headers["traceparent"]).split("-")[1], body,
+                ))
+
+        await queue.consume(remember)
+
+    async def publish(self, event: OrderReceived | OrderCancelled) -> OutgoingEvent:
+        outgoing = OutgoingEvent.build(event, source="saga-shop/order",
+                                       subject=str(event.order_id))
+        await self.deliver(outgoing)
+        return outgoing
+
+    async def deliver(self, event: OutgoingEvent) -> None:
+        """Publish exactly as the order service's relay does (a redelivery re-sends this)."""
+        await self.exchange.publish(
+            aio_pika.Message(
+                event.body, headers=dict(event.headers), message_id=str(event.id),
+                correlation_id=event.subject, type=event.type,
+                content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=event.type,
+        )
+
+    def of(self, order_id: UUID, type_: str) -> list[Seen]:
+        return [s for s in self.seen if s.order_id == str(order_id) and s.type == type_]
+
+    def count(self, order_id: UUID, type_: str) -> int:
+        """Distinct events (a relay may publish one twice; consumers see it once)."""
+        return len({s.id for s in self.of(order_id, type_)})
+
+    async def wait_for(self, order_id: UUID, type_: str) -> Seen:
+        await _until(lambda: self.of(order_id, type_), f"{type_} for order {order_id}")
+        return self.of(order_id, type_)[0]
+
+    async def outcome(self, order_id: UUID) -> str:
+        """production.queued or production.failed, whichever the order got."""
+        kinds = ("production.queued", "production.failed")
+        await _until(lambda: any(self.of(order_id, k) for k in kinds), f"outcome of {order_id}")
+        return next(k for k in kinds if self.of(order_id, k))
+
+
+def order(*lines: tuple[str, int], order_id: UUID | None = None) -> OrderReceived:
+    return OrderReceived(
+        order_id=order_id or uuid4(),
+        lines=tuple(OrderLine(sku=sku, name=sku.title(), quantity=quantity,
+                              unit_price=Decimal("1.00")) for sku, quantity in lines),
+    )
+
+
+def cancellation(order_id: UUID) -> OrderCancelled:
+    return OrderCancelled(order_id=order_id, reason="cancelled by the customer",
+                          requested_by="customer")
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
+    await client.flushdb()  # fails the run when Redis is not there
+    yield client
+    await client.aclose()
+
+
+def _ensure_vhost(url: str) -> None:
+    """Create the URL's vhost on a local broker (idempotent); elsewhere it must exist."""
+    vhost = urlsplit(url).path.strip("/")
+    if not vhost or not shutil.which("rabbitmqctl"):
+        return
+    for command in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*",
+                                           ".*"]):
+        subprocess.run(["rabbitmqctl", *command], capture_output=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="session")
+async def saga(redis: Redis) -> AsyncIterator[Saga]:
+    await asyncio.to_thread(_ensure_vhost, RABBITMQ_URL)
+    connection = await aio_pika.connect(RABBITMQ_URL)  # fails the run when RabbitMQ is not there
+    async with connection:
+        await _purge_leftovers(connection)
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(  # as every service declares it
+            EVENTS.name, aio_pika.ExchangeType.TOPIC, durable=True, arguments=EVENTS.arguments,
+        )
+        saga = Saga(channel, exchange)
+        await saga.watch()
+        yield saga
+
+
+async def _purge_leftovers(connection: aio_pika.abc.AbstractConnection) -> None:
+    """Events an earlier, interrupted run left in the service's queue would skew stock counts."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(QUEUE, passive=True)
+        await queue.purge()
+    except aio_pika.exceptions.ChannelClosed:
+        pass  # no queue yet: the first start declares it
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+@pytest.fixture
+async def services(
+    saga: Saga, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """Start services with given settings; whatever is still running is stopped afterwards."""
+    started: list[Service] = []
+
+    async def start(**settings: Any) -> Service:
+        service = Service(tmp_path / f"production-{len(started)}.log", **settings)
+        started.append(service)
+        return await service.start()
+
+    yield start
+    for service in started:
+        if service.running:
+            await service.stop()
+
+
+@pytest.fixture(scope="class")
+async def kitchen(saga: Saga, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Service]:
+    """The service at full speed (no preparation time), as in benchmarks."""
+    service = await Service(tmp_path_factory.mktemp("kitchen") / "production.log",
+                            kitchen_workers=4).start()
+    yield service
+    assert await service.stop(), service.logs()
+
+
+async def available(service: Service, sku: str) -> int:
+    response = await service.http.get(f"/api/v1/production/stock/{sku}")
+    assert response.status_code == 200, response.text
+    units: int = response.json()["available"]
+    return units
+
+
+async def set_stock(service: Service, sku: str, units: int) -> None:
+    response = await service.http.put(f"/api/v1/production/stock/{sku}", json={"available": units})
+    assert response.status_code == 200, response.text
+
+
+async def ticket_of(service: Service, ticket_id: str) -> dict[str, Any]:
+    response = await service.http.get(f"/api/v1/production/tickets/{ticket_id}")
+    assert response.status_code == 200, response.text
+    ticket: dict[str, Any] = response.json()
+    return ticket
+
+
+# --- the saga at full speed ---------------------------------------------------------------------
+
+
+class TestKitchenAtFullSpeed:
+    async def test_a_paid_order_is_queued_started_and_finished(
+        self, kitchen: Service, saga: Saga
+    ) -> None:
+        fries, lemonade = await available(kitchen, "fries"), await available(kitchen, "lemonade")
+        received = order(("fries", 2), ("lemonade", 1), ("fries", 1))
+
+        await saga.publish(received)
+
+        queued = await saga.wait_for(received.order_id, "production.queued")
+        started = await saga.wait_for(received.order_id, "production.started")
+        finished = await saga.wait_for(received.order_id, "order.finished")
+        ticket_id = queued.body["ticket_id"]
+        assert started.body["ticket_id"] == finished.body["ticket_id"] == ticket_id
+        assert saga.seen.index(queued) < saga.seen.index(started) < saga.seen.index(finished)
+        assert await available(kitchen, "fries") == fries - 3
+        assert await available(kitchen, "lemonade") == lemonade - 1
+        ticket = await ticket_of(kitchen, ticket_id)
+        assert ticket["status"] == "done"
+        assert ticket["order_id"] == str(received.order_id)
+        assert [line["quantity"] for line in ticket["lines"]] == [2, 1, 1]
+        assert ticket["created_at"] <= ticket["started_at"] <= ticket["finished_at"]
+
+    async def test_its_events_continue_the_orders_trace(
+        self, kitchen: Service, saga: Saga
+    ) -> None:
+        received = order(("brownie", 1))
+        outgoing = await saga.publish(received)
+        trace_id = outgoing.headers["traceparent"].split("-")[1]
+
+        await saga.wait_for(received.order_id, "order.finished")
+
+        announced = [s for s in saga.seen if s.order_id == str(received.order_id)]
+        assert {s.type for s in announced} == {
+            "production.queued", "production.started", "order.finished"}
+        assert {s.trace_id for s in announced} == {trace_id}
+        records = [r for r in kitchen.log_records() if r.get("order_id") == str(received.order_id)]
+        assert records and {r.get("trace_id") for r in records} == {trace_id}
+
+    async def test_an_order_the_stock_cannot_cover_fails_and_reserves_nothing(
+        self, kitchen: Service, saga: Saga
+    ) -> None:
+        before = {sku: await available(kitchen, sku) for sku in ("brownie", "truffle-risotto")}
+        received = order(("brownie", 1), ("truffle-risotto", before["truffle-risotto"] + 1),
+                         ("caviar", 2))
+
+        await saga.publish(received)
+
+        failed = await saga.wait_for(received.order_id, "production.failed")
+        assert failed.body["reason"] == "out of stock: truffle-risotto, caviar"
+        assert failed.body["missing"] == [
+            {"sku": "truffle-risotto", "requested": before["truffle-risotto"] + 1,
+             "available": before["truffle-risotto"]},
+            {"sku": "caviar", "requested": 2, "available": 0},
+        ]
+        for sku, units in before.items():
+            assert await available(kitchen, sku) == units  # all or nothing: brownie untouched
+        assert not saga.of(received.order_id, "production.queued")
+
+    async def test_a_redelivered_order_makes_one_ticket(
+        self, kitchen: Service, saga: Saga
+    ) -> None:
+        fries = await available(kitchen, "fries")
+        received = order(("fries", 4))
+        outgoing = await saga.publish(received)
+        await saga.wait_for(received.order_id, "order.finished")
+
+        await saga.deliver(outgoing)  # the same event again, as after a lost ack
+
+        await kitchen.wait_for_log("order.received: duplicate", outgoing.id)
+        assert saga.count(received.order_id, "production.queued") == 1
+        assert await available(kitchen, "fries") == fries - 4
+        queue = (await kitchen.http.get("/api/v1/production/queue?limit=500")).json()
+        assert sum(t["order_id"] == str(received.order_id) for t in queue) == 1
+
+    async def test_a_redelivered_failure_is_announced_once(
+        self, kitchen: Service, saga: Saga
+    ) -> None:
+        received = order(("caviar", 1))
+        outgoing = await saga.publish(received)
+        await saga.wait_for(received.order_id, "production.failed")
+
+        await saga.deliver(outgoing)
+
+        await kitchen.wait_for_log("order.received: duplicate", outgoing.id)
+        assert saga.count(received.order_id, "production.failed") == 1
+
+    async def test_concurrent_orders_never_oversell_the_last_units(
+        self, kitchen: Service, saga: Saga
+    ) -> None:
+        await set_stock(kitchen, "truffle-risotto", 5)
+        orders = [order(("truffle-risotto", 1)) for _ in range(25)]
+
+        await asyncio.gather(*(saga.publish(o) for o in orders))
+
+        outcomes = [await saga.outcome(o.order_id) for o in orders]
+        assert outcomes.count("production.queued") == 5
+        assert outcomes.count("production.failed") == 20
+        assert await available(kitchen, "truffle-risotto") == 0
+
+    async def test_an_order_cancelled_before_it_arrives_is_never_made(
+        self, kitchen: Service, saga: Saga
+    ) -> None:
+        fries = await available(kitchen, "fries")
+        received = order(("fries", 1))
+        cancelled = await saga.publish(cancellation(received.order_id))
+        await kitchen.wait_for_log("order.cancelled: no_ticket", cancelled.id)
+
+        late = await saga.publish(received)  # overtaken, e.g. by a retry
+
+        await kitchen.wait_for_log("order.received: cancelled", late.id)
+        assert await available(kitchen, "fries") == fries
+        assert not saga.of(received.order_id, "production.queued")
+        assert not saga.of(received.order_id, "production.failed")
+
+    async def test_cancelling_a_finished_order_changes_nothing(
+        self, kitchen: Service, saga: Saga
+    ) -> None:
+        received = order(("brownie", 2))
+        await saga.publish(received)
+        finished = await saga.wait_for(received.order_id, "order.finished")
+        brownies = await available(kitchen, "brownie")
+
+        cancelled = await saga.publish(cancellation(received.order_id))
+
+        await kitchen.wait_for_log("order.cancelled: done", cancelled.id)
+        assert (await ticket_of(kitchen, finished.body["ticket_id"]))["status"] == "done"
+        assert await available(kitchen, "brownie") == brownies
+
+    async def test_a_paused_line_holds_tickets_which_can_then_be_cancelled(
+        self, kitchen: Service, saga: Saga, redis: Redis
+    ) -> None:
+        brownies = await available(kitchen, "brownie")
+        held, later = order(("brownie", 2)), order(("brownie", 1))
+        assert (await kitchen.http.put("/api/v1/production/line", json={"paused": True})).json() \
+            == {"paused": True}
+        try:
+            await saga.publish(held)
+            queued = await saga.wait_for(held.order_id, "production.queued")
+            await asyncio.sleep(0.5)  # four idle cooks would have started it within milliseconds
+            assert (await ticket_of(kitchen, queued.body["ticket_id"]))["status"] == "queued"
+            assert not saga.of(held.order_id, "production.started")
+            assert await available(kitchen, "brownie") == brownies - 2
+
+            cancelled = await saga.publish(cancellation(held.order_id))
+            await kitchen.wait_for_log("order.cancelled: released", cancelled.id)
+            assert await available(kitchen, "brownie") == brownies
+        finally:
+            response = await kitchen.http.put("/api/v1/production/line", json={"paused": False})
+            assert response.json() == {"paused": False}
+        assert (await kitchen.http.get("/api/v1/production/line")).json() == {"paused": False}
+
+        await saga.publish(later)
+        await saga.wait_for(later.order_id, "order.finished")
+        assert (await ticket_of(kitchen, queued.body["ticket_id"]))["status"] == "cancelled"
+        assert not saga.of(held.order_id, "production.started")
+
+        async def kitchen_queue_empty() -> bool:
+            return not (await redis.xpending("kitchen", "cooks"))["pending"]
+
+        await _until(kitchen_queue_empty, "the kitchen's stream to have nothing pending")
+
+    async def test_the_kitchen_view_lists_tickets_newest_first_and_by_status(
+        self, kitchen: Service, saga: Saga
+    ) -> None:
+        first, second = order(("fries", 1)), order(("lemonade", 1))
+        for received in (first, second):
+            await saga.publish(received)
+            await saga.wait_for(received.order_id, "order.finished")
+
+        queue = (await kitchen.http.get("/api/v1/production/queue", params={"limit": 2})).json()
+        assert [t["order_id"] for t in queue] == [str(second.order_id), str(first.order_id)]
+        assert set(queue[0]) == {"ticket_id", "order_id", "status", "lines", "created_at",
+                                 "started_at", "finished_at", "cancelled_at"}
+        done = (await kitchen.http.get("/api/v1/production/queue?status=done&limit=500")).json()
+        assert done and all(t["status"] == "done" for t in done)
+        assert str(first.order_id) in {t["order_id"] for t in done}
+        queued = (await kitchen.http.get("/api/v1/production/queue?status=queued")).json()
+        assert str(first.order_id) not in {t["order_id"] for t in queued}
+
+    async def test_stock_is_listed_by_sku_and_restocked_by_count(self, kitchen: Service) -> None:
+        stock = (await kitchen.http.get("/api/v1/production/stock")).json()
+        skus = [item["sku"] for item in stock]
+        assert skus == sorted(skus)
+        assert {"burger-classic", "fries", "truffle-risotto"} <= set(skus)
+        assert all(set(item) == {"sku", "available"} for item in stock)
+
+        response = await kitchen.http.put("/api/v1/production/stock/salad-caesar",
+                                          json={"available": 1234})
+        assert response.status_code == 200
+        assert response.json() == {"sku": "salad-caesar", "available": 1234}
+        assert await available(kitchen, "salad-caesar") == 1234
+
+    @pytest.mark.parametrize(
+        ("method", "path", "body", "status", "field"),
+        [
+            ("GET", "/stock/caviar", None, 404, "sku"),
+            ("PUT", "/stock/caviar", {"available": 1}, 404, "sku"),
+            ("PUT", "/stock/fries", {"available": -1}, 422, "available"),
+            ("PUT", "/stock/fries", {"available": 1_000_001}, 422, "available"),
+            ("PUT", "/stock/fries", {"available": "12"}, 422, "available"),
+            ("PUT", "/stock/fries", {"available": 1.5}, 422, "available"),
+            ("PUT", "/stock/fries", {}, 422, "available"),
+            ("PUT", "/stock/fries", {"available": 1, "price": 2}, 422, "price"),
+            ("GET", "/queue?status=burnt", None, 422, "status"),
+            ("GET", "/queue?limit=0", None, 422, "limit"),
+            ("GET", f"/tickets/{uuid4()}", None, 404, "ticket_id"),
+            ("GET", "/tickets/not-a-uuid", None, 422, "ticket_id"),
+            ("PUT", "/line", {"paused": "yes"}, 422, "paused"),
+            ("PUT", "/line", {"paused": True, "for": 5}, 422, "for"),
+        ],
+    )
+    async def test_errors_name_the_field_to_blame(
+        self, kitchen: Service, method: str, path: str, body: Any, status: int, field: str
+    ) -> None:
+        response = await kitchen.http.request(method, f"/api/v1/production{path}", json=body)
+        assert response.status_code == status, response.text
+        problem = response.json()
+        assert problem["status"] == status
+        assert field in {error["field"] for error in problem["errors"]}
+
+    async def test_health_and_docs(self, kitchen: Service) -> None:
+        ready = (await kitchen.http.get("/health/ready")).json()
+        assert ready["checks"] == {"redis": "ok", "broker": "ok"}
+        openapi = (await kitchen.http.get("/docs/production/openapi.json")).json()
+        assert {"/api/v1/production/stock", "/api/v1/production/stock/{sku}",
+                "/api/v1/production/queue", "/api/v1/production/tickets/{ticket_id}"} <= set(
+            openapi["paths"])
+        asyncapi = (await kitchen.http.get("/docs/production/asyncapi.json")).json()
+        assert "OrderReceived" in str(asyncapi) and "OrderCancelled" in str(asyncapi)
+
+
+# --- kitchens that take their time, stop, crash, restart, or run twice ----------------------------
+
+
+class TestKitchenProcesses:
+    async def test_cancel_gives_back_a_queued_tickets_stock_but_not_a_started_ones(
+        self, services: Callable[..., Any], saga: Saga
+    ) -> None:
+        kitchen: Service = await services(preparation_seconds=2, kitchen_workers=1)
+        fries, brownies = await available(kitchen, "fries"), await available(kitchen, "brownie")
+        cooking, waiting, sentinel = order(("fries", 2)), order(("brownie", 3)), order(("fries", 1))
+        await saga.publish(cooking)
+        await saga.wait_for(cooking.order_id, "production.started")
+        await saga.publish(waiting)
+        queued = await saga.wait_for(waiting.order_id, "production.queued")
+        assert await available(kitchen, "brownie") == brownies - 3
+
+        await saga.publish(cancellation(waiting.order_id))
+        await saga.publish(cancellation(cooking.order_id))
+
+        waiting_ticket = queued.body["ticket_id"]
+        await _poll_status(kitchen, waiting_ticket, "cancelled")
+        cooking_ticket = (await saga.wait_for(cooking.order_id, "production.started")).body
+        await _poll_status(kitchen, cooking_ticket["ticket_id"], "cancelled")
+        assert await available(kitchen, "brownie") == brownies  # given back
+        assert await available(kitchen, "fries") == fries - 2  # already in the pan
+
+        # The one cook takes tickets in order: once the sentinel is done, the others were seen.
+        await saga.publish(sentinel)
+        await saga.wait_for(sentinel.order_id, "order.finished")
+        assert not saga.of(cooking.order_id, "order.finished")
+        assert not saga.of(waiting.order_id, "production.started")
+        assert not saga.of(waiting.order_id, "order.finished")
+        assert (await ticket_of(kitchen, waiting_ticket))["started_at"] is None
+        assert await kitchen.stop()
+
+    async def test_a_ticket_whose_cook_was_killed_is_finished_once_by_another(
+        self, services: Callable[..., Any], saga: Saga
+    ) -> None:
+        first = await services(preparation_seconds=3, kitchen_workers=1,
+                               kitchen_reclaim_seconds=1)
+        received = order(("pizza-margherita", 1))
+        await saga.publish(received)
+        started = await saga.wait_for(received.order_id, "production.started")
+
+        await first.kill()  # kill -9 in the middle of the preparation
+        second = await services(kitchen_workers=2, kitchen_reclaim_seconds=1)
+
+        finished = await saga.wait_for(received.order_id, "order.finished")
+        assert finished.body["ticket_id"] == started.body["ticket_id"]
+        assert (await ticket_of(second, started.body["ticket_id"]))["status"] == "done"
+        assert saga.count(received.order_id, "production.queued") == 1
+        assert saga.count(received.order_id, "production.started") == 1  # resumed, not restarted
+        assert saga.count(received.order_id, "order.finished") == 1
+
+    async def test_a_stop_lets_the_cook_finish_a_quick_ticket_and_announces_it(
+        self, services: Callable[..., Any], saga: Saga, redis: Redis
+    ) -> None:
+        kitchen = await services(preparation_seconds=1, kitchen_workers=1)
+        received = order(("lemonade", 1))
+        await saga.publish(received)
+        started = await saga.wait_for(received.order_id, "production.started")
+
+        assert await kitchen.stop(), kitchen.logs()
+
+        # Finished while stopping, and published by the outbox flush before the process ended.
+        assert await redis.hget(f"ticket:{started.body['ticket_id']}", "status") == "done"
+        assert await redis.xlen("outbox") == 0
+        await saga.wait_for(received.order_id, "order.finished")
+
+    async def test_a_ticket_too_long_to_finish_at_stop_is_finished_after_the_restart(
+        self, services: Callable[..., Any], saga: Saga, redis: Redis
+    ) -> None:
+        first = await services(preparation_seconds=8, kitchen_workers=1,
+                               kitchen_reclaim_seconds=1)
+        received = order(("salad-caesar", 1))
+        await saga.publish(received)
+        started = await saga.wait_for(received.order_id, "production.started")
+
+        assert await first.stop(), first.logs()  # the cook lets go after the stop's grace
+        ticket_id = started.body["ticket_id"]
+        assert await redis.hget(f"ticket:{ticket_id}", "status") == "in_progress"
+        second = await services(kitchen_reclaim_seconds=1)
+
+        await saga.wait_for(received.order_id, "order.finished")
+        assert (await ticket_of(second, ticket_id))["status"] == "done"
+        assert saga.count(received.order_id, "production.started") == 1
+        assert saga.count(received.order_id, "order.finished") == 1
+
+    async def test_two_replicas_never_oversell_and_make_each_ticket_once(
+        self, services: Callable[..., Any], saga: Saga
+    ) -> None:
+        first = await services(kitchen_workers=2)
+        await services(kitchen_workers=2)  # a second replica on the same queue and Redis
+        await set_stock(first, "truffle-risotto", 10)
+        orders = [order(("truffle-risotto", 1)) for _ in range(40)]
+
+        await asyncio.gather(*(saga.publish(o) for o in orders))
+
+        outcomes = {o.order_id: await saga.outcome(o.order_id) for o in orders}
+        made = [oid for oid, outcome in outcomes.items() if outcome == "production.queued"]
+        assert len(made) == 10
+        for order_id in made:
+            await saga.wait_for(order_id, "order.finished")
+            assert saga.count(order_id, "production.started") == 1
+            assert saga.count(order_id, "order.finished") == 1
+        assert await available(first, "truffle-risotto") == 0
+
+    async def test_a_restart_keeps_the_stock_counts(
+        self, services: Callable[..., Any], saga: Saga
+    ) -> None:
+        first = await services()
+        await set_stock(first, "burger-veggie", 7)
+        received = order(("burger-veggie", 2))
+        await saga.publish(received)
+        await saga.wait_for(received.order_id, "order.finished")
+        assert await first.stop()
+
+        second = await services()
+
+        assert await available(second, "burger-veggie") == 5  # not seeded again
+
+
+async def _poll_status(service: Service, ticket_id: str, status: str) -> None:
+    async def reached() -> bool:
+        return bool((await ticket_of(service, ticket_id))["status"] == status)
+
+    await _until(reached, f"ticket {ticket_id} {status}")
+
+
+# --- the scripts apply the domain's transition table ---------------------------------------------
+
+
+@pytest.mark.parametrize("status", list(TicketStatus))
+@pytest.mark.parametrize("step", list(Step))
+async def test_the_scripts_follow_the_transition_table(
+    redis: Redis, status: TicketStatus, step: Step
+) -> None:
+    """A ticket seeded in each state, each step's script applied: as domain.TRANSITIONS says.
+
+    Runs with no service up; the outbox entries it writes are removed so none is ever relayed.
+    """
+    store = ProductionStore(redis, inbox_ttl_seconds=60)
+    order_id, ticket_id, sku = uuid4(), uuid4(), f"test-sku-{uuid4()}"
+    keys = [f"ticket:{ticket_id}", f"order-ticket:{order_id}", f"cancelled:{order_id}"]
+    await redis.hset("stock", sku, 7)
+    await redis.hset(keys[0], mapping={
+        "id": str(ticket_id), "order_id": str(order_id), "status": str(status),
+        "lines": orjson.dumps([{"sku": sku, "name": "Test", "quantity": 3}]).decode(),
+        "created_at": datetime.now(UTC).isoformat(),
+    })
+    await redis.set(keys[1], str(ticket_id))
+    await redis.zadd(f"tickets:{status}", {str(ticket_id): 1})
+    last = await redis.xrevrange("outbox", count=1)
+    announcement = OutgoingEvent.build(order((sku, 3), order_id=order_id), source="test",
+                                       subject=str(order_id))
+    try:
+        if step is Step.START:
+            await store.start(ticket_id, announcement, datetime.now(UTC))
+        elif step is Step.FINISH:
+            await store.finish(ticket_id, announcement, datetime.now(UTC))
+        else:
+            await store.cancel(event_id=uuid4(), order_id=order_id, at=datetime.now(UTC))
+
+        after = TicketStatus(str(await redis.hget(keys[0], "status")))
+        assert after is (next_status(status, step) or status)
+        given_back = step is Step.CANCEL and releases_stock(status)
+        assert await redis.hget("stock", sku) == ("10" if given_back else "7")
+        assert await redis.zscore(f"tickets:{after}", str(ticket_id)) is not None
+    finally:
+        added: Any = await redis.xrange("outbox", min=f"({last[0][0]!s}" if last else "-")
+        if added:
+            await redis.xdel("outbox", *(entry_id for entry_id, _ in added))
+        await redis.hdel("stock", sku)
+        await redis.delete(*keys)
+        for state in TicketStatus:
+            await redis.zrem(f"tickets:{state}", str(ticket_id))
