@@ -2,7 +2,9 @@
 
 It runs on its own ports (gateway 18080), its own databases (``orders_test``, ``payments_test``,
 dropped and recreated each session), Redis database 1 and the RabbitMQ vhost ``saga_test``, with
-the kitchen's preparation time at 0.
+the kitchen's preparation time at 0. Two test sessions can run side by side on one machine with
+``TEST_PORT_BASE`` (default 18000: gateway at +80, services at +1..+3), ``TEST_DB_SUFFIX``
+(default ``_test``) and their own ``TEST_RABBITMQ_URL`` vhost and ``TEST_REDIS_URL`` database.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import redis
 from deploy import native
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_DIR = REPO / ".run" / "test"
-PORTS = {"GATEWAY_PORT": "18080", "ORDER_HTTP_PORT": "18001", "PAYMENT_HTTP_PORT": "18002",
-         "PRODUCTION_HTTP_PORT": "18003"}
+_BASE = int(os.environ.get("TEST_PORT_BASE", "18000"))
+DB_SUFFIX = os.environ.get("TEST_DB_SUFFIX", "_test")
+RUN_DIR = REPO / ".run" / f"test{_BASE}"
+PORTS = {"GATEWAY_PORT": str(_BASE + 80), "ORDER_HTTP_PORT": str(_BASE + 1),
+         "PAYMENT_HTTP_PORT": str(_BASE + 2), "PRODUCTION_HTTP_PORT": str(_BASE + 3)}
 TERMINAL = {"finished", "cancelled", "refunded"}
 
 
@@ -53,13 +57,15 @@ def stack(infra) -> Iterator[Stack]:
         "SAGA_RUN_DIR": str(RUN_DIR),
         "RABBITMQ_URL": infra.rabbitmq_url,
         "POSTGRES_ADMIN_URL": infra.postgres_admin_url,
-        "ORDER_DATABASE_URL": infra.postgres_url("orders_test", "order_svc", "order_svc"),
-        "PAYMENT_DATABASE_URL": infra.postgres_url("payments_test", "payment_svc", "payment_svc"),
+        "ORDER_DATABASE_URL": infra.postgres_url(f"orders{DB_SUFFIX}", "order_svc", "order_svc"),
+        "PAYMENT_DATABASE_URL": infra.postgres_url(f"payments{DB_SUFFIX}", "payment_svc",
+                                                   "payment_svc"),
         "PRODUCTION_REDIS_URL": infra.redis_url,
         "PRODUCTION_PREPARATION_SECONDS": "0",
         "RETRY_DELAYS_MS": "[50, 200, 1000, 3000]",
     }
-    asyncio.run(_drop_databases(infra.postgres_admin_url, ["orders_test", "payments_test"]))
+    asyncio.run(_drop_databases(infra.postgres_admin_url,
+                                [f"orders{DB_SUFFIX}", f"payments{DB_SUFFIX}"]))
     redis.Redis.from_url(infra.redis_url).flushdb()
     native.up(env, RUN_DIR, timeout=120)
     try:
