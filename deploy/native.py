@@ -51,9 +51,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "gateway" / "templates" / "gateway.conf.template"
 SERVICES = ("order", "payment", "production")
 GATEWAY = "gateway"
-TEMPLATE_VARS = ("GATEWAY_PORT", "ORDER_UPSTREAM_SERVERS", "PAYMENT_UPSTREAM_SERVERS",
+TEMPLATE_VARS = ("GATEWAY_PORT", "GATEWAY_API_KEYS", "GATEWAY_RATE_LIMIT", "GATEWAY_RATE_BURST",
+                 "ORDER_UPSTREAM_SERVERS", "PAYMENT_UPSTREAM_SERVERS",
                  "PRODUCTION_UPSTREAM_SERVERS")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+DEV_API_KEY = "dev-key-change-me"
+# The key list is spliced into an nginx regex: only characters that are literal there.
+API_KEY = re.compile(r"[A-Za-z0-9_~-]+")
+RATE = re.compile(r"[1-9][0-9]*r/[sm]")
 # Passive circuit breaking: 3 failures within 10 s take a replica out for 10 s.
 UPSTREAM_SERVER_OPTIONS = "max_fails=3 fail_timeout=10s"
 REPLICA_PORT_STEP = 10
@@ -74,6 +79,11 @@ DEFAULTS = {
     "ORDER_REPLICAS": "1",
     "PAYMENT_REPLICAS": "1",
     "PRODUCTION_REPLICAS": "1",
+    # The development key: every deployment sets its own (README, "The gateway").
+    "GATEWAY_API_KEYS": DEV_API_KEY,
+    # Loose enough that a benchmark or load test from one machine never meets them.
+    "GATEWAY_RATE_LIMIT": "1000r/s",
+    "GATEWAY_RATE_BURST": "2000",
 }
 
 
@@ -142,6 +152,26 @@ def replicas(service: str, env: Mapping[str, str]) -> list[Replica]:
     host = env.get(f"{prefix}_HTTP_HOST", DEFAULTS[f"{prefix}_HTTP_HOST"])
     port = int(env.get(f"{prefix}_HTTP_PORT", DEFAULTS[f"{prefix}_HTTP_PORT"]))
     return [Replica(service, i, host, port + REPLICA_PORT_STEP * i) for i in range(int(raw))]
+
+
+def check_gateway_settings(env: Mapping[str, str]) -> None:
+    """Refuse API keys, rates and bursts nginx would misread, before anything starts."""
+    keys = env["GATEWAY_API_KEYS"].split("|")
+    for key in keys:
+        if not API_KEY.fullmatch(key):
+            shown = "an empty key" if not key else f"a key with other characters ({key[:4]}...)"
+            raise StackError(f"GATEWAY_API_KEYS has {shown}: keys are |-separated and use only "
+                             "A-Z a-z 0-9 _ ~ - (e.g. python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))')")
+    if not RATE.fullmatch(env["GATEWAY_RATE_LIMIT"]):
+        raise StackError("GATEWAY_RATE_LIMIT must read like 1000r/s or 600r/m, not "
+                         f"{env['GATEWAY_RATE_LIMIT']!r}")
+    if not re.fullmatch(r"[0-9]+", env["GATEWAY_RATE_BURST"]):
+        raise StackError("GATEWAY_RATE_BURST must be a whole number, not "
+                         f"{env['GATEWAY_RATE_BURST']!r}")
+    if DEV_API_KEY in keys:
+        _say(f"gateway: writes accept the development API key {DEV_API_KEY!r}; "
+             "set GATEWAY_API_KEYS before anyone else can reach this gateway")
 
 
 def resolve_run_dir(run_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -558,6 +588,7 @@ def up(env: Mapping[str, str] | None = None, run_dir: str | os.PathLike[str] | N
     gateway no longer sends them requests.
     """
     full = stack_env(env)
+    check_gateway_settings(full)
     path = resolve_run_dir(run_dir or full.get("SAGA_RUN_DIR"))
     (path / "logs").mkdir(parents=True, exist_ok=True)
     wanted = [replica for service in SERVICES for replica in replicas(service, full)]

@@ -1,4 +1,4 @@
-"""Native mode's configuration: replicas, the gateway's upstreams, the template's inputs."""
+"""Native mode's configuration: replicas, gateway upstreams and keys, the template's inputs."""
 
 from __future__ import annotations
 
@@ -45,6 +45,37 @@ def test_an_ipv6_bind_host_is_bracketed_for_nginx():
 def test_a_bad_replica_count_is_refused(count):
     with pytest.raises(native.StackError, match="ORDER_REPLICAS"):
         native.stack_env({"ORDER_REPLICAS": count})
+
+
+def test_the_defaults_are_the_development_key_and_limits_no_benchmark_meets():
+    env = native.stack_env({})
+    assert env["GATEWAY_API_KEYS"] == "dev-key-change-me"
+    assert (env["GATEWAY_RATE_LIMIT"], env["GATEWAY_RATE_BURST"]) == ("1000r/s", "2000")
+    native.check_gateway_settings(env)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("GATEWAY_API_KEYS", ""),
+    ("GATEWAY_API_KEYS", "good-key|"),
+    ("GATEWAY_API_KEYS", "good-key||other"),
+    ("GATEWAY_API_KEYS", "a.b"),  # a regex wildcard in nginx
+    ("GATEWAY_API_KEYS", "key+more"),
+    ("GATEWAY_API_KEYS", "with space"),
+    ("GATEWAY_API_KEYS", 'quote"d'),
+    ("GATEWAY_RATE_LIMIT", "1000"),
+    ("GATEWAY_RATE_LIMIT", "0r/s"),
+    ("GATEWAY_RATE_LIMIT", "10r/h"),
+    ("GATEWAY_RATE_BURST", "-1"),
+    ("GATEWAY_RATE_BURST", "many"),
+])
+def test_gateway_settings_nginx_would_misread_are_refused(name, value):
+    with pytest.raises(native.StackError, match=name):
+        native.check_gateway_settings(native.stack_env({name: value}))
+
+
+def test_keys_of_the_allowed_characters_pass():
+    env = native.stack_env({"GATEWAY_API_KEYS": "Ab9_~-x|k2-7f3c9e1d8b6a4f2e0c5b7a9d1e3f5a7c"})
+    native.check_gateway_settings(env)
 
 
 def test_the_template_uses_exactly_the_variables_the_runner_renders():
