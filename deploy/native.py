@@ -157,11 +157,11 @@ def replicas(service: str, env: Mapping[str, str]) -> list[Replica]:
 def check_gateway_settings(env: Mapping[str, str]) -> None:
     """Refuse API keys, rates and bursts nginx would misread, before anything starts."""
     keys = env["GATEWAY_API_KEYS"].split("|")
-    for key in keys:
-        if not API_KEY.fullmatch(key):
-            shown = "an empty key" if not key else f"a key with other characters ({key[:4]}...)"
-            raise StackError(f"GATEWAY_API_KEYS has {shown}: keys are |-separated and use only "
-                             "A-Z a-z 0-9 _ ~ - (e.g. python -c 'import secrets; "
+    for number, key in enumerate(keys, 1):
+        if not API_KEY.fullmatch(key):  # never echo a key, not even part of it
+            what = "is empty" if not key else "has other characters"
+            raise StackError(f"GATEWAY_API_KEYS: key {number} {what}; keys are |-separated "
+                             "and use only A-Z a-z 0-9 _ ~ - (e.g. python -c 'import secrets; "
                              "print(secrets.token_urlsafe(32))')")
     if not RATE.fullmatch(env["GATEWAY_RATE_LIMIT"]):
         raise StackError("GATEWAY_RATE_LIMIT must read like 1000r/s or 600r/m, not "
