@@ -50,8 +50,8 @@ PUBLISHED = {
 DATA_DIRS = {"order-db": "/var/lib/postgresql/data", "payment-db": "/var/lib/postgresql/data",
              "redis": "/data", "rabbitmq": "/var/lib/rabbitmq", "seq": "/data"}
 # Variables the gateway template is about to read (API keys, rate limiting), with defaults.
-GATEWAY_ANNOUNCED = {"GATEWAY_API_KEYS": "dev-key-change-me", "GATEWAY_RATE_LIMIT": "20r/s",
-                     "GATEWAY_RATE_BURST": "40"}
+GATEWAY_ANNOUNCED = {"GATEWAY_API_KEYS": "dev-key-change-me", "GATEWAY_RATE_LIMIT": "1000r/s",
+                     "GATEWAY_RATE_BURST": "2000"}
 
 
 def env_names(settings: type[BaseSettings]) -> dict[str, str]:
@@ -217,11 +217,15 @@ def envsubst_filter() -> re.Pattern[str]:
 @pytest.mark.parametrize("service", SETTINGS)
 def test_gateway_upstream_is_the_service_name_and_http_port(service: str) -> None:
     prefix = service.upper()
-    host, _, port = env_of("gateway")[f"{prefix}_UPSTREAM"].rpartition(":")
+    servers = env_of("gateway")[f"{prefix}_UPSTREAM_SERVERS"]
+    match = re.fullmatch(r"server ([\w-]+):(\d+) (.+);", servers)
+    assert match, servers
+    host, port, options = match.groups()
     assert host == service and "build" in services()[host]
     assert port == env_of(service)[f"{prefix}_HTTP_PORT"]
     assert port == str(SETTINGS[service].model_fields["http_port"].default)
-    assert port == native.stack_env({})[f"{prefix}_UPSTREAM"].rpartition(":")[2]
+    native_servers = native.stack_env({})[f"{prefix}_UPSTREAM_SERVERS"]
+    assert native_servers == f"server 127.0.0.1:{port} {options};"  # same options both modes
 
 
 def test_template_variables_are_given_to_nginx_and_pass_its_filter() -> None:
