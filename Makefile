@@ -14,7 +14,7 @@ SAGA_MODE ?= auto
 PYTEST_ARGS ?=
 # Where mypy looks: the shared library, each service package and the runner.
 MYPY_PATHS ?= libs/sagakit services/order/order services/payment/payment \
-              services/production/production deploy
+              services/production/production deploy bench
 
 # Prints "compose" or "native"; a client without an engine (or without compose) means native.
 MODE := $(shell if [ "$(SAGA_MODE)" != auto ]; then echo "$(SAGA_MODE)"; \
@@ -23,7 +23,7 @@ MODE := $(shell if [ "$(SAGA_MODE)" != auto ]; then echo "$(SAGA_MODE)"; \
 # down/ps/logs work without a venv too: the runner needs only the standard library for them.
 RUNNER = $(if $(wildcard $(PY)),$(PY),python3) deploy/native.py
 
-.PHONY: help bootstrap up down ps logs test lint clean
+.PHONY: help bootstrap up down ps logs test lint clean bench
 
 help:
 	@echo "make up         start everything and wait until healthy (compose or native: $(MODE))"
@@ -32,6 +32,7 @@ help:
 	@echo "make logs       follow the logs"
 	@echo "make test       run the tests (PYTEST_ARGS='-k order' to pass options)"
 	@echo "make lint       ruff and mypy"
+	@echo "make bench      benchmark on an own isolated stack (BENCH_ARGS='--rate 50 --duration 60')"
 	@echo "make bootstrap  create .venv and install nginx if missing (up and test do it too)"
 	@echo "make clean      stop, then remove run state and caches (not .venv)"
 
@@ -65,6 +66,13 @@ endif
 
 test: bootstrap
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The benchmark (docs/performance.md): its own stack on ports 58000s, vhost saga_bench, Redis db 9.
+BENCH_ARGS ?=
+bench: bootstrap
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet \
+		--disable-pip-version-check -e '.[dev,bench]'
+	$(PY) -m bench $(BENCH_ARGS)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,198 @@
+"""Drive orders through the gateway and wait for every saga to end.
+
+Orders go out either closed-loop (``concurrency`` clients, each placing its next order as soon as
+the last was accepted) or open-loop at a target ``rate`` (at most ``concurrency`` in flight), for
+at most ``orders`` orders and ``duration`` seconds. Completion is detected with the cheap list
+endpoint (one ``GET /api/v1/orders?status=<s>`` per non-terminal status), never with one poll per
+order; each order is read once at the end for its timeline, whose first and last entries give the
+saga's latency on the order service's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+TERMINAL = {"finished", "cancelled", "refunded"}
+OPEN = ("pending_payment", "paid", "received", "in_production", "cancelling")
+LIST_LIMIT = 500
+# kind -> (payment token, sku, the terminal status it must reach)
+KINDS = {
+    "approve": ("tok_visa", "burger-classic", "finished"),
+    "decline": ("tok_chargeDeclined", "burger-classic", "cancelled"),
+    "out_of_stock": ("tok_visa", "truffle-risotto", "refunded"),
+}
+
+
+@dataclass
+class Placed:
+    kind: str
+    order_id: str
+    sent: float  # wall clock (time.time()) when the request went out
+    http_ms: float
+
+
+@dataclass
+class LoadResult:
+    placed: list[Placed] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    http_ms: dict[str, list[float]] = field(default_factory=lambda: {
+        "place": [], "poll_list": [], "get_order": []})
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> final order
+    send_seconds: float = 0.0
+    drain_seconds: float = 0.0
+    unfinished: int = 0
+
+
+def mix_sequence(mix: dict[str, float], seed: int = 7) -> Callable[[], str]:
+    kinds, weights = zip(*[(k, w) for k, w in mix.items() if w > 0], strict=True)
+    rng = random.Random(seed)
+    return lambda: rng.choices(kinds, weights)[0]
+
+
+async def restock(client: httpx.AsyncClient, orders: int) -> None:
+    """Enough of the approved sku for every order, none of the out-of-stock one."""
+    for sku, units in (("burger-classic", min(1_000_000, orders + 1000)), ("truffle-risotto", 0)):
+        response = await client.put(f"/api/v1/production/stock/{sku}", json={"available": units})
+        response.raise_for_status()
+
+
+async def _place(client: httpx.AsyncClient, kind: str, result: LoadResult) -> None:
+    token, sku, _ = KINDS[kind]
+    body = {"customer": {"name": "Bench", "email": "bench@example.com"},
+            "items": [{"sku": sku, "quantity": 1}], "payment_token": token}
+    sent, start = time.time(), time.perf_counter()
+    try:
+        response = await client.post("/api/v1/orders", json=body)
+    except httpx.HTTPError as exc:
+        result.errors[f"place: {type(exc).__name__}"] += 1
+        return
+    elapsed = 1000 * (time.perf_counter() - start)
+    result.http_ms["place"].append(elapsed)
+    if response.status_code != 202:
+        result.errors[f"place: HTTP {response.status_code}"] += 1
+        return
+    result.placed.append(Placed(kind, response.json()["id"], sent, elapsed))
+
+
+async def send(client: httpx.AsyncClient, result: LoadResult, *, orders: int, duration: float,
+               concurrency: int, rate: float | None, next_kind: Callable[[], str],
+               tick: Callable[[], None]) -> None:
+    begin = time.perf_counter()
+    counter = itertools.count()
+    in_flight = asyncio.Semaphore(concurrency)
+
+    def more() -> int | None:
+        number = next(counter)
+        due = number < orders and time.perf_counter() - begin < duration
+        return number if due else None
+
+    async def one(kind: str) -> None:
+        try:
+            await _place(client, kind, result)
+        finally:
+            in_flight.release()
+            tick()
+
+    async def closed_loop() -> None:
+        while more() is not None:
+            await in_flight.acquire()
+            await one(next_kind())
+
+    if rate is None:
+        await asyncio.gather(*(closed_loop() for _ in range(concurrency)))
+    else:
+        tasks = set()
+        while (number := more()) is not None:
+            delay = begin + number / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await in_flight.acquire()
+            task = asyncio.create_task(one(next_kind()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+    result.send_seconds = time.perf_counter() - begin
+
+
+async def _open_orders(client: httpx.AsyncClient, result: LoadResult) -> set[str] | None:
+    """Ids of every order not yet terminal, or None when a list was cut at its limit."""
+    ids: set[str] = set()
+    for status in OPEN:
+        start = time.perf_counter()
+        response = await client.get("/api/v1/orders", params={"status": status,
+                                                              "limit": LIST_LIMIT})
+        result.http_ms["poll_list"].append(1000 * (time.perf_counter() - start))
+        response.raise_for_status()
+        rows = response.json()
+        if len(rows) >= LIST_LIMIT:
+            return None
+        ids.update(row["id"] for row in rows)
+    return ids
+
+
+async def wait_terminal(client: httpx.AsyncClient, result: LoadResult, *, timeout: float,
+                        progress: Callable[[int], None]) -> None:
+    """Poll until none of our orders is open (or ``timeout``), backing off 50 ms -> 500 ms."""
+    ours = {p.order_id for p in result.placed}
+    begin, pause = time.perf_counter(), 0.05
+    while time.perf_counter() - begin < timeout:
+        try:
+            open_ids = await _open_orders(client, result)
+        except httpx.HTTPError as exc:
+            result.errors[f"poll: {type(exc).__name__}"] += 1
+            open_ids = None
+        if open_ids is not None:
+            pending = len(ours & open_ids)
+            progress(len(ours) - pending)
+            if not pending:
+                break
+        await asyncio.sleep(pause)
+        pause = min(0.5, pause * 1.5)
+    result.drain_seconds = time.perf_counter() - begin
+
+
+async def fetch_all(client: httpx.AsyncClient, result: LoadResult, concurrency: int = 16) -> None:
+    """Each order once, for its final status and timeline."""
+    queue = [p.order_id for p in result.placed]
+
+    async def worker() -> None:
+        while queue:
+            order_id = queue.pop()
+            start = time.perf_counter()
+            try:
+                response = await client.get(f"/api/v1/orders/{order_id}")
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                result.errors[f"fetch: {type(exc).__name__}"] += 1
+                continue
+            result.http_ms["get_order"].append(1000 * (time.perf_counter() - start))
+            result.orders[order_id] = response.json()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    for placed in result.placed:
+        order = result.orders.get(placed.order_id)
+        expected = KINDS[placed.kind][2]
+        if order is None:
+            continue
+        if order["status"] not in TERMINAL:
+            result.unfinished += 1
+            result.errors["saga: not terminal before the timeout"] += 1
+        elif order["status"] != expected:
+            result.errors[f"saga: {placed.kind} ended {order['status']}"] += 1
+
+
+def client_for(url: str, api_key: str, concurrency: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=concurrency + 8,
+                          max_keepalive_connections=concurrency + 8)
+    return httpx.AsyncClient(base_url=url, headers={"X-API-Key": api_key}, limits=limits,
+                             timeout=httpx.Timeout(30.0))

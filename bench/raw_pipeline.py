@@ -1,0 +1,208 @@
+"""The machine's ceiling: the saga's four hops with raw aio-pika and nothing else.
+
+Three processes, as the services are: ``order`` publishes ``order.created``; ``payment`` answers
+``payment.processed``; ``order`` answers ``order.received``; ``production`` answers
+``order.finished``, which completes the saga. Same broker features as sagakit: a durable topic
+exchange, quorum queues, persistent messages, publisher confirms, manual ack after the next
+publish is confirmed, prefetch 32. No database, no HTTP, no framework: whatever the real saga
+reaches is divided by this (``efficiency``).
+
+    python -m bench.raw_pipeline --sagas 3000 --window 64
+
+It runs on its own vhost (``saga_bench_raw``), re-created empty each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import subprocess
+import time
+import uuid
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import aio_pika
+
+VHOST = "saga_bench_raw"
+EXCHANGE = "raw.events"
+PREFETCH = 32
+# queue -> routing keys it takes; the process named like the queue consumes it.
+QUEUES = {
+    "payment": ("order.created",),
+    "order": ("payment.processed", "order.finished"),
+    "production": ("order.received",),
+}
+NEXT = {"order.created": "payment.processed", "payment.processed": "order.received",
+        "order.received": "order.finished"}
+
+
+def with_vhost(url: str, vhost: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + vhost, parts.query, ""))
+
+
+def fresh_vhost(url: str) -> str:
+    """Delete and re-create the vhost on the local broker (rabbitmqctl); its URL."""
+    user = unquote(urlsplit(url).username or "guest")
+    for args, check in ((["delete_vhost", VHOST], False), (["add_vhost", VHOST], True),
+                        (["set_permissions", "-p", VHOST, user, ".*", ".*", ".*"], True)):
+        subprocess.run(["rabbitmqctl", "-q", *args], check=check, capture_output=True,
+                       timeout=60)
+    return with_vhost(url, VHOST)
+
+
+def _body(order_id: str, step: str) -> bytes:
+    # About the size of a saga event: ids, an amount, a timestamp.
+    return json.dumps({"order_id": order_id, "step": step, "amount": "20.50",
+                       "currency": "EUR", "at": time.time()}).encode()
+
+
+def _message(order_id: str, step: str) -> aio_pika.Message:
+    return aio_pika.Message(
+        _body(order_id, step), delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(uuid.uuid4()), correlation_id=order_id, content_type="application/json",
+        headers={"ce-type": step, "ce-subject": order_id, "ce-specversion": "1.0"},
+    )
+
+
+_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coroutine: Any) -> None:
+    """Run without waiting (a confirm must not hold up the next delivery); keep a reference."""
+    task = asyncio.ensure_future(coroutine)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def _connect(url: str) -> tuple[Any, Any, Any]:
+    connection = await aio_pika.connect_robust(url)
+    channel = await connection.channel(publisher_confirms=True)
+    await channel.set_qos(prefetch_count=PREFETCH)
+    exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC,
+                                              durable=True)
+    return connection, channel, exchange
+
+
+async def declare(url: str) -> None:
+    connection, channel, exchange = await _connect(url)
+    for name, keys in QUEUES.items():
+        queue = await channel.declare_queue(f"raw.{name}", durable=True,
+                                            arguments={"x-queue-type": "quorum"})
+        for key in keys:
+            await queue.bind(exchange, key)
+    await connection.close()
+
+
+async def _relay(url: str, name: str) -> None:
+    """payment / production: answer each event with the next, ack once it is confirmed."""
+    connection, channel, exchange = await _connect(url)
+    queue = await channel.get_queue(f"raw.{name}")
+
+    async def handle(message: Any) -> None:
+        step = message.headers["ce-type"]
+        await exchange.publish(_message(message.correlation_id, NEXT[step]), NEXT[step])
+        await message.ack()
+
+    await queue.consume(handle)  # aiormq runs each delivery in its own task: up to PREFETCH at once
+    await asyncio.Future()  # until terminated
+    await connection.close()
+
+
+def _relay_process(url: str, name: str) -> None:
+    try:
+        asyncio.run(_relay(url, name))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _drive(url: str, sagas: int, window: int, timeout: float) -> dict[str, Any]:
+    """order: start sagas (at most ``window`` in flight), relay payment.processed, count ends."""
+    connection, channel, exchange = await _connect(url)
+    queue = await channel.get_queue("raw.order")
+    slots = asyncio.Semaphore(window)
+    done = asyncio.Event()
+    started: dict[str, float] = {}
+    latencies: list[float] = []
+
+    async def handle(message: Any) -> None:
+        step = message.headers["ce-type"]
+        if step == "payment.processed":
+            await exchange.publish(_message(message.correlation_id, "order.received"),
+                                   "order.received")
+        else:  # order.finished
+            latencies.append(time.monotonic() - started.pop(message.correlation_id))
+            slots.release()
+            if len(latencies) == sagas:
+                done.set()
+        await message.ack()
+
+    await queue.consume(handle)
+    begin = time.monotonic()
+    for _ in range(sagas):
+        await slots.acquire()
+        if time.monotonic() - begin > timeout:
+            break
+        order_id = str(uuid.uuid4())
+        started[order_id] = time.monotonic()
+        _spawn(exchange.publish(_message(order_id, "order.created"), "order.created"))
+    try:
+        await asyncio.wait_for(done.wait(), max(1.0, timeout - (time.monotonic() - begin)))
+    except TimeoutError:
+        pass
+    elapsed = time.monotonic() - begin
+    await connection.close()
+    latencies.sort()
+
+    def pick(q: float) -> float | None:
+        if not latencies:
+            return None
+        return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2)
+
+    return {"sagas": len(latencies), "seconds": round(elapsed, 3),
+            "sagas_per_s": round(len(latencies) / elapsed, 1) if elapsed else 0.0,
+            "latency_ms": {"p50": pick(0.50), "p99": pick(0.99)},
+            "window": window, "hops": 4, "processes": 3}
+
+
+def run(rabbitmq_url: str, sagas: int = 3000, window: int = 64,
+        timeout: float = 60.0) -> dict[str, Any]:
+    """Measure the ceiling; returns sagas/s and latency. Child processes are always stopped."""
+    url = fresh_vhost(rabbitmq_url)
+    asyncio.run(declare(url))
+    context = multiprocessing.get_context("spawn")
+    relays = [context.Process(target=_relay_process, args=(url, name), daemon=True,
+                              name=f"raw-{name}") for name in ("payment", "production")]
+    for process in relays:
+        process.start()
+    try:
+        time.sleep(1.0)  # let both consumers attach before the first saga
+        result = asyncio.run(_drive(url, sagas, window, timeout))
+    finally:
+        for process in relays:
+            process.terminate()
+        for process in relays:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+    result["vhost"] = VHOST
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rabbitmq-url", default=os.environ.get(
+        "BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+    parser.add_argument("--sagas", type=int, default=3000)
+    parser.add_argument("--window", type=int, default=64, help="sagas in flight at most")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args()
+    print(json.dumps(run(args.rabbitmq_url, args.sagas, args.window, args.timeout), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The stack under test: an isolated native stack of its own, or one already running (``--url``).
+
+The own stack follows tests/e2e/conftest.py's recipe on the benchmark's reserved resources: ports
+58000s (gateway 58080, services 58001-58003, replicas +10), databases ``*_bench`` (dropped and
+re-created each run), RabbitMQ vhost ``saga_bench``, Redis database 9, kitchen preparation 0 and a
+gateway rate limit no benchmark reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import redis
+
+from deploy import native
+
+PORT_BASE = 58000
+DB_SUFFIX = "_bench"
+VHOST = "saga_bench"
+REDIS_DB = 9
+API_KEY = "bench-key-0123456789"
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    api_key: str
+    run_dir: Path | None  # where the pid files are, for CPU per process
+    rabbitmq_url: str  # the broker's URL (any vhost): the ceiling runs on its own
+
+
+def _with_path(url: str, path: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def _postgres_url(admin_url: str, database: str, role: str) -> str:
+    parts = urlsplit(admin_url)
+    netloc = f"{role}:{role}@{parts.hostname}:{parts.port or 5432}"
+    return urlunsplit((parts.scheme, netloc, f"/{database}", "", ""))
+
+
+def bench_env(base: Mapping[str, str], *, replicas: int,
+              extra: Mapping[str, str]) -> dict[str, str]:
+    rabbitmq = base.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    admin = base.get("BENCH_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    redis_url = base.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/")
+    return {
+        **base,
+        "GATEWAY_PORT": str(PORT_BASE + 80), "ORDER_HTTP_PORT": str(PORT_BASE + 1),
+        "PAYMENT_HTTP_PORT": str(PORT_BASE + 2), "PRODUCTION_HTTP_PORT": str(PORT_BASE + 3),
+        "RABBITMQ_URL": _with_path(rabbitmq, "/" + VHOST),
+        "POSTGRES_ADMIN_URL": admin,
+        "ORDER_DATABASE_URL": _postgres_url(admin, f"orders{DB_SUFFIX}", "order_svc"),
+        "PAYMENT_DATABASE_URL": _postgres_url(admin, f"payments{DB_SUFFIX}", "payment_svc"),
+        "PRODUCTION_REDIS_URL": _with_path(redis_url, f"/{REDIS_DB}"),
+        "PRODUCTION_PREPARATION_SECONDS": "0",
+        "GATEWAY_API_KEYS": API_KEY,
+        "GATEWAY_RATE_LIMIT": "100000r/s",
+        "GATEWAY_RATE_BURST": "100000",
+        "LOG_LEVEL": base.get("LOG_LEVEL", "WARNING"),
+        **{f"{service.upper()}_REPLICAS": str(replicas) for service in native.SERVICES},
+        **extra,
+    }
+
+
+async def _drop_databases(admin_url: str, names: list[str]) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        for name in names:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def own_stack(run_dir: Path, *, replicas: int = 1,
+              extra: Mapping[str, str] | None = None) -> Iterator[Target]:
+    """Start a fresh isolated stack; stop it on the way out, whatever happened."""
+    env = bench_env(os.environ, replicas=replicas, extra=extra or {})
+    env["SAGA_RUN_DIR"] = str(run_dir)
+    native.down(run_dir)
+    asyncio.run(_drop_databases(env["POSTGRES_ADMIN_URL"],
+                                [f"orders{DB_SUFFIX}", f"payments{DB_SUFFIX}"]))
+    redis.Redis.from_url(env["PRODUCTION_REDIS_URL"]).flushdb()
+    try:
+        native.up(env, run_dir, timeout=120)
+        yield Target(f"http://127.0.0.1:{env['GATEWAY_PORT']}", API_KEY, run_dir,
+                     env["RABBITMQ_URL"])
+    finally:
+        native.down(run_dir)
+
+
+def pid_groups(run_dir: Path | None) -> dict[str, int]:
+    """Process-group id of each process a run dir recorded (gateway and replicas)."""
+    if run_dir is None:
+        return {}
+    groups = {}
+    for name in native.recorded(run_dir):
+        pid = native.read_pid(run_dir, name)
+        if pid is not None:
+            groups[name] = pid
+    return groups
