@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load, procstat, raw_pipeline, report, stack
+from bench.profile import Profiler
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,9 +87,13 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="own stack: an extra environment variable (a tuning knob)")
     parser.add_argument("--ceiling-sagas", type=int, default=3000,
                         help="sagas of the raw aio-pika ceiling run (0: skip it)")
+    parser.add_argument("--ceiling-vhost", default=raw_pipeline.VHOST,
+                        help="the vhost the ceiling runs on (re-created empty)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
     parser.add_argument("--label", default="", help="a note kept in the report")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="py-spy the services for this long from the start of the load")
     return parser.parse_args(argv)
 
 
@@ -98,6 +103,10 @@ async def drive(target: stack.Target, args: argparse.Namespace,
     async with load.client_for(target.url, target.api_key, args.concurrency) as client:
         await load.restock(client, args.orders)
         meter = procstat.CpuMeter(stack.pid_groups(target.run_dir), {"bench": os.getpid()})
+        profiler = Profiler(stack.pid_groups(target.run_dir), args.out / "profile",
+                            args.profile)
+        if args.profile:
+            profiler.start()
         meter.start()
         begin = time.perf_counter()
         progress.start("placing", args.orders)
@@ -110,6 +119,8 @@ async def drive(target: stack.Target, args: argparse.Namespace,
                                  progress=progress.update)
         progress.finish()
         cpu = meter.stop(time.perf_counter() - begin)
+        if args.profile:
+            cpu["profile"] = profiler.stop()
         progress.start("reading", len(result.placed))
         await load.fetch_all(client, result)
         progress.finish()
@@ -151,15 +162,17 @@ def summarise(args: argparse.Namespace, started: datetime, result: load.LoadResu
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, rabbitmq_url: str | None = None) -> dict[str, Any]:
+    """One benchmark; ``rabbitmq_url`` is the broker (any vhost) the ceiling runs on."""
     started = datetime.now(UTC)
     load_before = procstat.load_average()
     progress = Progress(not args.quiet and sys.stderr.isatty())
-    broker = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    broker = rabbitmq_url or os.environ.get("BENCH_RABBITMQ_URL",
+                                            "amqp://guest:guest@127.0.0.1:5672/")
     ceiling = None
     if args.ceiling_sagas:
         print(f"bench: ceiling, raw aio-pika, {args.ceiling_sagas} sagas", file=sys.stderr)
-        ceiling = raw_pipeline.run(broker, args.ceiling_sagas)
+        ceiling = raw_pipeline.run(broker, args.ceiling_sagas, vhost=args.ceiling_vhost)
     if args.url:
         target = stack.Target(args.url, args.api_key, args.run_dir, broker)
         result, cpu = asyncio.run(drive(target, args, progress))

@@ -45,14 +45,14 @@ def with_vhost(url: str, vhost: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + vhost, parts.query, ""))
 
 
-def fresh_vhost(url: str) -> str:
+def fresh_vhost(url: str, vhost: str = VHOST) -> str:
     """Delete and re-create the vhost on the local broker (rabbitmqctl); its URL."""
     user = unquote(urlsplit(url).username or "guest")
-    for args, check in ((["delete_vhost", VHOST], False), (["add_vhost", VHOST], True),
-                        (["set_permissions", "-p", VHOST, user, ".*", ".*", ".*"], True)):
+    for args, check in ((["delete_vhost", vhost], False), (["add_vhost", vhost], True),
+                        (["set_permissions", "-p", vhost, user, ".*", ".*", ".*"], True)):
         subprocess.run(["rabbitmqctl", "-q", *args], check=check, capture_output=True,
                        timeout=60)
-    return with_vhost(url, VHOST)
+    return with_vhost(url, vhost)
 
 
 def _body(order_id: str, step: str) -> bytes:
@@ -169,10 +169,10 @@ async def _drive(url: str, sagas: int, window: int, timeout: float) -> dict[str,
             "window": window, "hops": 4, "processes": 3}
 
 
-def run(rabbitmq_url: str, sagas: int = 3000, window: int = 64,
-        timeout: float = 60.0) -> dict[str, Any]:
+def run(rabbitmq_url: str, sagas: int = 3000, window: int = 64, timeout: float = 60.0,
+        vhost: str = VHOST) -> dict[str, Any]:
     """Measure the ceiling; returns sagas/s and latency. Child processes are always stopped."""
-    url = fresh_vhost(rabbitmq_url)
+    url = fresh_vhost(rabbitmq_url, vhost)
     asyncio.run(declare(url))
     context = multiprocessing.get_context("spawn")
     relays = [context.Process(target=_relay_process, args=(url, name), daemon=True,
@@ -189,7 +189,7 @@ def run(rabbitmq_url: str, sagas: int = 3000, window: int = 64,
             process.join(5)
             if process.is_alive():
                 process.kill()
-    result["vhost"] = VHOST
+    result["vhost"] = vhost
     return result
 
 

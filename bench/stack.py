@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import redis
 
+from bench.raw_pipeline import fresh_vhost
 from deploy import native
 
 PORT_BASE = 58000
@@ -90,6 +91,7 @@ def own_stack(run_dir: Path, *, replicas: int = 1,
     asyncio.run(_drop_databases(env["POSTGRES_ADMIN_URL"],
                                 [f"orders{DB_SUFFIX}", f"payments{DB_SUFFIX}"]))
     redis.Redis.from_url(env["PRODUCTION_REDIS_URL"]).flushdb()
+    fresh_vhost(env["RABBITMQ_URL"], VHOST)  # nothing an earlier run left in a queue
     try:
         native.up(env, run_dir, timeout=120)
         yield Target(f"http://127.0.0.1:{env['GATEWAY_PORT']}", API_KEY, run_dir,

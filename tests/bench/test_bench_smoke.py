@@ -1,0 +1,51 @@
+"""The benchmark tool, run small against the e2e stack, so it never rots.
+
+A few seconds of load: every field of the report is there, every order ends in the status its
+kind must reach, nothing failed, and the efficiency against the raw ceiling is computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import arguments, run
+from bench.report import write
+from deploy.native import amqp_vhost
+from tests.e2e.conftest import API_KEY, RUN_DIR, Stack
+
+pytestmark = pytest.mark.e2e
+
+FIELDS = {"started_at", "parameters", "machine", "orders", "accepted_per_s", "completed_per_s",
+          "http_latency_ms", "saga", "errors", "error_count", "cpu", "ceiling", "efficiency",
+          "seconds"}
+
+
+def test_a_small_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
+    args: argparse.Namespace = arguments([
+        "--url", stack.base_url, "--api-key", API_KEY, "--run-dir", str(RUN_DIR),
+        "--orders", "30", "--concurrency", "4", "--duration", "10", "--drain-timeout", "30",
+        "--mix", "approve=3,decline=1,out_of_stock=1", "--ceiling-sagas", "100",
+        # Its own vhost, named after the stack's, so side-by-side test sessions never share it.
+        "--ceiling-vhost", f"{amqp_vhost(stack.rabbitmq_url)}_raw",
+        "--out", str(tmp_path), "--quiet",
+    ])
+    report = run(args, rabbitmq_url=stack.rabbitmq_url)
+
+    assert FIELDS <= report.keys()
+    assert report["error_count"] == 0, report["errors"]
+    assert report["orders"]["placed"] == 30
+    assert report["orders"]["terminal"] == 30
+    assert set(report["saga"]["outcomes"]) <= {"finished", "cancelled", "refunded"}
+    for key in ("p50", "p95", "p99"):
+        assert report["saga"]["latency_ms"][key] is not None
+    assert report["http_latency_ms"]["place"]["p99"] is not None
+    assert report["ceiling"]["sagas_per_s"] > 0
+    assert report["efficiency"] is not None and report["efficiency"] > 0
+    assert {"order", "gateway"} <= report["cpu"]["cpu_seconds"].keys()
+
+    json_path, _ = write(report, tmp_path)
+    assert json.loads(json_path.read_text())["efficiency"] == report["efficiency"]
