@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
@@ -72,16 +72,11 @@ class Messaging:
         return spec.to_specification().to_jsonable()  # type: ignore[no-any-return]
 
 
-def of_type(event_type: str) -> Callable[[Any], Awaitable[bool]]:
-    """A FastStream filter routing a delivery to the handler of its CloudEvents type.
+def of_type(event_type: str) -> Callable[[Any], bool]:
+    """A FastStream filter routing a delivery to the handler of its CloudEvents type."""
 
-    A coroutine function on purpose: FastStream runs a plain function filter in a worker thread
-    (anyio ``run_in_threadpool``), one thread hop per handler tried per delivery; profiled as the
-    services' largest per-message cost (docs/performance.md).
-    """
-
-    async def matches(message: Any) -> bool:
-        return message.headers.get("ce-type") == event_type  # type: ignore[no-any-return]
+    def matches(message: Any) -> bool:
+        return message.headers.get("ce-type") == event_type
 
     matches.__name__ = f"of_type_{event_type.replace('.', '_')}"
     return matches
