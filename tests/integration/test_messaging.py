@@ -46,7 +46,7 @@ async def harness(infra) -> AsyncIterator[dict]:
     connection = await aio_pika.connect_robust(infra.rabbitmq_url)
     channel = await connection.channel()
     yield {"channel": channel, "seen": seen, "done": done}
-    await messaging.stop()
+    await messaging.close()
     for name in (QUEUE.name, f"{SERVICE}.dead-letters"):
         await channel.queue_delete(name)
     await connection.close()
