@@ -10,10 +10,14 @@ Everything comes from the environment, so a second, isolated stack is just other
 
     SAGA_RUN_DIR=.run/test GATEWAY_PORT=18080 ORDER_HTTP_PORT=18001 ... python deploy/native.py up
 
+Replicas: ``ORDER_REPLICAS``, ``PAYMENT_REPLICAS``, ``PRODUCTION_REPLICAS`` (default 1) processes
+per service, competing consumers on the same queues, balanced by nginx. Replica ``i`` (0-based)
+listens on ``<SERVICE>_HTTP_PORT + 10*i`` and is named ``order``, ``order-2``, ``order-3`` ...
+
 Run directory (``--run-dir``, else ``SAGA_RUN_DIR``, else ``.run``; a relative path is taken from
-the repository root): ``<name>.pid`` and ``logs/<name>.log`` for order, payment, production and
-gateway, the rendered nginx config under ``nginx/``, and ``stack.json`` (the gateway port, so
-``status`` finds a stack started with other values).
+the repository root): ``<name>.pid`` and ``logs/<name>.log`` for the gateway and every replica,
+the rendered nginx config under ``nginx/``, and ``stack.json`` (the gateway port and replica
+addresses, so ``status`` finds a stack started with other values).
 
 ``SAGA_SERVICE_CMD_<SERVICE>`` (e.g. ``SAGA_SERVICE_CMD_ORDER="python /tmp/fake.py order"``)
 replaces a service's start command; it exists to test this runner before the services do.
@@ -47,8 +51,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "gateway" / "templates" / "gateway.conf.template"
 SERVICES = ("order", "payment", "production")
 GATEWAY = "gateway"
-TEMPLATE_VARS = ("GATEWAY_PORT", "ORDER_UPSTREAM", "PAYMENT_UPSTREAM", "PRODUCTION_UPSTREAM")
+TEMPLATE_VARS = ("GATEWAY_PORT", "GATEWAY_API_KEYS", "GATEWAY_RATE_LIMIT", "GATEWAY_RATE_BURST",
+                 "ORDER_UPSTREAM_SERVERS", "PAYMENT_UPSTREAM_SERVERS",
+                 "PRODUCTION_UPSTREAM_SERVERS")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+DEV_API_KEY = "dev-key-change-me"
+# The key list is spliced into an nginx regex: only characters that are literal there.
+API_KEY = re.compile(r"[A-Za-z0-9_~-]+")
+RATE = re.compile(r"[1-9][0-9]*r/[sm]")
+# Passive circuit breaking: 3 failures within 10 s take a replica out for 10 s.
+UPSTREAM_SERVER_OPTIONS = "max_fails=3 fail_timeout=10s"
+REPLICA_PORT_STEP = 10
 
 # The defaults of docs/conventions.md that this runner itself reads.
 DEFAULTS = {
@@ -63,6 +76,14 @@ DEFAULTS = {
     "PAYMENT_HTTP_PORT": "8002",
     "PRODUCTION_HTTP_HOST": "127.0.0.1",
     "PRODUCTION_HTTP_PORT": "8003",
+    "ORDER_REPLICAS": "1",
+    "PAYMENT_REPLICAS": "1",
+    "PRODUCTION_REPLICAS": "1",
+    # The development key: every deployment sets its own (README, "The gateway").
+    "GATEWAY_API_KEYS": DEV_API_KEY,
+    # Loose enough that a benchmark or load test from one machine never meets them.
+    "GATEWAY_RATE_LIMIT": "1000r/s",
+    "GATEWAY_RATE_BURST": "2000",
 }
 
 
@@ -78,18 +99,79 @@ def _say(message: str) -> None:
 
 
 def stack_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment every process gets: the caller's, plus conventions defaults and upstreams."""
+    """The environment every process gets: the caller's, plus conventions defaults and upstreams.
+
+    ``<SERVICE>_UPSTREAM`` (host:port of each replica, space-separated) defaults to this stack's
+    replicas; ``<SERVICE>_UPSTREAM_SERVERS``, what the gateway template takes, to one nginx
+    ``server`` line per address in it.
+    """
     full = dict(os.environ if env is None else env)
     for name, value in DEFAULTS.items():
         full.setdefault(name, value)
     for service in SERVICES:
         prefix = service.upper()
-        host = full[f"{prefix}_HTTP_HOST"]
-        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        host = f"[{host}]" if ":" in host else host  # an IPv6 address in nginx's host:port
-        full.setdefault(f"{prefix}_UPSTREAM", f"{host}:{full[f'{prefix}_HTTP_PORT']}")
+        full.setdefault(f"{prefix}_UPSTREAM", " ".join(r.address for r in replicas(service, full)))
+        full.setdefault(f"{prefix}_UPSTREAM_SERVERS", "\n    ".join(
+            f"server {address} {UPSTREAM_SERVER_OPTIONS};"
+            for address in full[f"{prefix}_UPSTREAM"].split()))
     full.setdefault("PYTHONUNBUFFERED", "1")  # log lines reach the log file as they happen
     return full
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One process of a service: replica ``index`` (0-based) listens on base port + 10*index."""
+
+    service: str
+    index: int
+    host: str  # what it binds
+    port: int
+
+    @property
+    def name(self) -> str:
+        """``order`` for the first replica (the names from before replicas), then ``order-2``..."""
+        return self.service if self.index == 0 else f"{self.service}-{self.index + 1}"
+
+    @property
+    def address(self) -> str:
+        """host:port to reach it at, as nginx writes it."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address in nginx's host:port
+        return f"{host}:{self.port}"
+
+    def env(self, env: Mapping[str, str]) -> dict[str, str]:
+        return {**env, f"{self.service.upper()}_HTTP_PORT": str(self.port)}
+
+
+def replicas(service: str, env: Mapping[str, str]) -> list[Replica]:
+    """The replicas `env` asks for (``<SERVICE>_REPLICAS``, default 1)."""
+    prefix = service.upper()
+    raw = env.get(f"{prefix}_REPLICAS", DEFAULTS[f"{prefix}_REPLICAS"])
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        raise StackError(f"{prefix}_REPLICAS must be a whole number from 1, not {raw!r}")
+    host = env.get(f"{prefix}_HTTP_HOST", DEFAULTS[f"{prefix}_HTTP_HOST"])
+    port = int(env.get(f"{prefix}_HTTP_PORT", DEFAULTS[f"{prefix}_HTTP_PORT"]))
+    return [Replica(service, i, host, port + REPLICA_PORT_STEP * i) for i in range(int(raw))]
+
+
+def check_gateway_settings(env: Mapping[str, str]) -> None:
+    """Refuse API keys, rates and bursts nginx would misread, before anything starts."""
+    keys = env["GATEWAY_API_KEYS"].split("|")
+    for number, key in enumerate(keys, 1):
+        if not API_KEY.fullmatch(key):  # never echo a key, not even part of it
+            what = "is empty" if not key else "has other characters"
+            raise StackError(f"GATEWAY_API_KEYS: key {number} {what}; keys are |-separated "
+                             "and use only A-Z a-z 0-9 _ ~ - (e.g. python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))')")
+    if not RATE.fullmatch(env["GATEWAY_RATE_LIMIT"]):
+        raise StackError("GATEWAY_RATE_LIMIT must read like 1000r/s or 600r/m, not "
+                         f"{env['GATEWAY_RATE_LIMIT']!r}")
+    if not re.fullmatch(r"[0-9]+", env["GATEWAY_RATE_BURST"]):
+        raise StackError("GATEWAY_RATE_BURST must be a whole number, not "
+                         f"{env['GATEWAY_RATE_BURST']!r}")
+    if DEV_API_KEY in keys:
+        _say(f"gateway: writes accept the development API key {DEV_API_KEY!r}; "
+             "set GATEWAY_API_KEYS before anyone else can reach this gateway")
 
 
 def resolve_run_dir(run_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -287,16 +369,33 @@ def _port_busy(host: str, port: int) -> bool:
         return False
 
 
-def _start_service(service: str, env: Mapping[str, str], run_dir: Path) -> None:
-    if (pid := read_pid(run_dir, service)) is not None:
-        _say(f"{service}: already running (pid {pid})")
+def _start_service(replica: Replica, env: Mapping[str, str], run_dir: Path) -> None:
+    name = replica.name
+    if (pid := read_pid(run_dir, name)) is not None:
+        _say(f"{name}: already running (pid {pid})")
         return
-    host, port = env[f"{service.upper()}_UPSTREAM"].rsplit(":", 1)
+    host, port = replica.address.rsplit(":", 1)
     if _port_busy(host.strip("[]"), int(port)):
-        raise StackError(f"{service}: port {port} is taken by a process this run dir did not "
-                         f"start; stop it or choose another {service.upper()}_HTTP_PORT")
-    pid = _start(service, service_command(service, env), env, run_dir)
-    _say(f"{service}: started (pid {pid}), log {_log_file(run_dir, service)}")
+        raise StackError(f"{name}: port {port} is taken by a process this run dir did not "
+                         f"start; stop it or choose another {replica.service.upper()}_HTTP_PORT")
+    pid = _start(name, service_command(replica.service, env), replica.env(env), run_dir)
+    _say(f"{name}: started (pid {pid}) on {replica.address}, log {_log_file(run_dir, name)}")
+
+
+_PROCESS_NAME = re.compile(rf"(?:{GATEWAY}|(?:{'|'.join(SERVICES)})(?:-[2-9]|-[1-9][0-9]+)?)")
+
+
+def process_sort_key(name: str) -> tuple[int, int]:
+    """Gateway first, then each service's replicas in order."""
+    service, _, number = name.partition("-")
+    rank = 0 if service == GATEWAY else 1 + SERVICES.index(service)
+    return rank, int(number or 1)
+
+
+def recorded(run_dir: Path) -> list[str]:
+    """Every process this run dir has a pid file for (running or not), gateway first."""
+    names = [f.stem for f in run_dir.glob("*.pid") if _PROCESS_NAME.fullmatch(f.stem)]
+    return sorted(names, key=process_sort_key)
 
 
 # --- Gateway ----------------------------------------------------------------------------------
@@ -418,37 +517,57 @@ def _failure(run_dir: Path | None, name: str, problem: str) -> StackError:
 
 
 def wait_ready(gateway_port: int | str, *, run_dir: Path | None = None,
-               services: Iterable[str] = SERVICES, timeout: float = 60.0,
-               interval: float = 0.5) -> None:
-    """Poll each service's /health/<service>/ready through the gateway until all answer 200.
+               services: Iterable[str] = SERVICES, replicas: Iterable[Replica] = (),
+               timeout: float = 60.0, interval: float = 0.5) -> None:
+    """Poll until every replica answers ready directly and every service through the gateway.
 
-    With a run dir, a recorded process that has died fails at once, with the end of its log.
+    The gateway alone would hide a replica that never came up behind one that did. A service is
+    asked through the gateway only once its replicas answer: refused connections would otherwise
+    make nginx leave them out for fail_timeout. With a run dir, a recorded process that has died
+    fails at once, with the end of its log.
     """
     base = f"http://127.0.0.1:{gateway_port}"
-    pending = list(services)
+    pending = [_Probe(r.name, f"http://{r.address}/health/ready", r.service, r.name)
+               for r in replicas]
+    pending += [_Probe(f"{GATEWAY} -> {service}", f"{base}/health/{service}/ready", service,
+                       service, via_gateway=True) for service in services]
     seen: dict[str, int | None] = {}
     deadline = time.monotonic() + timeout
     while True:
-        for name in [GATEWAY, *pending]:
+        for name in {GATEWAY, *(probe.process for probe in pending)}:
             if run_dir is not None and _pid_file(run_dir, name).exists() \
                     and read_pid(run_dir, name) is None:
                 raise _failure(run_dir, name, "process exited")
-        for service in list(pending):
-            status = http_status(f"{base}/health/{service}/ready")
+        starting = {probe.service for probe in pending if not probe.via_gateway}
+        for probe in list(pending):
+            if probe.via_gateway and probe.service in starting:
+                continue
+            status = http_status(probe.url)
             if status == 200:
-                pending.remove(service)
-                _say(f"{service}: ready")
-            elif seen.get(service, -1) != status:
-                seen[service] = status
-                why = "gateway not answering" if status is None else f"HTTP {status}"
-                _say(f"{service}: waiting ({why})")
+                pending.remove(probe)
+                _say(f"{probe.label}: ready")
+            elif seen.get(probe.label, -1) != status:
+                seen[probe.label] = status
+                why = "not answering" if status is None else f"HTTP {status}"
+                _say(f"{probe.label}: waiting ({why})")
         if not pending:
             return
         if time.monotonic() > deadline:
-            culprit = GATEWAY if seen.get(pending[0]) is None else pending[0]
-            raise _failure(run_dir, culprit, f"not ready after {timeout:.0f}s "
-                                             f"(still waiting for {', '.join(pending)})")
+            first = pending[0]
+            culprit = GATEWAY if first.via_gateway and seen.get(first.label) is None \
+                else first.process
+            raise _failure(run_dir, culprit, f"not ready after {timeout:.0f}s (still waiting "
+                                             f"for {', '.join(p.label for p in pending)})")
         time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    label: str
+    url: str
+    service: str
+    process: str  # the one to blame while it does not answer
+    via_gateway: bool = False
 
 
 # --- The commands -----------------------------------------------------------------------------
@@ -463,30 +582,46 @@ def prepare(env: Mapping[str, str] | None = None) -> None:
 
 def up(env: Mapping[str, str] | None = None, run_dir: str | os.PathLike[str] | None = None, *,
        timeout: float = 60.0) -> None:
-    """Start whatever is not running yet and return once every service is ready via nginx."""
+    """Start whatever is not running yet and return once every replica is ready.
+
+    Replicas beyond the number asked for (``<SERVICE>_REPLICAS`` went down) are stopped once the
+    gateway no longer sends them requests.
+    """
     full = stack_env(env)
+    check_gateway_settings(full)
     path = resolve_run_dir(run_dir or full.get("SAGA_RUN_DIR"))
     (path / "logs").mkdir(parents=True, exist_ok=True)
+    wanted = [replica for service in SERVICES for replica in replicas(service, full)]
     prepare(full)
-    for service in SERVICES:
-        _start_service(service, full, path)
+    for replica in wanted:
+        _start_service(replica, full, path)
     _start_gateway(full, path)
-    (path / "stack.json").write_text(json.dumps({"gateway_port": int(full["GATEWAY_PORT"])}))
-    wait_ready(full["GATEWAY_PORT"], run_dir=path, timeout=timeout)
+    (path / "stack.json").write_text(json.dumps({
+        "gateway_port": int(full["GATEWAY_PORT"]),
+        "replicas": {replica.name: replica.address for replica in wanted},
+    }))
+    names = {replica.name for replica in wanted}
+    if surplus := [name for name in recorded(path) if name != GATEWAY and name not in names]:
+        _stop(path, surplus)
+    wait_ready(full["GATEWAY_PORT"], run_dir=path, replicas=wanted, timeout=timeout)
     _say(f"all ready: http://127.0.0.1:{full['GATEWAY_PORT']}/")
 
 
 def down(run_dir: str | os.PathLike[str] | None = None, *, timeout: float = 15.0) -> None:
-    """SIGTERM every recorded process group (gateway first), SIGKILL what outlives `timeout`."""
+    """Stop every process this run dir recorded, gateway first."""
     path = resolve_run_dir(run_dir)
+    if not _stop(path, recorded(path), timeout=timeout):
+        _say(f"nothing running from {path}")
+
+
+def _stop(path: Path, names: list[str], *, timeout: float = 15.0) -> dict[str, int]:
+    """SIGTERM each named process group, SIGKILL what outlives `timeout`; forget their pids."""
     groups: dict[str, int] = {}
-    for name in (GATEWAY, *SERVICES):
+    for name in names:
         pid = read_pid(path, name)
         if pid is not None:
             groups[name] = pid
             _signal_group(pid, signal.SIGTERM)
-    if not groups:
-        _say(f"nothing running from {path}")
     deadline = time.monotonic() + timeout
     while any(_group_members(pid) for pid in groups.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -501,10 +636,11 @@ def down(run_dir: str | os.PathLike[str] | None = None, *, timeout: float = 15.0
     while any(Path(f"/proc/{pid}").exists() for pid in groups.values()) \
             and time.monotonic() < kill_deadline:
         time.sleep(0.1)
-    for name in (GATEWAY, *SERVICES):
+    for name in names:
         _pid_file(path, name).unlink(missing_ok=True)
         if name in groups:
             _say(f"{name}: stopped (pid {groups[name]})")
+    return groups
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -515,16 +651,27 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def status(run_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    """Each process: its pid, whether it runs, and whether it answers ready through the gateway."""
+    """Each process: its pid, whether it runs, and whether it answers ready.
+
+    The gateway answers at its /health, a replica at its own address (the gateway would answer
+    for whichever replica it picked).
+    """
     path = resolve_run_dir(run_dir)
     try:
-        port = json.loads((path / "stack.json").read_text())["gateway_port"]
-    except (OSError, ValueError, KeyError):
-        port = stack_env()["GATEWAY_PORT"]
+        stack = json.loads((path / "stack.json").read_text())
+    except (OSError, ValueError):
+        stack = {}
+    port = stack.get("gateway_port") or stack_env()["GATEWAY_PORT"]
+    addresses: dict[str, str] = stack.get("replicas", {})
     rows = []
-    for name in (GATEWAY, *SERVICES):
+    for name in sorted({GATEWAY, *SERVICES, *addresses, *recorded(path)}, key=process_sort_key):
         pid = read_pid(path, name)
-        url = f"http://127.0.0.1:{port}/health" + ("" if name == GATEWAY else f"/{name}/ready")
+        if name == GATEWAY:
+            url = f"http://127.0.0.1:{port}/health"
+        elif name in addresses:
+            url = f"http://{addresses[name]}/health/ready"
+        else:  # a stack.json from before replicas
+            url = f"http://127.0.0.1:{port}/health/{name}/ready"
         rows.append({"name": name, "pid": pid, "alive": pid is not None,
                      "ready": pid is not None and http_status(url) == 200})
     return rows
@@ -551,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("down", help="stop everything this run dir started")
     commands.add_parser("status", aliases=["ps"], help="pid, alive and ready of each process")
     logs_cmd = commands.add_parser("logs", help="follow the logs (or print the last --lines)")
-    logs_cmd.add_argument("names", nargs="*", help=f"any of {GATEWAY}, {', '.join(SERVICES)}")
+    logs_cmd.add_argument("names", nargs="*",
+                          help=f"any of {GATEWAY}, {', '.join(SERVICES)}, or a replica: order-2")
     logs_cmd.add_argument("--lines", "-n", type=int)
     args = parser.parse_args(argv)
 
@@ -563,15 +711,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             down(args.run_dir)
         elif args.command in ("status", "ps"):
-            print(f"{'NAME':<11} {'PID':>8}  {'ALIVE':<6} READY")
+            print(f"{'NAME':<14} {'PID':>8}  {'ALIVE':<6} READY")
             for row in status(args.run_dir):
                 pid = row["pid"] or "-"
-                print(f"{row['name']:<11} {pid:>8}  {row['alive']!s:<6} {row['ready']}")
+                print(f"{row['name']:<14} {pid:>8}  {row['alive']!s:<6} {row['ready']}")
         else:
-            names = args.names or [GATEWAY, *SERVICES]
-            if unknown := set(names) - {GATEWAY, *SERVICES}:
+            path = resolve_run_dir(args.run_dir)
+            logged = [f.stem for f in (path / "logs").glob("*.log")
+                      if _PROCESS_NAME.fullmatch(f.stem)]
+            names = args.names or sorted({GATEWAY, *SERVICES, *logged}, key=process_sort_key)
+            if unknown := [name for name in names if not _PROCESS_NAME.fullmatch(name)]:
                 parser.error(f"unknown process: {', '.join(sorted(unknown))}")
-            _print_logs(resolve_run_dir(args.run_dir), names, args.lines)
+            _print_logs(path, names, args.lines)
     except StackError as exc:
         print(f"native: {exc}", file=sys.stderr)
         if args.command == "up":

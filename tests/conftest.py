@@ -8,20 +8,28 @@ Where servers come from, in order:
 A missing server fails the run when ``CI=true`` (a skipped check is a check that cannot fail)
 and skips the tests that need it otherwise.
 
-Tests never touch the development stack: they use the RabbitMQ vhost ``saga_test``, PostgreSQL
-databases with a ``_test`` suffix and Redis database 1.
+Tests never touch the development stack: the e2e stack uses the RabbitMQ vhost ``saga_test``,
+PostgreSQL databases with a ``_test`` suffix and Redis database 1. Integration tests get their own
+pieces from :class:`Infra`: a vhost and a database per module, re-created empty each run
+(``fresh_vhost``, ``fresh_database``), and a Redis database index of their own (``redis_db``).
+Nothing needs to be created by hand first; vhosts are made with ``rabbitmqctl`` (on this machine,
+or inside the testcontainers broker).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -29,6 +37,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 TEST_VHOST = "saga_test"
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,15 +59,65 @@ def spans(_test_process_spans: InMemorySpanExporter) -> InMemorySpanExporter:
 
 @dataclass(frozen=True)
 class Infra:
-    rabbitmq_url: str  # with the test vhost
+    rabbitmq_url: str  # with the e2e stack's vhost
     postgres_admin_url: str
-    redis_url: str  # with the test database index
+    redis_url: str  # with the e2e stack's database index
     source: str
+    # The testcontainers broker, when there is one: vhosts are made by rabbitmqctl inside it.
+    rabbitmq_container: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def namespace(self) -> str:
+        """The e2e stack's vhost; other test resources are named after it (``saga_test_order``),
+        so a session run side by side with its own ``TEST_RABBITMQ_URL`` vhost gets its own."""
+        return unquote(urlsplit(self.rabbitmq_url).path.strip("/")) or TEST_VHOST
 
     def postgres_url(self, database: str, user: str, password: str) -> str:
         parts = urlsplit(self.postgres_admin_url)
         netloc = f"{user}:{password}@{parts.hostname}:{parts.port or 5432}"
         return urlunsplit((parts.scheme, netloc, f"/{database}", "", ""))
+
+    def fresh_vhost(self, name: str) -> str:
+        """Delete and re-create the vhost ``name`` on the test broker; its AMQP URL.
+
+        Empty each run, so nothing an earlier (or interrupted) run left behind is consumed, and
+        no process on another vhost (the e2e stack on ``saga_test``) ever takes its messages.
+        """
+        user = unquote(urlsplit(self.rabbitmq_url).username or "guest")
+        self._rabbitmqctl("delete_vhost", name, check=False)  # absent the first time
+        self._rabbitmqctl("add_vhost", name)
+        self._rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+        return _with_vhost(self.rabbitmq_url, name)
+
+    def fresh_database(self, name: str, role: str, password: str) -> str:
+        """Drop the database ``name`` and create it empty, owned by ``role`` (created if missing);
+        its URL, as that role."""
+        _run(_recreate_database(self.postgres_admin_url, name, role, password))
+        return self.postgres_url(name, role, password)
+
+    def redis_db(self, index: int) -> str:
+        """The test Redis server's database ``index``; never the e2e stack's."""
+        parts = urlsplit(self.redis_url)
+        url = urlunsplit((parts.scheme, parts.netloc, f"/{index}", parts.query, ""))
+        if url == self.redis_url:
+            raise ValueError(f"Redis database {index} belongs to the e2e stack")
+        return url
+
+    def _rabbitmqctl(self, *args: str, check: bool = True) -> None:
+        if self.rabbitmq_container is not None:
+            code, output = self.rabbitmq_container.exec(["rabbitmqctl", "-q", *args])
+        else:
+            host = urlsplit(self.rabbitmq_url).hostname or ""
+            ctl = shutil.which("rabbitmqctl") or shutil.which("rabbitmqctl",
+                                                              path="/usr/sbin:/sbin")
+            if host not in LOCAL_HOSTS or ctl is None:
+                _missing(f"rabbitmqctl for the broker at {host} (tests make their own vhosts; "
+                         "run them on the broker's machine, or let testcontainers start one)")
+            done = subprocess.run([ctl, "-q", *args], capture_output=True, timeout=60)
+            code, output = done.returncode, done.stdout + done.stderr
+        if check and code != 0:
+            pytest.fail(f"rabbitmqctl {' '.join(args)} failed ({code}): "
+                        f"{output.decode(errors='replace')}", pytrace=False)
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -85,16 +144,29 @@ def _with_vhost(url: str, vhost: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{vhost}", parts.query, ""))
 
 
-def _fresh_vhost(vhost: str) -> None:
-    """Recreate the test vhost so every run starts with empty queues (local broker only)."""
-    if not shutil.which("rabbitmqctl"):
-        return
-    subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)
-    for cmd in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
-        subprocess.run(["rabbitmqctl", *cmd], capture_output=True, timeout=60, check=True)
+async def _recreate_database(admin_url: str, name: str, role: str, password: str) -> None:
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        async def run(template: str, *args: str) -> None:
+            # The server quotes identifiers (%I) and literals (%L).
+            params = ", ".join(f"${i}::text" for i in range(2, len(args) + 2))
+            await conn.execute(await conn.fetchval(f"SELECT format($1, {params})", template, *args))
+
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        await run(("ALTER" if exists else "CREATE") + " ROLE %I LOGIN PASSWORD %L", role, password)
+        await run("DROP DATABASE IF EXISTS %I WITH (FORCE)", name)
+        await run("CREATE DATABASE %I OWNER %I", name, role)
+    finally:
+        await conn.close()
 
 
-def _missing(what: str) -> None:
+def _run(coroutine: Any) -> Any:
+    """Run a coroutine to completion from sync code, even inside the tests' event loop."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
+        return worker.submit(asyncio.run, coroutine).result()
+
+
+def _missing(what: str) -> NoReturn:
     message = f"{what} is not reachable; start it or set the TEST_* URL (see tests/conftest.py)"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message, pytrace=False)
@@ -114,7 +186,8 @@ def _from_containers() -> Iterator[Infra]:
         pg_url = (f"postgresql://postgres:postgres@{pg.get_container_host_ip()}:"
                   f"{pg.get_exposed_port(5432)}/postgres")
         redis_url = f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/1"
-        yield Infra(rabbit_url, pg_url, redis_url, "testcontainers")
+        infra = Infra(rabbit_url, pg_url, redis_url, "testcontainers", rabbitmq_container=rabbit)
+        yield replace(infra, rabbitmq_url=infra.fresh_vhost(TEST_VHOST))
 
 
 @pytest.fixture(scope="session")
@@ -131,8 +204,7 @@ def infra() -> Iterator[Infra]:
                             ("Redis", redis, 6379)):
         if not _reachable(url, port):
             _missing(f"{name} at {url}")
-    vhost = urlsplit(rabbit).path.strip("/")
-    if not vhost:
-        _fresh_vhost(TEST_VHOST)
-        rabbit = _with_vhost(rabbit, TEST_VHOST)
-    yield Infra(rabbit, pg, redis, "environment or local ports")
+    infra = Infra(rabbit, pg, redis, "environment or local ports")
+    if not urlsplit(rabbit).path.strip("/"):
+        infra = replace(infra, rabbitmq_url=infra.fresh_vhost(TEST_VHOST))
+    yield infra

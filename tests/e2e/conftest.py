@@ -3,8 +3,13 @@
 It runs on its own ports (gateway 18080), its own databases (``orders_test``, ``payments_test``,
 dropped and recreated each session), Redis database 1 and the RabbitMQ vhost ``saga_test``, with
 the kitchen's preparation time at 0. Two test sessions can run side by side on one machine with
-``TEST_PORT_BASE`` (default 18000: gateway at +80, services at +1..+3), ``TEST_DB_SUFFIX``
-(default ``_test``) and their own ``TEST_RABBITMQ_URL`` vhost and ``TEST_REDIS_URL`` database.
+``TEST_PORT_BASE`` (default 18000: gateway at +80, services at +1..+3, their second replicas at
++11..+13), ``TEST_DB_SUFFIX`` (default ``_test``) and their own ``TEST_RABBITMQ_URL`` vhost and
+``TEST_REDIS_URL`` database.
+
+Every service runs two replicas behind the gateway, as production would. The gateway has two API
+keys: ``API_KEY``, which the ``client`` fixture sends with every request, and ``FLOOD_KEY``, used
+only to exceed the (deliberately modest) rate limit without touching anyone else's budget.
 
 The services export their spans and logs over OTLP/HTTP to a receiver the tests start
 (:mod:`tests.e2e.otlp`), in small batches (200 ms), as they would to a collector.
@@ -13,6 +18,7 @@ The services export their spans and logs over OTLP/HTTP to a receiver the tests 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -35,6 +41,10 @@ RUN_DIR = REPO / ".run" / f"test{_BASE}"
 PORTS = {"GATEWAY_PORT": str(_BASE + 80), "ORDER_HTTP_PORT": str(_BASE + 1),
          "PAYMENT_HTTP_PORT": str(_BASE + 2), "PRODUCTION_HTTP_PORT": str(_BASE + 3)}
 TERMINAL = {"finished", "cancelled", "refunded"}
+API_KEY = "e2e-main-key-0123456789"
+FLOOD_KEY = "e2e-flood-key-0123456789"
+RATE_LIMIT, RATE_BURST = 200, 100  # per second, per client: far above what one test sends
+REPLICAS = 2
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,10 @@ def stack(infra, otlp: Receiver) -> Iterator[Stack]:
         "PRODUCTION_REDIS_URL": infra.redis_url,
         "PRODUCTION_PREPARATION_SECONDS": "0",
         "RETRY_DELAYS_MS": "[50, 200, 1000, 3000]",
+        "GATEWAY_API_KEYS": f"{API_KEY}|{FLOOD_KEY}",
+        "GATEWAY_RATE_LIMIT": f"{RATE_LIMIT}r/s",
+        "GATEWAY_RATE_BURST": str(RATE_BURST),
+        **{f"{service.upper()}_REPLICAS": str(REPLICAS) for service in native.SERVICES},
     }
     asyncio.run(_drop_databases(infra.postgres_admin_url,
                                 [f"orders{DB_SUFFIX}", f"payments{DB_SUFFIX}"]))
@@ -95,6 +109,15 @@ def stack(infra, otlp: Receiver) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def client(stack: Stack) -> Iterator[httpx.Client]:
+    """A client with the API key: it may write."""
+    with httpx.Client(base_url=stack.base_url, timeout=10,
+                      headers={"X-API-Key": API_KEY}) as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+def anonymous(stack: Stack) -> Iterator[httpx.Client]:
+    """A client without credentials (its rate limit is per address, not per key)."""
     with httpx.Client(base_url=stack.base_url, timeout=10) as http:
         yield http
 
@@ -110,6 +133,24 @@ def order_body(items: list[tuple[str, int]], token: str = "tok_visa") -> dict[st
 def place(client: httpx.Client, items: list[tuple[str, int]], token: str = "tok_visa",
           **kwargs: Any) -> httpx.Response:
     return client.post("/api/v1/orders", json=order_body(items, token), **kwargs)
+
+
+def gateway_log(request_ids: set[str], timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+    """The gateway's access log lines of these requests (nginx writes them just after replying)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {}
+        for line in (RUN_DIR / "logs" / "gateway.log").read_text().splitlines():
+            if line.startswith("{") and (entry := json.loads(line))["request_id"] in request_ids:
+                found[entry["request_id"]] = entry
+        if len(found) == len(request_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def newest_order(client: httpx.Client) -> str | None:
+    orders = client.get("/api/v1/orders", params={"limit": 1}).json()
+    return orders[0]["id"] if orders else None
 
 
 def wait_for(client: httpx.Client, order_id: str, statuses: set[str],

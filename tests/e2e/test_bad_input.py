@@ -6,16 +6,11 @@ import uuid
 
 import pytest
 
-from tests.e2e.conftest import CUSTOMER
+from tests.e2e.conftest import CUSTOMER, newest_order
 
 
 def fields(response) -> list[str]:
     return [e["field"] for e in response.json().get("errors", [])]
-
-
-def newest_order(client) -> str | None:
-    orders = client.get("/api/v1/orders", params={"limit": 1}).json()
-    return orders[0]["id"] if orders else None
 
 
 def good(**changes):

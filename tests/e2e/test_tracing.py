@@ -1,7 +1,8 @@
 """One order, one trace: what the three services export while a saga runs through nginx.
 
 The spans and log records come from the services' OTLP exporters (to :mod:`tests.e2e.otlp`);
-the metrics from ``/metrics/<service>`` on the gateway. An operator following an order sees:
+the metrics from ``/metrics`` of every replica (the gateway's ``/metrics/<service>`` shows one
+replica's), summed as Prometheus would. An operator following an order sees:
 one trace from the HTTP request to the last event, a publish span per event and a process span
 per delivery (its child), the same trace id on every log line, and counters that move.
 """
@@ -20,7 +21,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import CUSTOMER, RUN_DIR, TERMINAL, place, set_stock, wait_for
+from deploy import native
+from tests.e2e.conftest import CUSTOMER, RUN_DIR, TERMINAL, Stack, place, set_stock, wait_for
 from tests.e2e.otlp import CONSUMER, ERROR, PRODUCER, SERVER, Receiver, Span
 
 HAPPY = ["order.created", "payment.processed", "order.received", "production.queued",
@@ -184,7 +186,7 @@ async def _publish_poison(url: str, traceparent: str) -> str:
 
 def test_a_failed_handler_is_an_error_span_in_the_publishers_trace(stack, client, otlp):
     trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
-    dead_before = metric(client, "payment", "saga_dead_letters")
+    dead_before = metric(stack, "payment", "saga_dead_letters")
 
     event_id = asyncio.run(_publish_poison(stack.rabbitmq_url, f"00-{trace_id}-{parent_id}-01"))
 
@@ -196,23 +198,30 @@ def test_a_failed_handler_is_an_error_span_in_the_publishers_trace(stack, client
     assert failed.attributes["saga.outcome"] == "parked"
     assert "exception" in failed.events
     # ... and the parked message shows in the dead-letter gauge (sampled every few seconds).
-    poll(lambda: metric(client, "payment", "saga_dead_letters") >= dead_before + 1,
+    poll(lambda: metric(stack, "payment", "saga_dead_letters") >= dead_before + 1,
          "payment's dead-letter gauge to count the parked event")
 
 
 # --- metrics -----------------------------------------------------------------------------------
 
 
-def metric(client: httpx.Client, service: str, name: str, **labels: str) -> float:
-    """One sample of ``/metrics/<service>`` through the gateway (0 when absent)."""
-    response = client.get(f"/metrics/{service}")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
-    for family in text_string_to_metric_families(response.text):
+def samples(text: str, name: str, labels: dict[str, str]) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
+
+
+def metric(stack: Stack, service: str, name: str, **labels: str) -> float:
+    """A sample summed over the service's replicas, each scraped at its own ``/metrics``."""
+    total = 0.0
+    for replica in native.replicas(service, stack.env):
+        response = httpx.get(f"http://{replica.address}/metrics", timeout=5)
+        assert response.status_code == 200, response.text
+        total += samples(response.text, name, labels)
+    return total
 
 
 def poll(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
@@ -237,21 +246,22 @@ COUNTED = [
 ]
 
 
-def test_metrics_move_when_an_order_flows(client):
-    before = [metric(client, service, name, **labels) for service, name, labels in COUNTED]
+def test_metrics_move_when_an_order_flows(client, stack):
+    before = [metric(stack, service, name, **labels) for service, name, labels in COUNTED]
     order = wait_for(client, place(client, [("lemonade", 1)]).json()["id"], TERMINAL)
     assert order["status"] == "finished"
 
     def counted() -> bool:
-        after = [metric(client, service, name, **labels) for service, name, labels in COUNTED]
+        after = [metric(stack, service, name, **labels) for service, name, labels in COUNTED]
         return all(a >= b + 1 for a, b in zip(after, before, strict=True))
 
     poll(counted, f"one more of each of {COUNTED}")
 
 
 @pytest.mark.parametrize("service", ["order", "payment", "production"])
-def test_every_service_reports_its_outbox_backlog_and_dead_letters(client, service):
+def test_the_gateway_serves_each_services_metrics(client, service):
     response = client.get(f"/metrics/{service}")
     assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
     names = {f.name for f in text_string_to_metric_families(response.text)}
     assert {"saga_outbox_backlog", "saga_dead_letters", "saga_events_published"} <= names

@@ -1,5 +1,5 @@
 """sagakit's consume path against a real RabbitMQ: retry with delay, park poison, park after
-the last attempt, and the inbox/outbox tables against a real PostgreSQL."""
+the last attempt. On a vhost of its own (``saga_test_messaging``, re-created each run)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ class Ping(BaseModel):
 
 
 @pytest.fixture(scope="module")
-async def harness(infra) -> AsyncIterator[dict]:
-    settings = ServiceSettings(RABBITMQ_URL=infra.rabbitmq_url, RETRY_DELAYS_MS=(50, 100, 150))
+async def harness(rabbitmq_url: str) -> AsyncIterator[dict]:
+    settings = ServiceSettings(RABBITMQ_URL=rabbitmq_url, RETRY_DELAYS_MS=(50, 100, 150))
     messaging = Messaging(SERVICE, settings, [QUEUE])
     seen: dict[int, list[int]] = {}
     done: dict[int, asyncio.Event] = {}
@@ -43,12 +43,11 @@ async def harness(infra) -> AsyncIterator[dict]:
         done.setdefault(body.n, asyncio.Event()).set()
 
     await messaging.start()
-    connection = await aio_pika.connect_robust(infra.rabbitmq_url)
+    connection = await aio_pika.connect_robust(rabbitmq_url)
     channel = await connection.channel()
     yield {"channel": channel, "seen": seen, "done": done}
+    await messaging.stop_consuming()
     await messaging.close()
-    for name in (QUEUE.name, f"{SERVICE}.dead-letters"):
-        await channel.queue_delete(name)
     await connection.close()
 
 

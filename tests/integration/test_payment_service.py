@@ -1,27 +1,17 @@
 """The payment service against a real RabbitMQ and PostgreSQL, as its neighbours see it.
 
-``python -m payment`` runs as a process of its own on a throwaway database (``payments_it``,
-re-created per run) and a RabbitMQ vhost of its own (``pay_dev``), so other services' processes
-neither see its events nor take its messages. The tests publish what the order service would
-publish, through the same publish path, and watch ``saga.events`` for what payment announces.
-
-A missing server fails the run. Override the defaults with ``PAYMENT_IT_RABBITMQ_URL`` and
-``PAYMENT_IT_ADMIN_DSN`` (a PostgreSQL superuser); the vhost is created once with
-``rabbitmqctl add_vhost pay_dev && rabbitmqctl set_permissions -p pay_dev guest '.*' '.*' '.*'``.
+``python -m payment`` runs as a process of its own on a database and a RabbitMQ vhost of its own
+(``saga_test_payment``, both re-created each run; see tests/integration/conftest.py), so other
+services' processes neither see its events nor take its messages. The tests publish what the
+order service would publish, through the same publish path, and watch ``saga.events`` for what
+payment announces.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -32,19 +22,13 @@ import aio_pika
 import asyncpg
 import httpx
 import pytest
-import pytest_asyncio
-from faststream.rabbit import RabbitBroker
 
 from sagakit.envelope import OutgoingEvent
 from sagakit.events import Event, EventType, OrderCancelled, OrderCreated, OrderLine
-from sagakit.outbox import EventPublisher
+from tests.conftest import Infra
+from tests.integration.conftest import EventTap, ServiceProcess
 
-RABBITMQ_URL = os.environ.get("PAYMENT_IT_RABBITMQ_URL",
-                              "amqp://guest:guest@127.0.0.1:5672/pay_dev")
-ADMIN_DSN = os.environ.get("PAYMENT_IT_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-DATABASE = "payments_it"
 ROLE = "payment_svc"
-DEADLINE = 15.0  # seconds any awaited outcome may take
 E = EventType
 
 VISA = "4242424242424242"
@@ -54,186 +38,31 @@ INSUFFICIENT = "4000000000009995"
 
 # --- infrastructure -----------------------------------------------------------------------------
 
-@pytest_asyncio.fixture(scope="module")
-async def database_url() -> str:
-    """A fresh database for this run, owned by the service's role (created if missing)."""
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {ADMIN_DSN}: {exc!r}")
-    try:
-        if not await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", ROLE):
-            await admin.execute(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE}'")
-        await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {DATABASE} OWNER {ROLE}")
-    finally:
-        await admin.close()
-    host = ADMIN_DSN.split("@", 1)[1].split("/", 1)[0]
-    return f"postgresql://{ROLE}:{ROLE}@{host}/{DATABASE}"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class Service:
-    """The running ``python -m payment`` process and its JSON log."""
-
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, base_url: str) -> None:
-        self.process, self.log_path, self.base_url = process, log_path, base_url
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for raw in self.log_path.read_text().splitlines():
-            try:
-                lines.append(json.loads(raw))
-            except json.JSONDecodeError:
-                lines.append({"message": raw})
-        return lines
-
-    def tail(self, count: int = 30) -> str:
-        return "\n".join(self.log_path.read_text().splitlines()[-count:])
-
-    async def logged(self, event_id: UUID, words: str) -> None:
-        """Wait until the service logs ``words`` while handling the event ``event_id``."""
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline:
-            if any(line.get("event_id") == str(event_id) and words in line.get("message", "")
-                   for line in self.log_lines()):
-                return
-            await asyncio.sleep(0.05)  # a file gives no event to wait on: poll it
-        pytest.fail(f"no log line '{words}' for event {event_id}; log:\n{self.tail()}")
+@pytest.fixture(scope="module")
+def database_url(infra: Infra, own_name: str) -> str:
+    """A fresh database for this run, owned by the service's role."""
+    return infra.fresh_database(own_name, ROLE, ROLE)
 
 
 @pytest.fixture(scope="module")
-def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("payment") / "service.log"
-    env = {
-        **os.environ,
-        "PAYMENT_DATABASE_URL": database_url,
-        "RABBITMQ_URL": RABBITMQ_URL,
-        "PAYMENT_HTTP_HOST": "127.0.0.1",
-        "PAYMENT_HTTP_PORT": str(port),
-        "LOG_LEVEL": "INFO",
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "payment"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    running = Service(process, log_path, f"http://127.0.0.1:{port}")
-    try:
-        _wait_until_ready(running)
+def tap_keys() -> Sequence[str]:
+    return ("payment.#",)
+
+
+@pytest.fixture(scope="module")
+async def service(rabbitmq_url: str, database_url: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
+    env = {"PAYMENT_DATABASE_URL": database_url, "RABBITMQ_URL": rabbitmq_url}
+    log_path: Path = tmp_path_factory.mktemp("payment") / "service.log"
+    async with ServiceProcess("payment", env, log_path) as running:
         yield running
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
-def _wait_until_ready(service: Service) -> None:
-    deadline = time.monotonic() + 30
-    last: object = None
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            pytest.fail(f"python -m payment exited with {service.process.returncode}:\n"
-                        f"{service.tail()}")
-        try:
-            response = httpx.get(f"{service.base_url}/health/ready", timeout=2)
-            if response.status_code == 200:
-                return
-            last = response.text
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.1)  # nothing to wait on before it listens
-    pytest.fail(f"payment never became ready ({last!r}):\n{service.tail()}")
-
-
-@pytest_asyncio.fixture(scope="module")
-async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
-        yield client
-
-
-@pytest_asyncio.fixture(scope="module")
-async def db(service: Service, database_url: str) -> AsyncIterator[asyncpg.Connection]:
+@pytest.fixture(scope="module")
+async def db(service: ServiceProcess, database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url)
     yield conn
     await conn.close()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def publish(service: Service) -> AsyncIterator[Any]:
-    """Publish as the order service does: its relay's publish path, on the test vhost."""
-    broker = RabbitBroker(RABBITMQ_URL)
-    await broker.connect()
-    publisher = EventPublisher(broker)
-    yield publisher.publish
-    await broker.stop()
-
-
-class EventTap:
-    """A temporary queue bound to everything payment announces."""
-
-    def __init__(self, channel: aio_pika.abc.AbstractChannel) -> None:
-        self.channel = channel
-        self.seen: list[aio_pika.abc.AbstractIncomingMessage] = []
-        self._arrived = asyncio.Event()
-
-    async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        await message.ack()
-        self.seen.append(message)
-        self._arrived.set()
-
-    def bodies(self, event_type: str, subject: object) -> list[dict[str, Any]]:
-        return [json.loads(m.body) for m in self.seen
-                if m.routing_key == event_type and m.headers.get("ce-subject") == str(subject)]
-
-    async def until_any(self, subject: object, *event_types: str) -> None:
-        """Wait until one of ``event_types`` about ``subject`` has arrived."""
-        try:
-            async with asyncio.timeout(DEADLINE):
-                while not any(self.bodies(t, subject) for t in event_types):
-                    self._arrived.clear()
-                    await self._arrived.wait()
-        except TimeoutError:
-            pytest.fail(f"none of {event_types} for {subject}; saw "
-                        f"{[(m.routing_key, m.headers.get('ce-subject')) for m in self.seen]}")
-
-    async def next(self, event_type: str, subject: object) -> dict[str, Any]:
-        """The first ``event_type`` about ``subject``, waiting for it if need be."""
-        await self.until_any(subject, event_type)
-        return self.bodies(event_type, subject)[0]
-
-
-@pytest_asyncio.fixture(scope="module")
-async def tap(service: Service) -> AsyncIterator[EventTap]:
-    try:
-        connection = await aio_pika.connect(RABBITMQ_URL)
-    except Exception as exc:
-        pytest.fail(f"RabbitMQ is not reachable at {RABBITMQ_URL} (does the vhost exist?): "
-                    f"{exc!r}")
-    channel = await connection.channel()
-    exchange = await channel.get_exchange("saga.events")  # declared by the service at start
-    queue = await channel.declare_queue(exclusive=True)
-    await queue.bind(exchange, routing_key="payment.#")
-    tapped = EventTap(channel)
-    await queue.consume(tapped.on_message)
-    yield tapped
-    await connection.close()
-
-
-@pytest_asyncio.fixture
-async def dead_letters(tap: EventTap) -> aio_pika.abc.AbstractQueue:
-    """The service's parking queue, emptied of what earlier runs left in it."""
-    queue = await tap.channel.get_queue("payment.dead-letters")
-    await queue.purge()
-    return queue
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -279,7 +108,7 @@ async def tokenize(http: httpx.AsyncClient, number: str) -> str:
 # --- cards --------------------------------------------------------------------------------------
 
 async def test_a_card_is_tokenized_announced_and_never_kept_in_full(
-    http: httpx.AsyncClient, tap: EventTap, db: asyncpg.Connection, service: Service,
+    http: httpx.AsyncClient, tap: EventTap, db: asyncpg.Connection, service: ServiceProcess,
 ) -> None:
     response = await http.post("/api/v1/payments/cards",
                                json=card_body("4242 4242 4242 4242", cvc="987"))
@@ -404,7 +233,7 @@ async def test_a_tokenized_card_is_charged_as_its_test_number_says(
 
 
 async def test_a_redelivered_order_created_charges_once(
-    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: Service,
+    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: ServiceProcess,
 ) -> None:
     order_id, created = order_created("tok_visa")
     await publish(created)
@@ -418,7 +247,7 @@ async def test_a_redelivered_order_created_charges_once(
 
 
 async def test_an_order_created_twice_under_two_ids_is_still_charged_once(
-    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: Service,
+    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: ServiceProcess,
 ) -> None:
     order_id, created = order_created("tok_visa")
     await publish(created)
@@ -432,7 +261,7 @@ async def test_an_order_created_twice_under_two_ids_is_still_charged_once(
 
 
 async def test_an_amount_that_cannot_be_charged_is_parked_not_charged(
-    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: Service,
+    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: ServiceProcess,
     dead_letters: aio_pika.abc.AbstractQueue,
 ) -> None:
     order_id, created = order_created("tok_visa", amount="0.00")
@@ -451,7 +280,7 @@ async def test_an_amount_that_cannot_be_charged_is_parked_not_charged(
 # --- compensation -------------------------------------------------------------------------------
 
 async def test_a_cancelled_charged_order_is_refunded_once(
-    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: Service,
+    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: ServiceProcess,
 ) -> None:
     order_id, created = order_created("tok_visa")
     await publish(created)
@@ -497,7 +326,7 @@ async def test_a_cancelled_declined_order_is_voided(
 
 
 async def test_an_order_cancelled_before_payment_saw_it_is_voided_and_never_charged(
-    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: Service,
+    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: ServiceProcess,
 ) -> None:
     order_id, created = order_created("tok_visa")
 
@@ -512,7 +341,7 @@ async def test_an_order_cancelled_before_payment_saw_it_is_voided_and_never_char
 
 
 async def test_created_and_cancelled_racing_end_in_exactly_one_settlement_per_order(
-    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: Service,
+    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: ServiceProcess,
 ) -> None:
     orders = [order_created("tok_visa") for _ in range(20)]
 

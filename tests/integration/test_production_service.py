@@ -4,35 +4,22 @@ The tests talk to it as the saga does: they publish the order service's events t
 ``saga.events`` and watch what production announces on a queue of their own, and they use its
 HTTP API as the kitchen manager would.
 
-It gets a RabbitMQ vhost (``production_it``) and a Redis database (3) of its own, so no other
-process (the e2e stack, a developer's ``make up``) takes its messages or touches its keys.
-Override them with ``PRODUCTION_IT_RABBITMQ_URL`` and ``PRODUCTION_IT_REDIS_URL``; the vhost is
-created with rabbitmqctl when that is at hand. A missing server fails the run. The tests own
-that Redis database: it is flushed, so never point them at one holding real data.
+It gets a RabbitMQ vhost (``saga_test_production``, re-created each run) and a Redis database
+(3) of its own, so no other process (the e2e stack, a developer's ``make up``) takes its
+messages or touches its keys (see tests/integration/conftest.py). The tests own that Redis
+database: it is flushed, so never point them at one holding real data.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
-import aio_pika
-import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -42,147 +29,36 @@ from production.store import ProductionStore
 from sagakit import telemetry
 from sagakit.envelope import OutgoingEvent
 from sagakit.events import OrderCancelled, OrderLine, OrderReceived
-from sagakit.topology import EVENTS
+from tests.conftest import Infra
+from tests.integration.conftest import Announced, EventTap, Publish, ServiceProcess, until
 
-RABBITMQ_URL = os.environ.get("PRODUCTION_IT_RABBITMQ_URL",
-                              "amqp://guest:guest@127.0.0.1:5672/production_it")
-REDIS_URL = os.environ.get("PRODUCTION_IT_REDIS_URL", "redis://127.0.0.1:6379/3")
-QUEUE = "production.order-events"
-TIMEOUT = 15.0
-
-# --- the service as a process -----------------------------------------------------------------
+REDIS_DB = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Service:
-    """One ``python -m production`` process with its own settings."""
-
-    def __init__(self, log_path: Path, **settings: Any) -> None:
-        self.port = _free_port()
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "RABBITMQ_URL": RABBITMQ_URL,
-            "PRODUCTION_REDIS_URL": REDIS_URL,
-            "PRODUCTION_HTTP_PORT": str(self.port),
-            "PRODUCTION_PREPARATION_SECONDS": "0",
-            **{f"PRODUCTION_{k.upper()}": str(v) for k, v in settings.items()},
-        }
-        self.process: asyncio.subprocess.Process | None = None
-        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
-
-    async def start(self) -> Service:
-        with self.log_path.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "production", env=self.env, stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        deadline = asyncio.get_running_loop().time() + TIMEOUT
-        while True:
-            if self.process.returncode is not None:
-                pytest.fail(f"production exited with {self.process.returncode}:\n{self.logs()}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await self.http.get("/health/ready")).status_code == 200:
-                    return self
-            if asyncio.get_running_loop().time() > deadline:
-                pytest.fail(f"production not ready within {TIMEOUT}s:\n{self.logs()}")
-            await asyncio.sleep(0.1)
-
-    async def stop(self) -> bool:
-        """SIGTERM, as an orchestrator stops it; True when it shut down gracefully.
-
-        (uvicorn re-raises the signal after its graceful shutdown, so the exit status is
-        "killed by SIGTERM" either way; the log tells whether the lifespan completed.)
-        """
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            code = await self.process.wait()
-        await self.http.aclose()
-        return code in (0, -signal.SIGTERM) and any(
-            r.get("message") == "Application shutdown complete." for r in self.log_records()
-        )
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        await self.process.wait()
-        await self.http.aclose()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_records(self) -> list[dict[str, Any]]:
-        records = []
-        for line in self.logs().splitlines():
-            with contextlib.suppress(orjson.JSONDecodeError):
-                records.append(orjson.loads(line))
-        return records
-
-    async def wait_for_log(self, message: str, event_id: UUID) -> None:
-        """Wait until the service logs ``message`` for the event ``event_id``."""
-        await _until(lambda: any(
-            r.get("message") == message and r.get("event_id") == str(event_id)
-            for r in self.log_records()
-        ), f"log {message!r} for event {event_id}")
-
-
-async def _until(condition: Callable[[], Any], what: str) -> None:
-    """Poll ``condition`` (plain or async) until it holds; fail after TIMEOUT seconds."""
-    deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+def production(log_path: Path, rabbitmq_url: str, redis_url: str,
+               **settings: Any) -> ServiceProcess:
+    """One ``python -m production`` process with its own settings (``PRODUCTION_<name>``)."""
+    return ServiceProcess("production", {
+        "RABBITMQ_URL": rabbitmq_url,
+        "PRODUCTION_REDIS_URL": redis_url,
+        "PRODUCTION_PREPARATION_SECONDS": "0",
+        **{f"PRODUCTION_{k.upper()}": str(v) for k, v in settings.items()},
+    }, log_path)
 
 
 # --- the broker side: publish as the order service, watch what production announces ---------
 
 
-@dataclass(frozen=True)
-class Seen:
-    type: str
-    id: str
-    order_id: str
-    trace_id: str
-    body: dict[str, Any]
-
-
 class Saga:
-    def __init__(self, channel: aio_pika.abc.AbstractChannel,
-                 exchange: aio_pika.abc.AbstractExchange) -> None:
-        self.channel, self.exchange = channel, exchange
-        self.seen: list[Seen] = []
+    """The order service's side: its events published, production's read back by order id."""
 
-    async def watch(self) -> None:
-        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
-        for key in ("production.#", "order.finished"):
-            await queue.bind(self.exchange, routing_key=key)
+    def __init__(self, tap: EventTap, publish: Publish) -> None:
+        self.tap = tap
+        self.deliver = publish  # exactly as the order service's relay (a redelivery re-sends)
 
-        async def remember(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            async with message.process():
-                body = orjson.loads(message.body)
-                headers = message.headers
-                self.seen.append(Seen(
-                    str(message.routing_key), str(headers["ce-id"]), body["order_id"],
-                    str(headers["traceparent"]).split("-")[1], body,
-                ))
-
-        await queue.consume(remember)
+    @property
+    def seen(self) -> list[Announced]:
+        return self.tap.seen
 
     async def publish(self, event: OrderReceived | OrderCancelled) -> OutgoingEvent:
         with telemetry.span("order service (stand-in)"):  # the trace the order would be in
@@ -191,32 +67,20 @@ class Saga:
         await self.deliver(outgoing)
         return outgoing
 
-    async def deliver(self, event: OutgoingEvent) -> None:
-        """Publish exactly as the order service's relay does (a redelivery re-sends this)."""
-        await self.exchange.publish(
-            aio_pika.Message(
-                event.body, headers=dict(event.headers), message_id=str(event.id),
-                correlation_id=event.subject, type=event.type,
-                content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=event.type,
-        )
-
-    def of(self, order_id: UUID, type_: str) -> list[Seen]:
-        return [s for s in self.seen if s.order_id == str(order_id) and s.type == type_]
+    def of(self, order_id: UUID, type_: str) -> list[Announced]:
+        return self.tap.of(type_, order_id)
 
     def count(self, order_id: UUID, type_: str) -> int:
         """Distinct events (a relay may publish one twice; consumers see it once)."""
-        return len({s.id for s in self.of(order_id, type_)})
+        return self.tap.count(type_, order_id)
 
-    async def wait_for(self, order_id: UUID, type_: str) -> Seen:
-        await _until(lambda: self.of(order_id, type_), f"{type_} for order {order_id}")
-        return self.of(order_id, type_)[0]
+    async def wait_for(self, order_id: UUID, type_: str) -> Announced:
+        return await self.tap.wait_for(type_, order_id)
 
     async def outcome(self, order_id: UUID) -> str:
         """production.queued or production.failed, whichever the order got."""
         kinds = ("production.queued", "production.failed")
-        await _until(lambda: any(self.of(order_id, k) for k in kinds), f"outcome of {order_id}")
+        await self.tap.until_any(order_id, *kinds)
         return next(k for k in kinds if self.of(order_id, k))
 
 
@@ -236,61 +100,44 @@ def cancellation(order_id: UUID) -> OrderCancelled:
 # --- fixtures ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL, decode_responses=True)
+@pytest.fixture(scope="module")
+def redis_url(infra: Infra) -> str:
+    return infra.redis_db(REDIS_DB)
+
+
+@pytest.fixture(scope="module")
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, decode_responses=True)
     await client.flushdb()  # fails the run when Redis is not there
     yield client
     await client.aclose()
 
 
-def _ensure_vhost(url: str) -> None:
-    """Create the URL's vhost on a local broker (idempotent); elsewhere it must exist."""
-    vhost = urlsplit(url).path.strip("/")
-    if not vhost or not shutil.which("rabbitmqctl"):
-        return
-    for command in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*",
-                                           ".*"]):
-        subprocess.run(["rabbitmqctl", *command], capture_output=True, timeout=60, check=False)
+@pytest.fixture(scope="module")
+def tap_keys() -> Sequence[str]:
+    return ("production.#", "order.finished")
 
 
-@pytest.fixture(scope="session")
-async def saga(redis: Redis) -> AsyncIterator[Saga]:
-    await asyncio.to_thread(_ensure_vhost, RABBITMQ_URL)
-    connection = await aio_pika.connect(RABBITMQ_URL)  # fails the run when RabbitMQ is not there
-    async with connection:
-        await _purge_leftovers(connection)
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(  # as every service declares it
-            EVENTS.name, aio_pika.ExchangeType.TOPIC, durable=True, arguments=EVENTS.arguments,
-        )
-        saga = Saga(channel, exchange)
-        await saga.watch()
-        yield saga
-
-
-async def _purge_leftovers(connection: aio_pika.abc.AbstractConnection) -> None:
-    """Events an earlier, interrupted run left in the service's queue would skew stock counts."""
-    channel = await connection.channel()
-    try:
-        queue = await channel.declare_queue(QUEUE, passive=True)
-        await queue.purge()
-    except aio_pika.exceptions.ChannelClosed:
-        pass  # no queue yet: the first start declares it
-    finally:
-        with contextlib.suppress(Exception):
-            await channel.close()
+@pytest.fixture(scope="module")
+def saga(redis: Redis, tap: EventTap, publish: Publish) -> Saga:
+    return Saga(tap, publish)
 
 
 @pytest.fixture
 async def services(
-    saga: Saga, tmp_path: Path
+    saga: Saga, redis: Redis, rabbitmq_url: str, redis_url: str, tmp_path: Path
 ) -> AsyncIterator[Callable[..., Any]]:
-    """Start services with given settings; whatever is still running is stopped afterwards."""
-    started: list[Service] = []
+    """Start services with given settings; whatever is still running is stopped afterwards.
 
-    async def start(**settings: Any) -> Service:
-        service = Service(tmp_path / f"production-{len(started)}.log", **settings)
+    Each test's services start on an empty Redis database: an outbox entry a killed process
+    held unconfirmed (re-published only after ``claim_idle_ms``) is not the next test's.
+    """
+    await redis.flushdb()
+    started: list[ServiceProcess] = []
+
+    async def start(**settings: Any) -> ServiceProcess:
+        service = production(tmp_path / f"production-{len(started)}.log", rabbitmq_url,
+                             redis_url, **settings)
         started.append(service)
         return await service.start()
 
@@ -301,27 +148,28 @@ async def services(
 
 
 @pytest.fixture(scope="class")
-async def kitchen(saga: Saga, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Service]:
+async def kitchen(saga: Saga, rabbitmq_url: str, redis_url: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
     """The service at full speed (no preparation time), as in benchmarks."""
-    service = await Service(tmp_path_factory.mktemp("kitchen") / "production.log",
-                            kitchen_workers=4).start()
+    service = await production(tmp_path_factory.mktemp("kitchen") / "production.log",
+                               rabbitmq_url, redis_url, kitchen_workers=4).start()
     yield service
     assert await service.stop(), service.logs()
 
 
-async def available(service: Service, sku: str) -> int:
+async def available(service: ServiceProcess, sku: str) -> int:
     response = await service.http.get(f"/api/v1/production/stock/{sku}")
     assert response.status_code == 200, response.text
     units: int = response.json()["available"]
     return units
 
 
-async def set_stock(service: Service, sku: str, units: int) -> None:
+async def set_stock(service: ServiceProcess, sku: str, units: int) -> None:
     response = await service.http.put(f"/api/v1/production/stock/{sku}", json={"available": units})
     assert response.status_code == 200, response.text
 
 
-async def ticket_of(service: Service, ticket_id: str) -> dict[str, Any]:
+async def ticket_of(service: ServiceProcess, ticket_id: str) -> dict[str, Any]:
     response = await service.http.get(f"/api/v1/production/tickets/{ticket_id}")
     assert response.status_code == 200, response.text
     ticket: dict[str, Any] = response.json()
@@ -333,7 +181,7 @@ async def ticket_of(service: Service, ticket_id: str) -> dict[str, Any]:
 
 class TestKitchenAtFullSpeed:
     async def test_a_paid_order_is_queued_started_and_finished(
-        self, kitchen: Service, saga: Saga
+        self, kitchen: ServiceProcess, saga: Saga
     ) -> None:
         fries, lemonade = await available(kitchen, "fries"), await available(kitchen, "lemonade")
         received = order(("fries", 2), ("lemonade", 1), ("fries", 1))
@@ -355,7 +203,7 @@ class TestKitchenAtFullSpeed:
         assert ticket["created_at"] <= ticket["started_at"] <= ticket["finished_at"]
 
     async def test_its_events_continue_the_orders_trace(
-        self, kitchen: Service, saga: Saga
+        self, kitchen: ServiceProcess, saga: Saga
     ) -> None:
         received = order(("brownie", 1))
         outgoing = await saga.publish(received)
@@ -371,7 +219,7 @@ class TestKitchenAtFullSpeed:
         assert records and {r.get("trace_id") for r in records} == {trace_id}
 
     async def test_an_order_the_stock_cannot_cover_fails_and_reserves_nothing(
-        self, kitchen: Service, saga: Saga
+        self, kitchen: ServiceProcess, saga: Saga
     ) -> None:
         before = {sku: await available(kitchen, sku) for sku in ("brownie", "truffle-risotto")}
         received = order(("brownie", 1), ("truffle-risotto", before["truffle-risotto"] + 1),
@@ -391,7 +239,7 @@ class TestKitchenAtFullSpeed:
         assert not saga.of(received.order_id, "production.queued")
 
     async def test_a_redelivered_order_makes_one_ticket(
-        self, kitchen: Service, saga: Saga
+        self, kitchen: ServiceProcess, saga: Saga
     ) -> None:
         fries = await available(kitchen, "fries")
         received = order(("fries", 4))
@@ -400,14 +248,14 @@ class TestKitchenAtFullSpeed:
 
         await saga.deliver(outgoing)  # the same event again, as after a lost ack
 
-        await kitchen.wait_for_log("order.received: duplicate", outgoing.id)
+        await kitchen.logged(outgoing.id, "order.received: duplicate")
         assert saga.count(received.order_id, "production.queued") == 1
         assert await available(kitchen, "fries") == fries - 4
         queue = (await kitchen.http.get("/api/v1/production/queue?limit=500")).json()
         assert sum(t["order_id"] == str(received.order_id) for t in queue) == 1
 
     async def test_a_redelivered_failure_is_announced_once(
-        self, kitchen: Service, saga: Saga
+        self, kitchen: ServiceProcess, saga: Saga
     ) -> None:
         received = order(("caviar", 1))
         outgoing = await saga.publish(received)
@@ -415,11 +263,11 @@ class TestKitchenAtFullSpeed:
 
         await saga.deliver(outgoing)
 
-        await kitchen.wait_for_log("order.received: duplicate", outgoing.id)
+        await kitchen.logged(outgoing.id, "order.received: duplicate")
         assert saga.count(received.order_id, "production.failed") == 1
 
     async def test_concurrent_orders_never_oversell_the_last_units(
-        self, kitchen: Service, saga: Saga
+        self, kitchen: ServiceProcess, saga: Saga
     ) -> None:
         await set_stock(kitchen, "truffle-risotto", 5)
         orders = [order(("truffle-risotto", 1)) for _ in range(25)]
@@ -432,22 +280,22 @@ class TestKitchenAtFullSpeed:
         assert await available(kitchen, "truffle-risotto") == 0
 
     async def test_an_order_cancelled_before_it_arrives_is_never_made(
-        self, kitchen: Service, saga: Saga
+        self, kitchen: ServiceProcess, saga: Saga
     ) -> None:
         fries = await available(kitchen, "fries")
         received = order(("fries", 1))
         cancelled = await saga.publish(cancellation(received.order_id))
-        await kitchen.wait_for_log("order.cancelled: no_ticket", cancelled.id)
+        await kitchen.logged(cancelled.id, "order.cancelled: no_ticket")
 
         late = await saga.publish(received)  # overtaken, e.g. by a retry
 
-        await kitchen.wait_for_log("order.received: cancelled", late.id)
+        await kitchen.logged(late.id, "order.received: cancelled")
         assert await available(kitchen, "fries") == fries
         assert not saga.of(received.order_id, "production.queued")
         assert not saga.of(received.order_id, "production.failed")
 
     async def test_cancelling_a_finished_order_changes_nothing(
-        self, kitchen: Service, saga: Saga
+        self, kitchen: ServiceProcess, saga: Saga
     ) -> None:
         received = order(("brownie", 2))
         await saga.publish(received)
@@ -456,12 +304,12 @@ class TestKitchenAtFullSpeed:
 
         cancelled = await saga.publish(cancellation(received.order_id))
 
-        await kitchen.wait_for_log("order.cancelled: done", cancelled.id)
+        await kitchen.logged(cancelled.id, "order.cancelled: done")
         assert (await ticket_of(kitchen, finished.body["ticket_id"]))["status"] == "done"
         assert await available(kitchen, "brownie") == brownies
 
     async def test_a_paused_line_holds_tickets_which_can_then_be_cancelled(
-        self, kitchen: Service, saga: Saga, redis: Redis
+        self, kitchen: ServiceProcess, saga: Saga, redis: Redis
     ) -> None:
         brownies = await available(kitchen, "brownie")
         held, later = order(("brownie", 2)), order(("brownie", 1))
@@ -476,7 +324,7 @@ class TestKitchenAtFullSpeed:
             assert await available(kitchen, "brownie") == brownies - 2
 
             cancelled = await saga.publish(cancellation(held.order_id))
-            await kitchen.wait_for_log("order.cancelled: released", cancelled.id)
+            await kitchen.logged(cancelled.id, "order.cancelled: released")
             assert await available(kitchen, "brownie") == brownies
         finally:
             response = await kitchen.http.put("/api/v1/production/line", json={"paused": False})
@@ -491,10 +339,10 @@ class TestKitchenAtFullSpeed:
         async def kitchen_queue_empty() -> bool:
             return not (await redis.xpending("kitchen", "cooks"))["pending"]
 
-        await _until(kitchen_queue_empty, "the kitchen's stream to have nothing pending")
+        await until(kitchen_queue_empty, "the kitchen's stream to have nothing pending")
 
     async def test_the_kitchen_view_lists_tickets_newest_first_and_by_status(
-        self, kitchen: Service, saga: Saga
+        self, kitchen: ServiceProcess, saga: Saga
     ) -> None:
         first, second = order(("fries", 1)), order(("lemonade", 1))
         for received in (first, second):
@@ -511,7 +359,9 @@ class TestKitchenAtFullSpeed:
         queued = (await kitchen.http.get("/api/v1/production/queue?status=queued")).json()
         assert str(first.order_id) not in {t["order_id"] for t in queued}
 
-    async def test_stock_is_listed_by_sku_and_restocked_by_count(self, kitchen: Service) -> None:
+    async def test_stock_is_listed_by_sku_and_restocked_by_count(
+        self, kitchen: ServiceProcess
+    ) -> None:
         stock = (await kitchen.http.get("/api/v1/production/stock")).json()
         skus = [item["sku"] for item in stock]
         assert skus == sorted(skus)
@@ -544,7 +394,7 @@ class TestKitchenAtFullSpeed:
         ],
     )
     async def test_errors_name_the_field_to_blame(
-        self, kitchen: Service, method: str, path: str, body: Any, status: int, field: str
+        self, kitchen: ServiceProcess, method: str, path: str, body: Any, status: int, field: str
     ) -> None:
         response = await kitchen.http.request(method, f"/api/v1/production{path}", json=body)
         assert response.status_code == status, response.text
@@ -552,7 +402,7 @@ class TestKitchenAtFullSpeed:
         assert problem["status"] == status
         assert field in {error["field"] for error in problem["errors"]}
 
-    async def test_health_and_docs(self, kitchen: Service) -> None:
+    async def test_health_and_docs(self, kitchen: ServiceProcess) -> None:
         ready = (await kitchen.http.get("/health/ready")).json()
         assert ready["checks"] == {"redis": "ok", "broker": "ok"}
         openapi = (await kitchen.http.get("/docs/production/openapi.json")).json()
@@ -570,7 +420,7 @@ class TestKitchenProcesses:
     async def test_cancel_gives_back_a_queued_tickets_stock_but_not_a_started_ones(
         self, services: Callable[..., Any], saga: Saga
     ) -> None:
-        kitchen: Service = await services(preparation_seconds=2, kitchen_workers=1)
+        kitchen: ServiceProcess = await services(preparation_seconds=2, kitchen_workers=1)
         fries, brownies = await available(kitchen, "fries"), await available(kitchen, "brownie")
         cooking, waiting, sentinel = order(("fries", 2)), order(("brownie", 3)), order(("fries", 1))
         await saga.publish(cooking)
@@ -685,11 +535,11 @@ class TestKitchenProcesses:
         assert await available(second, "burger-veggie") == 5  # not seeded again
 
 
-async def _poll_status(service: Service, ticket_id: str, status: str) -> None:
+async def _poll_status(service: ServiceProcess, ticket_id: str, status: str) -> None:
     async def reached() -> bool:
         return bool((await ticket_of(service, ticket_id))["status"] == status)
 
-    await _until(reached, f"ticket {ticket_id} {status}")
+    await until(reached, f"ticket {ticket_id} {status}")
 
 
 # --- the scripts apply the domain's transition table ---------------------------------------------

@@ -1,0 +1,340 @@
+"""Compose mode cannot run on the machines this project is built on (no Docker engine), so these
+tests hold docker-compose.yml to the truths native mode proves every day: the variables each
+settings class reads, native defaults, the gateway template's upstreams, and the shape compose
+needs (healthchecks, one network, nothing published but the gateway and the operator UIs).
+Pure and fast: they read files and import settings classes, nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from importlib import resources
+from urllib.parse import urlsplit
+
+import jsonschema
+import pytest
+from pydantic_settings import BaseSettings, EnvSettingsSource
+
+from deploy import native
+from tests.compose.files import (
+    REPO,
+    SETTINGS,
+    TEMPLATE,
+    compose,
+    dockerfile_of,
+    env_of,
+    interpolate,
+    raw_compose,
+    service_env,
+    services,
+)
+
+# Settings compose leaves to the code's default, each with the reason.
+NOT_IN_COMPOSE = {
+    "PRODUCTION_SEED_STOCK": "data, not a knob: a JSON copy of the menu's stock in compose "
+                             "would be a second source of truth",
+    # Links for a person's browser, not addresses a container connects to: the defaults are
+    # already where compose publishes Jaeger and Seq (127.0.0.1:16686, :5380).
+    "ORDER_JAEGER_UI_URL": "a browser link; the default is compose's published Jaeger port",
+    "ORDER_SEQ_UI_URL": "a browser link; the default is compose's published Seq port",
+}
+# Read by the OpenTelemetry SDK, not by the settings classes.
+TELEMETRY_ENV = {"OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                 "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_RESOURCE_ATTRIBUTES"}
+# The only published ports: (host ip, host port, container port); "" = every interface.
+PUBLISHED = {
+    "gateway": {("", "8080", "8080")},
+    "jaeger": {("127.0.0.1", "16686", "16686")},
+    "seq": {("127.0.0.1", "5380", "80")},
+    "rabbitmq": {("127.0.0.1", "15672", "15672")},
+}
+# Stateful containers and where each keeps its data (a named volume must be mounted there).
+DATA_DIRS = {"order-db": "/var/lib/postgresql/data", "payment-db": "/var/lib/postgresql/data",
+             "redis": "/data", "rabbitmq": "/var/lib/rabbitmq", "seq": "/data"}
+# Variables the gateway template is about to read (API keys, rate limiting), with defaults.
+GATEWAY_ANNOUNCED = {"GATEWAY_API_KEYS": "dev-key-change-me", "GATEWAY_RATE_LIMIT": "1000r/s",
+                     "GATEWAY_RATE_BURST": "2000"}
+
+
+def env_names(settings: type[BaseSettings]) -> dict[str, str]:
+    """Field name -> the variable it is configured by: its alias, else env_prefix + name."""
+    prefix = settings.model_config.get("env_prefix", "")
+    names = {}
+    for field_name, field in settings.model_fields.items():
+        alias = field.validation_alias
+        assert alias is None or isinstance(alias, str), \
+            f"{settings.__name__}.{field_name}: teach this test {type(alias).__name__}"
+        names[field_name] = (alias or f"{prefix}{field_name}").upper()
+    return names
+
+
+def read_by_pydantic(settings: type[BaseSettings]) -> set[str]:
+    """Every variable pydantic-settings itself would read for `settings` (upper case).
+
+    A private helper of the pinned pydantic-settings: if it moves, this fails loudly.
+    """
+    source = EnvSettingsSource(settings)
+    return {env.upper() for name, field in settings.model_fields.items()
+            for _, env, _ in source._extract_field_info(field, name)}
+
+
+def has_healthcheck(name: str) -> bool:
+    check = services()[name].get("healthcheck")
+    if check is not None:
+        return not check.get("disable") and check.get("test") not in (["NONE"], "NONE", None)
+    if "build" in services()[name]:
+        dockerfile, target = dockerfile_of(name)
+        return dockerfile.healthcheck(target) is not None
+    return False
+
+
+def publish_specs(name: str) -> set[tuple[str, str, str]]:
+    specs = set()
+    for port in services()[name].get("ports", []):
+        assert isinstance(port, str), f"{name}: write ports as host_ip:published:target strings"
+        host_ip, published, target = (["", *port.split(":")] if port.count(":") == 1
+                                      else port.split(":"))
+        specs.add((host_ip, published, target))
+    return specs
+
+
+@pytest.fixture
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No variable a settings class reads leaks in from the shell running the tests."""
+    read = set().union(*(read_by_pydantic(s) for s in SETTINGS.values()))
+    for name in list(os.environ):
+        if name.upper() in read:
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+# --- The file itself ---------------------------------------------------------------------------
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    # The Compose Specification's own schema, as the pinned check-jsonschema package ships it.
+    vendored = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(vendored.read_text())
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    errors = sorted(validator(schema).iter_errors(compose()), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_every_image_is_pinned_to_a_version() -> None:
+    for name, service in services().items():
+        if "image" in service and "build" not in service:
+            tag = service["image"].rpartition(":")[2]
+            assert "/" not in tag and tag not in ("", "latest"), f"{name}: pin {service['image']}"
+
+
+# --- The services' environment: the same names and meanings as native mode ----------------------
+
+
+def test_this_test_reads_settings_names_as_pydantic_settings_does() -> None:
+    for settings in SETTINGS.values():
+        assert set(env_names(settings).values()) <= read_by_pydantic(settings)
+    every_name = set().union(*(env_names(s).values() for s in SETTINGS.values()))
+    assert set(NOT_IN_COMPOSE) <= every_name, "an exemption names no setting any more"
+
+
+@pytest.mark.parametrize("service", SETTINGS)
+def test_service_sets_exactly_the_variables_its_settings_read(service: str) -> None:
+    wanted = set(env_names(SETTINGS[service]).values()) - set(NOT_IN_COMPOSE)
+    given = set(env_of(service)) - TELEMETRY_ENV
+    assert not wanted - given, f"{service}: compose does not set {sorted(wanted - given)}"
+    assert not given - wanted, f"{service}: no setting reads {sorted(given - wanted)}"
+
+
+@pytest.mark.parametrize("service", SETTINGS)
+def test_service_values_mean_what_native_defaults_mean(
+    service: str, clean_environ: pytest.MonkeyPatch
+) -> None:
+    settings = SETTINGS[service]
+    native_defaults = settings()
+    for name, value in env_of(service).items():
+        clean_environ.setenv(name, value)
+    in_compose = settings()  # also proves every compose value parses
+    names = env_names(settings)
+    for field in settings.model_fields:
+        if names[field] in NOT_IN_COMPOSE:
+            continue  # the code's default, in both modes
+        ours, theirs = getattr(in_compose, field), getattr(native_defaults, field)
+        if field == "http_host":
+            assert ours == "0.0.0.0", f"{service} must listen on every interface in a container"
+        elif field.endswith("_url"):
+            a, b = urlsplit(ours), urlsplit(theirs)
+            assert (a.scheme, a.username, a.password, a.port, a.path) == \
+                   (b.scheme, b.username, b.password, b.port, b.path), f"{service}.{field}"
+            assert a.hostname in services(), f"{service}.{field}: {a.hostname} is no service"
+        else:
+            assert ours == theirs, f"{service}.{field}: compose {ours!r}, native {theirs!r}"
+
+
+def test_topology_is_literal_and_knobs_default_to_native() -> None:
+    # A shell set up for native mode (RABBITMQ_URL=...@127.0.0.1) must not reach a container.
+    for service in SETTINGS:
+        for name, value in service_env(raw_compose()["services"][service]).items():
+            if name.endswith(("_URL", "_HTTP_HOST", "_HTTP_PORT")) or name in TELEMETRY_ENV:
+                assert "$" not in value, f"{service}: {name} must not come from the shell"
+    tuned = service_env(compose({"LOG_LEVEL": "DEBUG"})["services"]["order"])
+    assert tuned["LOG_LEVEL"] == "DEBUG", "tuning knobs take the caller's environment"
+
+
+def test_each_database_url_names_a_postgres_of_its_own() -> None:
+    seen = set()
+    for service in ("order", "payment"):
+        url = urlsplit(env_of(service)[f"{service.upper()}_DATABASE_URL"])
+        db = services()[url.hostname or ""]
+        assert db["image"].startswith("postgres:"), f"{url.hostname} is not PostgreSQL"
+        assert service_env(db) == {"POSTGRES_USER": url.username,
+                                   "POSTGRES_PASSWORD": url.password,
+                                   "POSTGRES_DB": url.path.lstrip("/")}, url.hostname
+        assert url.hostname not in seen, "each service owns its database server"
+        seen.add(url.hostname)
+
+
+def test_redis_keeps_the_kitchen_with_append_only_persistence() -> None:
+    redis = services()[urlsplit(env_of("production")["PRODUCTION_REDIS_URL"]).hostname or ""]
+    assert redis["image"].startswith("redis:")
+    assert " ".join(redis["command"]).find("--appendonly yes") >= 0
+
+
+def test_rabbitmq_keeps_its_node_name_and_data() -> None:
+    for service in SETTINGS:
+        assert urlsplit(env_of(service)["RABBITMQ_URL"]).hostname == "rabbitmq"
+    broker = services()["rabbitmq"]
+    assert broker["image"].startswith("rabbitmq:") and "management" in broker["image"]
+    assert broker.get("hostname") == "rabbitmq", "the node name must survive re-creation"
+
+
+# --- The gateway: the template's upstreams are the services' names and ports ---------------------
+
+
+def template_vars() -> set[str]:
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", TEMPLATE.read_text()))
+
+
+def envsubst_filter() -> re.Pattern[str]:
+    return re.compile(env_of("gateway")["NGINX_ENVSUBST_FILTER"])
+
+
+@pytest.mark.parametrize("service", SETTINGS)
+def test_gateway_upstream_is_the_service_name_and_http_port(service: str) -> None:
+    prefix = service.upper()
+    servers = env_of("gateway")[f"{prefix}_UPSTREAM_SERVERS"]
+    match = re.fullmatch(r"server ([\w-]+):(\d+) (.+);", servers)
+    assert match, servers
+    host, port, options = match.groups()
+    assert host == service and "build" in services()[host]
+    assert port == env_of(service)[f"{prefix}_HTTP_PORT"]
+    assert port == str(SETTINGS[service].model_fields["http_port"].default)
+    native_servers = native.stack_env({})[f"{prefix}_UPSTREAM_SERVERS"]
+    assert native_servers == f"server 127.0.0.1:{port} {options};"  # same options both modes
+
+
+def test_template_variables_are_given_to_nginx_and_pass_its_filter() -> None:
+    env, allowed = env_of("gateway"), envsubst_filter()
+    needed = template_vars() | set(native.TEMPLATE_VARS) | set(GATEWAY_ANNOUNCED)
+    assert not needed - set(env), f"gateway env lacks {sorted(needed - set(env))}"
+    refused = sorted(n for n in needed if not allowed.search(n))
+    assert not refused, f"NGINX_ENVSUBST_FILTER refuses {refused}"
+    # envsubst must leave nginx's own variables and the image's environment alone.
+    for other in ("NGINX_VERSION", "NJS_VERSION", "PATH", "HOSTNAME", "NGINX_ENVSUBST_FILTER"):
+        assert not allowed.search(other), f"the filter lets envsubst replace ${other}"
+    for name, default in GATEWAY_ANNOUNCED.items():
+        assert env[name] == default
+
+
+def test_the_template_renders_completely_with_compose_values() -> None:
+    # What the image's 20-envsubst-on-templates.sh does: only names the filter lets through.
+    env, allowed = env_of("gateway"), envsubst_filter()
+    names = [n for n in env if allowed.search(n)]
+    rendered = interpolate_only(TEMPLATE.read_text(), {n: env[n] for n in names})
+    assert not re.findall(r"\$\{\w+\}", rendered)
+    assert f"listen {env['GATEWAY_PORT']};" in rendered
+    mounts = services()["gateway"]["volumes"]
+    assert "./gateway/templates:/etc/nginx/templates:ro" in mounts
+
+
+def interpolate_only(text: str, values: dict[str, str]) -> str:
+    pattern = "|".join(map(re.escape, values)) or r"(?!)"
+    return re.sub(rf"\$(?:\{{({pattern})\}}|({pattern})(?!\w))",
+                  lambda m: values[m[1] or m[2]], text)
+
+
+# --- Compose's shape: healthchecks, dependencies, ports, volumes, one network --------------------
+
+
+def test_every_container_has_a_healthcheck() -> None:
+    missing = sorted(name for name in services() if not has_healthcheck(name))
+    assert not missing, f"no healthcheck: {missing}"
+
+
+def test_every_dependency_has_a_healthcheck_and_is_waited_for() -> None:
+    for name, service in services().items():
+        depends_on = service.get("depends_on", {})
+        assert isinstance(depends_on, dict), f"{name}: long depends_on syntax, with conditions"
+        for target, how in depends_on.items():
+            assert target in services() and has_healthcheck(target), f"{name} -> {target}"
+            optional = how.get("required") is False and how["condition"] == "service_started"
+            assert how["condition"] == "service_healthy" or optional, f"{name} -> {target}"
+
+
+def test_only_the_gateway_and_operator_uis_publish_ports() -> None:
+    published = {name: publish_specs(name) for name in services() if publish_specs(name)}
+    assert published == PUBLISHED
+
+
+def test_services_can_be_scaled() -> None:
+    for name, service in services().items():
+        assert "container_name" not in service, f"{name}: container_name prevents --scale"
+    for name in SETTINGS:
+        assert not services()[name].get("ports"), f"{name} publishes a port"
+        assert "hostname" not in services()[name], f"{name}: replicas would share a hostname"
+
+
+def test_one_network_and_named_volumes() -> None:
+    data = compose()
+    assert set(data.get("networks", {})) <= {"default"}
+    declared = set(data.get("volumes", {}))
+    used = set()
+    for name, service in services().items():
+        assert "networks" not in service and "network_mode" not in service, name
+        for mount in service.get("volumes", []):
+            source, target, *mode = mount.split(":")
+            if source.startswith((".", "/")):
+                assert (REPO / source).exists() and mode == ["ro"], f"{name}: {mount}"
+            else:
+                assert source in declared, f"{name}: volume {source} is not declared"
+                used.add((name, source, target))
+        if name in DATA_DIRS:
+            assert any(n == name and t == DATA_DIRS[name] for n, _, t in used), name
+    assert declared == {source for _, source, _ in used}, "a declared volume is unused"
+
+
+def test_services_reach_the_collector_over_otlp_http() -> None:
+    for service in SETTINGS:
+        env = env_of(service)
+        assert env["OTEL_SERVICE_NAME"] == service
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+        url = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert (url.scheme, url.hostname, url.port) == ("http", "otel-collector", 4318)
+
+
+def test_make_drives_compose_in_compose_mode() -> None:
+    import subprocess
+
+    expected = {"up": "docker compose up -d --build --wait", "down": "docker compose down",
+                "ps": "docker compose ps", "logs": "docker compose logs -f"}
+    for target, command in expected.items():
+        dry = subprocess.run(["make", "-n", target, "SAGA_MODE=compose"], cwd=REPO,
+                             capture_output=True, text=True, timeout=30, check=True)
+        assert command in dry.stdout, f"make {target}: {dry.stdout}"
+
+
+def test_interpolation_follows_compose() -> None:
+    assert interpolate("${A:-x}|${A-x}|$$A|${B}|$B", {"A": ""}) == "x||$A||"
+    assert interpolate("${A:-[1, 2]}", {}) == "[1, 2]"
