@@ -13,6 +13,8 @@ from production import api, handlers
 from production.kitchen import KitchenLine
 from production.settings import ProductionSettings
 from production.store import ProductionStore
+from sagakit import telemetry
+from sagakit.metrics import add_metrics_route
 from sagakit.outbox import RedisStreamOutboxRelay
 from sagakit.runtime import Messaging, add_asyncapi_route
 from sagakit.web import create_app
@@ -25,6 +27,7 @@ log = logging.getLogger("production.app")
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    telemetry.setup(SERVICE)
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     store = ProductionStore(redis, inbox_ttl_seconds=settings.inbox_ttl_seconds)
     if seeded := await store.seed_stock(settings.seed_stock):
@@ -46,6 +49,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await relay.stop()  # then publish what was committed
         await messaging.close()
         await redis.aclose()
+        telemetry.shutdown()  # last: flush the spans and logs of everything above
 
 
 async def _redis_ready() -> bool:
@@ -64,3 +68,4 @@ app = create_app(
 app.include_router(api.router)
 handlers.register(messaging, lambda: app.state.store)
 add_asyncapi_route(app, SERVICE, messaging)
+add_metrics_route(app)
