@@ -67,7 +67,7 @@ endif
 test: bootstrap
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The benchmark (docs/performance.md): its own stack on ports 58000s, vhost saga_bench, Redis db 9.
+# The benchmark (docs/performance.md): its own stack on ports 58500s, vhost saga_bench, Redis db 9.
 BENCH_ARGS ?=
 bench: bootstrap
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet \

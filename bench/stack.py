@@ -1,7 +1,7 @@
 """The stack under test: an isolated native stack of its own, or one already running (``--url``).
 
 The own stack follows tests/e2e/conftest.py's recipe on the benchmark's reserved resources: ports
-58000s (gateway 58080, services 58001-58003, replicas +10), databases ``*_bench`` (dropped and
+58500s (gateway 58580, services 58501-58503, replicas +10), databases ``*_bench`` (dropped and
 re-created each run), RabbitMQ vhost ``saga_bench``, Redis database 9, kitchen preparation 0 and a
 gateway rate limit no benchmark reaches.
 """
@@ -22,7 +22,7 @@ import redis
 from bench.raw_pipeline import fresh_vhost
 from deploy import native
 
-PORT_BASE = 58000
+PORT_BASE = 58500  # the test session of this branch uses 58000-58100
 DB_SUFFIX = "_bench"
 VHOST = "saga_bench"
 REDIS_DB = 9
