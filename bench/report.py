@@ -50,6 +50,7 @@ def saga_figures(result: LoadResult) -> dict[str, Any]:
             hops.setdefault(hop, []).append(1000 * (_at(after) - _at(before)))
     span = (max(e for e, _ in ends) - min(starts)) if ends else 0.0
     return {
+        **_after_sending(result, ends),
         "completed": len(latencies),
         "completed_per_s": round(len(latencies) / span, 1) if span > 0 else None,
         "completion_window_s": round(span, 3),
@@ -58,6 +59,19 @@ def saga_figures(result: LoadResult) -> dict[str, Any]:
         "outcomes": dict(outcomes),
         "series": _series(starts, ends),
     }
+
+
+def _after_sending(result: LoadResult, ends: list[tuple[float, float]]) -> dict[str, Any]:
+    """How fast the backlog drains once no more orders arrive: the saga pipeline on its own,
+    without the HTTP intake competing for the order service (client clock vs server clock: both
+    on this machine)."""
+    if not result.placed or not ends:
+        return {"completed_after_sending": 0, "completed_per_s_after_sending": None}
+    stop = max(p.sent + p.http_ms / 1000 for p in result.placed)
+    late = [end for end, _ in ends if end > stop]
+    span = max(late) - stop if late else 0.0
+    return {"completed_after_sending": len(late),
+            "completed_per_s_after_sending": round(len(late) / span, 1) if span > 1 else None}
 
 
 def _series(starts: list[float], ends: list[tuple[float, float]]) -> list[dict[str, Any]]:
