@@ -180,7 +180,7 @@ class ProductionStore:
 
     async def ticket_of(self, order_id: UUID) -> UUID | None:
         raw = await self.redis.get(_order_ticket(order_id))
-        return UUID(raw) if raw else None
+        return UUID(str(raw)) if raw else None
 
     async def request_cancel(
         self, *, event_id: UUID, order_id: UUID, at: datetime, accepted: OutgoingEvent,
