@@ -13,6 +13,7 @@ from production import api, handlers
 from production.kitchen import KitchenLine
 from production.settings import ProductionSettings
 from production.store import ProductionStore
+from sagakit.deadletters import dead_letters_router
 from sagakit.outbox import RedisStreamOutboxRelay
 from sagakit.runtime import Messaging, add_asyncapi_route
 from sagakit.web import create_app
@@ -62,5 +63,6 @@ app = create_app(
     readiness=lambda app: {"redis": _redis_ready, "broker": messaging.ready},
 )
 app.include_router(api.router)
+app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_url))
 handlers.register(messaging, lambda: app.state.store)
 add_asyncapi_route(app, SERVICE, messaging)
