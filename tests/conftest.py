@@ -31,9 +31,30 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 TEST_VHOST = "saga_test"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_process_spans() -> InMemorySpanExporter:
+    """A tracer for the tests' own process: sagakit code run here gets real trace ids."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+@pytest.fixture
+def spans(_test_process_spans: InMemorySpanExporter) -> InMemorySpanExporter:
+    """The spans this test finishes in-process (cleared before it)."""
+    _test_process_spans.clear()
+    return _test_process_spans
 
 
 @dataclass(frozen=True)

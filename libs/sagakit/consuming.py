@@ -12,6 +12,10 @@ the last one the message is parked in the service's dead-letter queue with the r
 attempt count and its original headers. The copy is published with a publisher confirm before
 the original is acked, so a crash in between means a redelivery (which the inbox absorbs),
 never a loss.
+
+Every delivery is handled inside a CONSUMER span continuing the trace of the event's publish
+(:func:`sagakit.telemetry.consuming`); a failed handler marks it ERROR, and the counters of
+:mod:`sagakit.metrics` record what was consumed, retried and parked.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -29,7 +34,7 @@ from faststream.exceptions import HandlerException, SubscriberNotFound
 from faststream.rabbit import RabbitBroker
 from pydantic import ValidationError
 
-from sagakit import topology
+from sagakit import metrics, telemetry, topology
 
 log = logging.getLogger("sagakit.consuming")
 
@@ -62,7 +67,8 @@ class RetryPolicy:
     def max_attempts(self) -> int:
         return len(self.delays_ms) + 1
 
-    async def reroute(self, raw: IncomingMessage, queue: str, exc: BaseException) -> None:
+    async def reroute(self, raw: IncomingMessage, queue: str, exc: BaseException) -> str:
+        """Publish the delivery to a retry queue or park it; returns "retry" or "parked"."""
         headers: dict[str, Any] = dict(raw.headers or {})
         attempt = int(headers.get("x-attempt", 1))
         reason = describe(exc)
@@ -80,7 +86,7 @@ class RetryPolicy:
                 extra={"event_id": raw.message_id, "queue": queue},
             )
             await self._publish(raw, headers, topology.DEAD_LETTERS, self.service)
-            return
+            return "parked"
         delay = self.delays_ms[attempt - 1]
         headers.update(
             {
@@ -96,6 +102,7 @@ class RetryPolicy:
             extra={"event_id": raw.message_id, "queue": queue},
         )
         await self._publish(raw, headers, topology.RETRY, queue)
+        return "retry"
 
     async def _publish(
         self, raw: IncomingMessage, headers: dict[str, Any], exchange: Any, routing_key: str
@@ -113,23 +120,38 @@ class RetryPolicy:
         )
 
     def middleware(self) -> Any:
-        """The FastStream broker middleware that applies this policy."""
+        """The FastStream broker middleware every delivery passes: trace, count, retry or park."""
         policy = self
 
-        class ParkOrRetry(BaseMiddleware):
+        class DeliveryScope(BaseMiddleware):
+            async def on_receive(self) -> None:
+                raw: IncomingMessage = self.msg  # type: ignore[assignment]
+                self.queue: str = self.context.get_local("handler_").queue.name
+                self.event_type = str((raw.headers or {}).get("ce-type") or raw.routing_key)
+                # Open until after_processed, so the retry-or-park below is in the span too.
+                self.scope = ExitStack()
+                self.span = self.scope.enter_context(telemetry.consuming(raw, self.queue))
+
             async def after_processed(
                 self,
                 exc_type: type[BaseException] | None = None,
                 exc_val: BaseException | None = None,
                 exc_tb: TracebackType | None = None,
             ) -> bool | None:
-                if exc_val is None or not isinstance(exc_val, Exception):
+                with self.scope:  # ends the span (marked as an error if rerouting fails)
+                    return await self.settle(exc_val)
+
+            async def settle(self, exc: BaseException | None) -> bool:
+                if exc is None:
+                    metrics.EVENTS_CONSUMED.labels(self.event_type).inc()
                     return False
-                if isinstance(exc_val, HandlerException):
-                    return False  # an explicit ack/nack/reject from the handler: let it be
-                subscriber = self.context.get_local("handler_")
+                if not isinstance(exc, Exception) or isinstance(exc, HandlerException):
+                    return False  # cancelled, or an explicit ack/nack/reject: let it be
+                telemetry.mark_failed(self.span, exc)
                 raw: IncomingMessage = self.msg  # type: ignore[assignment]
-                await policy.reroute(raw, subscriber.queue.name, exc_val)
+                outcome = await policy.reroute(raw, self.queue, exc)
+                self.span.set_attribute("saga.outcome", outcome)
+                metrics.EVENTS_FAILED.labels(self.event_type, outcome).inc()
                 return True  # handled: the original delivery is acked
 
-        return ParkOrRetry
+        return DeliveryScope

@@ -1,7 +1,9 @@
 """How an event travels: CloudEvents 1.0 attributes as AMQP headers/properties, data as JSON body.
 
 ``OutgoingEvent`` is what the outbox stores and the relay publishes; ``EventMeta`` is what a
-consumer learns about the delivery it handles.
+consumer learns about the delivery it handles. An event is built inside the span of the work
+that causes it and keeps that span's W3C trace context (``traceparent``) in its headers, so the
+relay can publish it in the same trace later (see :mod:`sagakit.telemetry`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from uuid import UUID, uuid4
 
 import orjson
 
-from sagakit import tracecontext
+from sagakit import telemetry
 from sagakit.events import Event
 
 SPECVERSION = "1.0"
@@ -30,7 +32,7 @@ class OutgoingEvent:
 
     @classmethod
     def build(cls, event: Event, *, source: str, subject: str) -> OutgoingEvent:
-        """Wrap ``event`` for publication, continuing the current trace."""
+        """Wrap ``event`` for publication, continuing the current trace (OpenTelemetry context)."""
         event_id = uuid4()
         headers = {
             "ce-specversion": SPECVERSION,
@@ -41,19 +43,22 @@ class OutgoingEvent:
             "ce-subject": subject,
             "ce-datacontenttype": CONTENT_TYPE,
             "ce-dataschema": event.dataschema(),
-            "traceparent": tracecontext.child(),
+            **telemetry.trace_headers(),
         }
         body = event.__pydantic_serializer__.to_json(event)
         return cls(id=event_id, type=str(event.type), subject=subject, body=body, headers=headers)
 
-    def amqp_properties(self) -> dict[str, Any]:
-        """Keyword arguments for a publish: the AMQP properties mirror the CloudEvents ones."""
+    def amqp_properties(self, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Keyword arguments for a publish: the AMQP properties mirror the CloudEvents ones.
+
+        ``headers`` replaces the stored headers (the relay sends its publish span's context).
+        """
         return {
             "message_id": str(self.id),
             "correlation_id": self.subject,
             "message_type": self.type,
             "content_type": CONTENT_TYPE,
-            "headers": self.headers,
+            "headers": self.headers if headers is None else headers,
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -84,7 +89,6 @@ class EventMeta:
     id: UUID
     type: str
     subject: str
-    traceparent: str | None
     attempt: int
 
     @classmethod
@@ -96,6 +100,5 @@ class EventMeta:
             id=UUID(str(raw_id)),
             type=str(headers.get("ce-type", "")),
             subject=str(headers.get("ce-subject", "")),
-            traceparent=headers.get("traceparent"),
             attempt=int(headers.get("x-attempt", 1)),
         )

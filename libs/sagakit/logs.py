@@ -1,9 +1,11 @@
 """One logger set-up for every service: JSON lines on stdout, with the context of the work.
 
-Every line carries the service, the trace id, and the order/event/request ids of the work in
-progress (kept in context variables, so handlers need not pass them around). Card data and
-e-mail addresses are never put into log records by the services; :func:`mask_email` exists for
-the places that need to mention a customer.
+Every line carries the service, the trace and span ids of the current OpenTelemetry span, and
+the order/event/request ids of the work in progress (kept in context variables, so handlers need
+not pass them around). With an OTLP endpoint the same records are also exported, carrying the
+same ids (see :mod:`sagakit.telemetry`). Card data and e-mail addresses are never put into log
+records by the services; :func:`mask_email` exists for the places that need to mention a
+customer.
 """
 
 from __future__ import annotations
@@ -15,12 +17,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-
-from sagakit import tracecontext
+from opentelemetry import trace
 
 order_id_var: ContextVar[str | None] = ContextVar("order_id", default=None)
 event_id_var: ContextVar[str | None] = ContextVar("event_id", default=None)
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def work_ids() -> dict[str, str]:
+    """The ids of the work in progress that are known: order_id, event_id, request_id."""
+    ids = {"order_id": order_id_var.get(), "event_id": event_id_var.get(),
+           "request_id": request_id_var.get()}
+    return {name: value for name, value in ids.items() if value is not None}
+
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message", "asctime", "color_message",
@@ -33,18 +42,16 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        traceparent = tracecontext._current.get()
+        span = trace.get_current_span().get_span_context()
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
             "message": record.getMessage(),
-            "trace_id": traceparent.split("-")[1] if traceparent else None,
-            "span_id": traceparent.split("-")[2] if traceparent else None,
-            "order_id": order_id_var.get(),
-            "event_id": event_id_var.get(),
-            "request_id": request_id_var.get(),
+            "trace_id": trace.format_trace_id(span.trace_id) if span.is_valid else None,
+            "span_id": trace.format_span_id(span.span_id) if span.is_valid else None,
+            **work_ids(),
         }
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):

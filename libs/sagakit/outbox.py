@@ -7,6 +7,10 @@ event twice, never zero times; consumers' inboxes make the second copy harmless.
 
 The relays do not poll in a tight loop: PostgreSQL wakes its relay with LISTEN/NOTIFY, Redis
 with a blocking stream read. A slow periodic sweep covers a missed notification.
+
+Each publish is a PRODUCER span in the trace the event was created in (its stored
+``traceparent``), however late it happens; the relays' own reads and deletes are not traced.
+Each relay samples its backlog (events committed, not yet published) for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from faststream.rabbit import RabbitBroker
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from sagakit import topology
+from sagakit import metrics, telemetry, topology
 from sagakit.envelope import OutgoingEvent
 from sagakit.postgres import row_to_event
 
@@ -37,13 +41,15 @@ class EventPublisher:
         self.broker = broker
 
     async def publish(self, event: OutgoingEvent) -> None:
-        await self.broker.publish(
-            event.body,
-            exchange=topology.EVENTS,
-            routing_key=event.type,
-            persist=True,
-            **event.amqp_properties(),
-        )
+        with telemetry.publishing(event, topology.EVENTS.name) as headers:
+            await self.broker.publish(
+                event.body,
+                exchange=topology.EVENTS,
+                routing_key=event.type,
+                persist=True,
+                **event.amqp_properties(headers),
+            )
+        metrics.EVENTS_PUBLISHED.labels(event.type).inc()
 
     async def publish_all(self, events: list[OutgoingEvent]) -> None:
         # One channel keeps publish order; confirms are awaited together, not one by one.
@@ -61,9 +67,23 @@ class _Relay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._next_sample = 0.0
 
     async def drain_once(self) -> int:
         raise NotImplementedError
+
+    async def backlog(self) -> int:
+        """Events committed and not yet published."""
+        raise NotImplementedError
+
+    async def _sample_backlog(self) -> None:
+        """Refresh the backlog gauge, at most once per sweep (it grows while the broker is away)."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_sample:
+            return
+        self._next_sample = now + self.sweep_seconds
+        with contextlib.suppress(Exception):  # the database is away: keep the last value
+            metrics.OUTBOX_BACKLOG.set(await self.backlog())
 
     async def _wait_for_work(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -71,8 +91,13 @@ class _Relay:
         self._wake.clear()
 
     async def _run(self) -> None:
+        with telemetry.untraced():
+            await self._loop()
+
+    async def _loop(self) -> None:
         backoff = 0.1
         while not self._stopping:
+            await self._sample_backlog()
             try:
                 published = await self.drain_once()
                 backoff = 0.1
@@ -96,7 +121,7 @@ class _Relay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), telemetry.untraced():
             async with asyncio.timeout(flush_seconds):
                 while await self.drain_once():
                     pass
@@ -137,6 +162,10 @@ class PostgresOutboxRelay(_Relay):
                 "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [r["seq"] for r in rows]
             )
         return len(rows)
+
+    async def backlog(self) -> int:
+        async with self.pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM outbox"))
 
     async def stop(self, flush_seconds: float = 5.0) -> None:
         await super().stop(flush_seconds)
@@ -192,6 +221,9 @@ class RedisStreamOutboxRelay(_Relay):
             pipe.xdel(self.stream, *ids)
             await pipe.execute()
         return len(entries)
+
+    async def backlog(self) -> int:
+        return int(await self.redis.xlen(self.stream))
 
     async def _read(self, start: str, block: int | None) -> list[tuple[Any, dict[Any, Any]]]:
         response: Any = await self.redis.xreadgroup(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -9,15 +11,18 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from faststream.middlewares import AckPolicy
-from faststream.rabbit import Channel, RabbitBroker
+from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.specification import AsyncAPI
 
-from sagakit import logs
+from sagakit import logs, metrics
 from sagakit.consuming import RetryPolicy
 from sagakit.envelope import EventMeta
 from sagakit.outbox import EventPublisher
 from sagakit.settings import ServiceSettings
-from sagakit.topology import ConsumerQueue, Topology
+from sagakit.topology import ConsumerQueue, Topology, dead_letter_queue
+
+# How often the depth of the service's dead-letter queue is sampled for /metrics.
+DEAD_LETTERS_SAMPLE_SECONDS = 5.0
 
 
 class Messaging:
@@ -39,6 +44,7 @@ class Messaging:
         self.retries = RetryPolicy(self.broker, service, settings.retry_delays_ms)
         self.broker.add_middleware(self.retries.middleware())
         self.publisher = EventPublisher(self.broker)
+        self._sampler: asyncio.Task[None] | None = None
 
     def subscriber(self, queue: ConsumerQueue, description: str) -> Any:
         """A subscriber on ``queue``; register one handler per event type with :func:`on`."""
@@ -52,6 +58,16 @@ class Messaging:
         await self.broker.connect()
         await self.topology.declare(self.broker)
         await self.broker.start()
+        self._sampler = asyncio.create_task(self._sample_dead_letters(), name="dead-letters")
+
+    async def _sample_dead_letters(self) -> None:
+        """Keep the dead-letter gauge current: a passive declare answers with the queue's depth."""
+        parked = RabbitQueue(dead_letter_queue(self.service).name, declare=False)  # passive
+        while True:
+            with contextlib.suppress(Exception):  # the broker is away: keep the last value
+                queue = await self.broker.declare_queue(parked)
+                metrics.DEAD_LETTERS.set((await queue.declare()).message_count or 0)
+            await asyncio.sleep(DEAD_LETTERS_SAMPLE_SECONDS)
 
     async def stop_consuming(self) -> None:
         """Take no more deliveries; in-flight handlers get ``graceful_timeout`` to finish.
@@ -62,6 +78,10 @@ class Messaging:
             await subscriber.stop()
 
     async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         await self.broker.stop()
 
     async def ready(self) -> bool:
@@ -84,10 +104,7 @@ def of_type(event_type: str) -> Callable[[Any], bool]:
 
 def event_meta(message: Any) -> EventMeta:
     """Read the envelope of the delivery and put its ids into the log context."""
-    from sagakit import tracecontext
-
     meta = EventMeta.from_headers(message.headers, message.message_id)
-    tracecontext.continue_from(meta.traceparent)
     logs.event_id_var.set(str(meta.id))
     logs.order_id_var.set(meta.subject or None)
     return meta

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sagakit import logs, tracecontext
+from sagakit import logs, telemetry
 
 log = logging.getLogger("sagakit.web")
 
@@ -89,7 +89,7 @@ async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 
 class RequestContext:
-    """Pure ASGI middleware: continue the caller's trace and tag logs with the request id."""
+    """Pure ASGI middleware: tag logs with the request id (the trace is OpenTelemetry's)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -99,8 +99,6 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        traceparent = headers.get(b"traceparent")
-        tracecontext.continue_from(traceparent.decode() if traceparent else None)
         request_id = headers.get(b"x-request-id")
         logs.request_id_var.set(request_id.decode() if request_id else None)
         logs.order_id_var.set(None)
@@ -115,7 +113,8 @@ def create_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     readiness: Callable[[FastAPI], Mapping[str, ReadinessCheck]],
 ) -> FastAPI:
-    """A FastAPI app with the shared docs paths, error shape, health and request context."""
+    """A FastAPI app with the shared docs paths, error shape, health, request context and
+    tracing (a server span per request, continuing a caller's ``traceparent``)."""
     app = FastAPI(
         title=title,
         description=description,
@@ -130,6 +129,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
     app.add_middleware(RequestContext)
+    telemetry.instrument_app(app)
 
     @app.get("/health/live", tags=["health"], summary="The process is up")
     async def live() -> dict[str, str]:
@@ -138,9 +138,11 @@ def create_app(
     @app.get("/health/ready", tags=["health"], summary="Database and broker reachable")
     async def ready() -> JSONResponse:
         checks = readiness(app)
-        results = await asyncio.gather(
-            *(asyncio.wait_for(check(), 2.0) for check in checks.values()), return_exceptions=True
-        )
+        with telemetry.untraced():  # probes come every few seconds: not worth a trace each
+            results = await asyncio.gather(
+                *(asyncio.wait_for(check(), 2.0) for check in checks.values()),
+                return_exceptions=True,
+            )
         report = {
             name: ("ok" if not isinstance(r, BaseException) and r is not False else
                    f"failing: {r!r}" if isinstance(r, BaseException) else "failing")

@@ -10,6 +10,9 @@ the kitchen's preparation time at 0. Two test sessions can run side by side on o
 Every service runs two replicas behind the gateway, as production would. The gateway has two API
 keys: ``API_KEY``, which the ``client`` fixture sends with every request, and ``FLOOD_KEY``, used
 only to exceed the (deliberately modest) rate limit without touching anyone else's budget.
+
+The services export their spans and logs over OTLP/HTTP to a receiver the tests start
+(:mod:`tests.e2e.otlp`), in small batches (200 ms), as they would to a collector.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pytest
 import redis
 
 from deploy import native
+from tests.e2e.otlp import Receiver
 
 REPO = Path(__file__).resolve().parents[2]
 _BASE = int(os.environ.get("TEST_PORT_BASE", "18000"))
@@ -60,10 +64,25 @@ async def _drop_databases(admin_url: str, names: list[str]) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(infra) -> Iterator[Stack]:
+def otlp() -> Iterator[Receiver]:
+    """What the stack's services export (spans, log records), as a collector would get it."""
+    receiver = Receiver().start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(infra, otlp: Receiver) -> Iterator[Stack]:
     native.down(RUN_DIR)
     env = {
-        **os.environ, **PORTS,
+        # The caller's OTEL_* settings (a service name, a sampler) must not leak in.
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, **PORTS,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_BLRP_SCHEDULE_DELAY": "200",
         "SAGA_RUN_DIR": str(RUN_DIR),
         "RABBITMQ_URL": infra.rabbitmq_url,
         "POSTGRES_ADMIN_URL": infra.postgres_admin_url,

@@ -233,3 +233,17 @@ def test_security_and_cache_headers(client):
     docs = client.get("/docs/order")
     assert docs.headers["cache-control"] == "no-cache"
     assert "content-security-policy" not in docs.headers  # Swagger UI loads its own scripts
+
+
+def test_the_landing_page_shows_each_services_readiness(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    for service in ("order", "payment", "production"):
+        assert f'data-ready="{service}"' in page.text
+        assert f"/docs/{service}" in page.text
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "connect-src 'self'" in csp
+    script = client.get("/_gateway/readiness.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("application/javascript")
+    assert '"/health/" + el.dataset.ready + "/ready"' in script.text

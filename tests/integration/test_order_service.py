@@ -23,7 +23,7 @@ import aio_pika
 import httpx
 import pytest
 
-from sagakit import tracecontext
+from sagakit import telemetry
 from sagakit.envelope import OutgoingEvent
 from sagakit.events import (
     CardTokenized,
@@ -138,8 +138,8 @@ async def all_published(http: httpx.AsyncClient, tap: EventTap) -> None:
 def announce(source: str, event: Event, subject: object,
              traceparent: str | None = None) -> OutgoingEvent:
     """``event`` as its publisher's outbox would hold it, continuing ``traceparent``'s trace."""
-    tracecontext.continue_from(traceparent)
-    return OutgoingEvent.build(event, source=source, subject=str(subject))
+    with telemetry.span(f"{event.type} (a neighbour)", parent={"traceparent": traceparent or ""}):
+        return OutgoingEvent.build(event, source=source, subject=str(subject))
 
 
 def reply(source: str, event: Event, order: Placed) -> OutgoingEvent:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from order import service, store
 from order.domain import MAX_LINES, MAX_QUANTITY, QuantityTooLarge, Status, UnknownSku
+from order.settings import OrderSettings
 from sagakit.events import Money
 from sagakit.logs import mask_email
 from sagakit.web import ApiError
@@ -65,6 +66,12 @@ class TimelineEntry(BaseModel):
     at: datetime
     reason: str | None = None
     event_id: UUID | None = None
+    trace_id: str = Field(description="the trace of the step (the order's trace)")
+
+
+class Links(BaseModel):
+    trace: str = Field(description="the order's trace in Jaeger")
+    logs: str = Field(description="every log line of the order's trace in Seq")
 
 
 class CustomerOut(BaseModel):
@@ -80,7 +87,8 @@ class OrderOut(BaseModel):
     total: Money
     currency: str
     cancellation_reason: str | None
-    trace_id: str
+    trace_id: str = Field(description="one order is one trace, across all three services")
+    links: Links
     created_at: datetime
     updated_at: datetime
     timeline: list[TimelineEntry]
@@ -105,8 +113,15 @@ def _pool(request: Request) -> asyncpg.Pool:
     return pool
 
 
-async def _view(pool: asyncpg.Pool, order_id: UUID) -> OrderOut:
-    async with pool.acquire() as conn:
+def _links(settings: OrderSettings, trace_id: str) -> Links:
+    return Links(
+        trace=f"{settings.jaeger_ui_url.rstrip('/')}/trace/{trace_id}",
+        logs=f"{settings.seq_ui_url.rstrip('/')}/#/events?filter=TraceId%3D'{trace_id}'",
+    )
+
+
+async def _view(request: Request, order_id: UUID) -> OrderOut:
+    async with _pool(request).acquire() as conn:
         row = await store.fetch(conn, order_id)
         if row is None:
             raise ApiError(404, "Order not found", f"no order with id {order_id}",
@@ -123,9 +138,10 @@ async def _view(pool: asyncpg.Pool, order_id: UUID) -> OrderOut:
         ],
         total=row["total"], currency=row["currency"],
         cancellation_reason=row["cancellation_reason"], trace_id=row["trace_id"],
+        links=_links(request.app.state.settings, row["trace_id"]),
         created_at=row["created_at"], updated_at=row["updated_at"],
         timeline=[TimelineEntry(status=s["status"], at=s["at"], reason=s["reason"],
-                                event_id=s["event_id"]) for s in steps],
+                                event_id=s["event_id"], trace_id=s["trace_id"]) for s in steps],
     )
 
 
@@ -175,7 +191,7 @@ async def place_order(
     response.headers["Location"] = f"/api/v1/orders/{order_id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return await _view(pool, order_id)
+    return await _view(request, order_id)
 
 
 @router.get("/orders", response_model=list[OrderSummary], tags=["orders"],
@@ -195,7 +211,7 @@ async def list_orders(
             summary="An order, its items, total and the timeline of its statuses",
             responses={404: {"description": "No such order"}})
 async def get_order(order_id: UUID, request: Request) -> OrderOut:
-    return await _view(_pool(request), order_id)
+    return await _view(request, order_id)
 
 
 @router.post("/orders/{order_id}/cancel", status_code=status.HTTP_202_ACCEPTED,

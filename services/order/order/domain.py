@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from uuid import UUID
@@ -157,10 +158,11 @@ def price(menu: Mapping[str, Product], requested: Iterable[tuple[str, int]]) -> 
 
 @dataclass(frozen=True)
 class OrderRef:
-    """The little the saga handlers need to know about an order to decide."""
+    """The little the saga handlers need to know about an order to decide (and to time it)."""
 
     id: UUID
     status: Status
     total: Decimal
     currency: str
     lines: tuple[Line, ...]
+    accepted_at: datetime

@@ -14,8 +14,9 @@ from uuid import UUID, uuid4
 import asyncpg
 import orjson
 
-from order import store
+from order import metrics, store
 from order.domain import (
+    TERMINAL,
     OrderRef,
     Status,
     Trigger,
@@ -25,7 +26,7 @@ from order.domain import (
     next_status,
     price,
 )
-from sagakit import logs, tracecontext
+from sagakit import logs, telemetry
 from sagakit.consuming import Poison, RetryLater
 from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.events import TEST_CARD_TOKENS, Event, OrderCancelled, OrderCreated, OrderLine
@@ -100,7 +101,7 @@ async def place_order(
                 await store.insert_order(
                     conn, order_id=order_id, name=name, email=email,
                     payment_token=payment_token, currency=currency, priced=priced,
-                    trace_id=tracecontext.trace_id(),
+                    trace_id=telemetry.trace_id(),
                 )
                 if idempotency_key and not await store.claim_idempotency_key(
                     conn, idempotency_key, fingerprint, order_id
@@ -140,7 +141,7 @@ async def _move(
     """Apply a legal transition: new status, timeline entry, and the events it announces."""
     new = next_status(order.status, trigger)
     await store.set_status(conn, order.id, new, reason=reason, event_id=event_id,
-                           trace_id=tracecontext.trace_id())
+                           trace_id=telemetry.trace_id())
     if new is Status.PAID:
         await add_to_outbox(conn, _event(OrderReceivedEvent(order_id=order.id,
                                                             lines=_lines(order)), order.id))
@@ -190,17 +191,20 @@ async def advance(
 async def _advance_once(
     pool: asyncpg.Pool, order_id: UUID, trigger: Trigger, meta: EventMeta, reason: str | None,
 ) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        if not await first_delivery(conn, meta):
-            log.info("duplicate %s ignored", meta.type)
-            return
-        order = await store.lock(conn, order_id)
-        if order is None:
-            raise Poison(f"{meta.type} for an order this service never created: {order_id}")
-        verdict = judge(order.status, trigger)
-        if verdict is Verdict.EARLY:
-            raise RetryLater(f"'{trigger}' arrived while the order is {order.status}")
-        if verdict is Verdict.STALE:
-            log.info("'%s' ignored: the order is already %s", trigger, order.status)
-            return
-        await _move(conn, order, trigger, reason=reason, event_id=meta.id)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            if not await first_delivery(conn, meta):
+                log.info("duplicate %s ignored", meta.type)
+                return
+            order = await store.lock(conn, order_id)
+            if order is None:
+                raise Poison(f"{meta.type} for an order this service never created: {order_id}")
+            verdict = judge(order.status, trigger)
+            if verdict is Verdict.EARLY:
+                raise RetryLater(f"'{trigger}' arrived while the order is {order.status}")
+            if verdict is Verdict.STALE:
+                log.info("'%s' ignored: the order is already %s", trigger, order.status)
+                return
+            new = await _move(conn, order, trigger, reason=reason, event_id=meta.id)
+        if new in TERMINAL:  # committed: this order's saga is over
+            metrics.saga_ended(new, order.accepted_at)

@@ -16,3 +16,6 @@ class OrderSettings(ServiceSettings):
     currency: str = "EUR"
     # How long POST /orders waits for a just-created card token to be announced by payment.
     token_wait_seconds: float = 2.0
+    # Where people look at an order's trace and logs: the API links each order there.
+    jaeger_ui_url: str = "http://localhost:16686"
+    seq_ui_url: str = "http://localhost:5380"

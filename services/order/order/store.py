@@ -62,13 +62,14 @@ async def append_timeline(
 async def lock(conn: asyncpg.Connection, order_id: UUID) -> OrderRef | None:
     """The order, locked until the transaction ends (one saga step at a time per order)."""
     row = await conn.fetchrow(
-        "SELECT id, status, total, currency, lines FROM orders WHERE id = $1 FOR UPDATE",
+        "SELECT id, status, total, currency, lines, created_at FROM orders WHERE id = $1"
+        " FOR UPDATE",
         order_id,
     )
     if row is None:
         return None
     return OrderRef(row["id"], Status(row["status"]), row["total"], row["currency"],
-                    _lines(row["lines"]))
+                    _lines(row["lines"]), row["created_at"])
 
 
 async def set_status(
@@ -89,9 +90,15 @@ async def fetch(conn: asyncpg.Connection, order_id: UUID) -> asyncpg.Record | No
 
 async def timeline(conn: asyncpg.Connection, order_id: UUID) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT status, reason, event_id, at FROM order_timeline WHERE order_id = $1 ORDER BY seq",
+        "SELECT status, reason, event_id, trace_id, at FROM order_timeline WHERE order_id = $1"
+        " ORDER BY seq",
         order_id,
     )
+
+
+async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM orders GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
 
 
 async def recent(

@@ -10,8 +10,9 @@ from fastapi import FastAPI
 
 from payment import api, handlers
 from payment.settings import PaymentSettings
-from sagakit import postgres
+from sagakit import postgres, telemetry
 from sagakit.deadletters import dead_letters_router
+from sagakit.metrics import add_metrics_route
 from sagakit.outbox import PostgresOutboxRelay
 from sagakit.runtime import Messaging, add_asyncapi_route
 from sagakit.web import create_app
@@ -23,6 +24,7 @@ messaging = Messaging(SERVICE, settings, handlers.QUEUES)
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    telemetry.setup(SERVICE)
     pool = await postgres.create_pool(settings.database_url, max_size=settings.db_pool_size)
     await postgres.migrate(pool, [Path(__file__).with_name("migrations")])
     app.state.pool, app.state.settings = pool, settings
@@ -36,6 +38,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await relay.stop()  # then publish what they committed
         await messaging.close()
         await pool.close()
+        telemetry.shutdown()  # last: flush the spans and logs of everything above
 
 
 async def _database_ready() -> bool:
@@ -56,3 +59,4 @@ app.include_router(api.router)
 app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_url))
 handlers.register(messaging, lambda: app.state.pool)
 add_asyncapi_route(app, SERVICE, messaging)
+add_metrics_route(app)

@@ -64,8 +64,8 @@ async def tokenize_card(
         await add_to_outbox(conn, _event(CardTokenized(
             token=card.token, brand=card.brand, last4=card.last4, created_at=created_at,
         ), card.token))
-    log.info("card tokenized", extra={"token": card.token, "brand": str(card.brand),
-                                      "last4": card.last4})
+    # Token and brand only: no part of the card number goes into a log line.
+    log.info("card tokenized", extra={"token": card.token, "brand": str(card.brand)})
     return card
 
 

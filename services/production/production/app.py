@@ -13,7 +13,9 @@ from production import api, handlers
 from production.kitchen import KitchenLine
 from production.settings import ProductionSettings
 from production.store import ProductionStore
+from sagakit import telemetry
 from sagakit.deadletters import dead_letters_router
+from sagakit.metrics import add_metrics_route
 from sagakit.outbox import RedisStreamOutboxRelay
 from sagakit.runtime import Messaging, add_asyncapi_route
 from sagakit.web import create_app
@@ -26,6 +28,7 @@ log = logging.getLogger("production.app")
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    telemetry.setup(SERVICE)
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     store = ProductionStore(redis, inbox_ttl_seconds=settings.inbox_ttl_seconds)
     if seeded := await store.seed_stock(settings.seed_stock):
@@ -47,6 +50,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await relay.stop()  # then publish what was committed
         await messaging.close()
         await redis.aclose()
+        telemetry.shutdown()  # last: flush the spans and logs of everything above
 
 
 async def _redis_ready() -> bool:
@@ -66,3 +70,4 @@ app.include_router(api.router)
 app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_url))
 handlers.register(messaging, lambda: app.state.store)
 add_asyncapi_route(app, SERVICE, messaging)
+add_metrics_route(app)

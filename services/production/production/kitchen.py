@@ -5,6 +5,10 @@ cooks of every replica share one queue and each ticket goes to one cook. An entr
 stream only after its ticket is done (or turned out not to need making); one whose cook died
 with it is taken over by another cook once it sat idle longer than any cook could need.
 While the kitchen manager pauses the line, a cook holds the ticket it took, unstarted.
+
+A ticket is made inside a span of its order's trace (the ticket keeps the trace context of the
+``order.received`` it came from), so ``production.started`` and ``order.finished`` stay in that
+trace; the cooks' waiting for work is not traced.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import contextlib
 import logging
 import os
 import socket
+from uuid import UUID
 
 from production import service
 from production.store import KitchenEntry, ProductionStore
-from sagakit import logs
+from sagakit import logs, telemetry
 
 log = logging.getLogger("production.kitchen")
 
@@ -48,7 +53,9 @@ class KitchenLine:
 
     async def start(self) -> None:
         await self.store.ensure_kitchen_group()
-        self._tasks = [asyncio.create_task(self._work(cook), name=cook) for cook in self.cooks]
+        with telemetry.untraced():  # the cooks' tasks start in this context: polling is quiet
+            self._tasks = [asyncio.create_task(self._work(cook), name=cook)
+                           for cook in self.cooks]
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Take no more tickets. A cook with one in hand has ``grace_seconds`` to finish it;
@@ -107,15 +114,31 @@ class KitchenLine:
     async def _make(self, cook: str, entry: KitchenEntry) -> None:
         logs.order_id_var.set(None)
         if entry.ticket_id is not None:
-            outcome, order_id = await service.start_cooking(self.store, entry.ticket_id)
-            while outcome == "paused":  # hold the ticket, in its place, until the line runs
-                if self._stopping:
-                    return  # still pending: the next cook to run takes it over
+            ticket = await self.store.ticket_context(entry.ticket_id)
+            if ticket is None:
+                log.error("kitchen entry for unknown ticket %s dropped", entry.ticket_id)
+            else:
+                order_id, traceparent = ticket
+                logs.order_id_var.set(str(order_id))
+                with telemetry.span("kitchen cook", parent={"traceparent": traceparent or ""},
+                                    attributes={"saga.order_id": str(order_id),
+                                                "saga.ticket_id": str(entry.ticket_id)}):
+                    if not await self._cook(cook, entry, entry.ticket_id, order_id):
+                        return  # still pending: the next cook to run takes it over
+        await self.store.done_with(entry)
+
+    async def _cook(self, cook: str, entry: KitchenEntry, ticket_id: UUID, order_id: UUID) -> bool:
+        """Start, prepare and finish the ticket; False when a stop came while the line paused."""
+        outcome = await service.start_cooking(self.store, ticket_id, order_id)
+        while outcome == "paused":  # hold the ticket, in its place, until the line runs
+            if self._stopping:
+                return False
+            with telemetry.untraced():  # waiting is not cooking: no span per look
                 await self.store.keep(cook, entry)
                 await asyncio.sleep(PAUSE_POLL_SECONDS)
-                outcome, order_id = await service.start_cooking(self.store, entry.ticket_id)
-            if order_id is not None:
-                if self.preparation_seconds > 0:
-                    await asyncio.sleep(self.preparation_seconds)
-                await service.finish_cooking(self.store, entry.ticket_id, order_id)
-        await self.store.done_with(entry)
+                outcome = await service.start_cooking(self.store, ticket_id, order_id)
+        if outcome in ("started", "resumed"):
+            if self.preparation_seconds > 0:
+                await asyncio.sleep(self.preparation_seconds)
+            await service.finish_cooking(self.store, ticket_id, order_id)
+        return True

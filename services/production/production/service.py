@@ -14,7 +14,7 @@ from uuid import UUID, uuid4
 
 from production.domain import TicketLine, demand, failure_reason, shortages
 from production.store import ProductionStore
-from sagakit import logs, tracecontext
+from sagakit import telemetry
 from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.events import (
     Event,
@@ -45,6 +45,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _traceparent() -> str:
+    """The current span's context, kept with a ticket so the kitchen continues the trace."""
+    return telemetry.trace_headers().get("traceparent", "")
+
+
 async def receive_order(store: ProductionStore, event: OrderReceived, meta: EventMeta) -> str:
     """Reserve the order's stock and queue its ticket, or announce why the kitchen cannot."""
     lines = tuple(TicketLine(x.sku, x.name, x.quantity) for x in event.lines)
@@ -54,7 +59,7 @@ async def receive_order(store: ProductionStore, event: OrderReceived, meta: Even
                     event.order_id)
     reservation = await store.reserve(
         event_id=meta.id, order_id=event.order_id, ticket_id=ticket_id, lines=lines,
-        needed=needed, announcement=queued, traceparent=tracecontext.current(), at=_now(),
+        needed=needed, announcement=queued, traceparent=_traceparent(), at=_now(),
     )
     if reservation.outcome != "short":
         ticket = reservation.ticket_id
@@ -81,22 +86,14 @@ async def cancel_order(store: ProductionStore, event: OrderCancelled, meta: Even
     return outcome
 
 
-async def start_cooking(store: ProductionStore, ticket_id: UUID) -> tuple[str, UUID | None]:
-    """Take the ticket to the stove: ("started" or "resumed", its order id) when it is to be
-    made now, ("paused", None) while the line is held, else ("skip", None)."""
-    context = await store.ticket_context(ticket_id)
-    if context is None:
-        log.error("kitchen entry for unknown ticket %s dropped", ticket_id)
-        return "skip", None
-    order_id, traceparent = context
-    tracecontext.continue_from(traceparent)  # the order's trace goes on in the kitchen
-    logs.order_id_var.set(str(order_id))
+async def start_cooking(store: ProductionStore, ticket_id: UUID, order_id: UUID) -> str:
+    """Take the ticket to the stove: "started" or "resumed" when it is to be made now,
+    "paused" while the line is held, else "skip"."""
     started = _event(ProductionStarted(order_id=order_id, ticket_id=ticket_id), order_id)
     outcome = await store.start(ticket_id, started, _now())
-    if outcome == "paused":
-        return outcome, None
-    log.info("ticket %s: %s", ticket_id, outcome)
-    return outcome, (order_id if outcome in ("started", "resumed") else None)
+    if outcome != "paused":
+        log.info("ticket %s: %s", ticket_id, outcome)
+    return outcome
 
 
 async def finish_cooking(store: ProductionStore, ticket_id: UUID, order_id: UUID) -> str:

@@ -1,0 +1,225 @@
+"""OpenTelemetry for a saga-shop service: traces, exported logs, and the spans of its messages.
+
+Configured only by the standard ``OTEL_*`` variables (``OTEL_SERVICE_NAME``,
+``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_SCHEDULE_DELAY`` ...).
+Spans, and so trace ids, exist whether or not anything is exported: the JSON logs and the order
+API show real trace ids in every run mode. Spans and log records leave the process, over
+OTLP/HTTP, only when an endpoint is configured.
+
+One order is one trace. Its trace context travels in every event's ``traceparent`` header: the
+outbox stores the context the event was created in, the relay publishes it inside a PRODUCER
+span that continues it (:func:`publishing`), and the consumer handles it inside a CONSUMER span
+that is the publish span's child (:func:`consuming`). FastStream's own telemetry middleware is
+not used: it would start the trace at the relay, long after (and apart from) the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry._logs import set_logger_provider
+from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, format_trace_id
+
+from sagakit import logs
+
+if TYPE_CHECKING:
+    from aio_pika import IncomingMessage
+    from fastapi import FastAPI
+
+    from sagakit.envelope import OutgoingEvent
+
+log = logging.getLogger("sagakit.telemetry")
+tracer = trace.get_tracer("sagakit")
+
+_providers: list[TracerProvider | LoggerProvider] = []
+_log_handler: logging.Handler | None = None
+
+
+def setup(service: str) -> None:
+    """Trace this process as ``service`` (``OTEL_SERVICE_NAME`` wins) and export when asked."""
+    global _log_handler
+    if _providers:
+        return  # once per process: OpenTelemetry's global providers cannot be replaced
+    if os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") != "http/protobuf":
+        log.warning("only OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf is supported; using it")
+    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or service})
+
+    traces = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER(_ARG)
+    if _exporting("traces"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        traces.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(traces)
+    _providers.append(traces)
+
+    if _exporting("logs"):
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+        records = LoggerProvider(resource=resource)
+        records.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))
+        set_logger_provider(records)
+        _providers.append(records)
+        with warnings.catch_warnings():
+            # Deprecated in favour of opentelemetry-instrumentation-logging's handler, which
+            # does the same; this one needs no further dependency.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _log_handler = LoggingHandler(logger_provider=records)
+        _log_handler.addFilter(_with_work_ids)
+        logging.getLogger().addHandler(_log_handler)
+
+    AsyncPGInstrumentor().instrument()
+    RedisInstrumentor().instrument()
+
+
+def shutdown() -> None:
+    """Flush what is still buffered and stop exporting (the end of the service's lifespan)."""
+    global _log_handler
+    if _log_handler is not None:
+        logging.getLogger().removeHandler(_log_handler)
+        _log_handler = None
+    for provider in _providers:
+        provider.shutdown()
+
+
+def _exporting(signal: str) -> bool:
+    """OTLP export of ``signal`` is on when an endpoint is set and the exporter is not "none"."""
+    env, name = os.environ, signal.upper()
+    if env.get(f"OTEL_{name}_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or env.get(f"OTEL_EXPORTER_OTLP_{name}_ENDPOINT"))
+
+
+def _with_work_ids(record: logging.LogRecord) -> bool:
+    """Exported log records carry the order/event/request ids as attributes, as JSON lines do."""
+    record.__dict__.update(logs.work_ids())
+    return True
+
+
+def instrument_app(app: FastAPI) -> None:
+    """A server span per request (probes and scrapes excepted), with its X-Request-ID."""
+    FastAPIInstrumentor.instrument_app(
+        app,
+        excluded_urls="/health/,/metrics",
+        exclude_spans=["receive", "send"],
+        http_capture_headers_server_request=["x-request-id"],
+    )
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """No spans from the database and Redis clients inside: for polling loops, probes, scrapes.
+
+    Work that continues a message's trace (:func:`span` with ``parent``) is traced again.
+    """
+    with suppress_instrumentation():
+        yield
+
+
+# --- the trace as it travels with events -----------------------------------------------------
+
+
+def trace_headers() -> dict[str, str]:
+    """The W3C trace context of the current span (``traceparent``, maybe ``tracestate``)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def trace_id() -> str:
+    """The current trace id in hex (32 zeros outside any trace)."""
+    return format_trace_id(trace.get_current_span().get_span_context().trace_id)
+
+
+@contextmanager
+def span(
+    name: str, *, parent: Mapping[str, Any] | None = None, kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[Span]:
+    """A span, current inside the block; failures that escape it mark it as an error.
+
+    With ``parent`` (headers holding a ``traceparent``, e.g. a message's) the span continues
+    that trace instead of the current one, and runs in that context alone: what a message
+    causes is traced even when the loop that fetched it is :func:`untraced`.
+    """
+    token = context.attach(propagate.extract(parent)) if parent is not None else None
+    try:
+        with tracer.start_as_current_span(name, kind=kind, attributes=attributes) as current:
+            yield current
+    finally:
+        if token is not None:
+            context.detach(token)
+
+
+def _messaging(operation: str, event_type: str, headers: Mapping[str, Any],
+               message_id: str | None, exchange: str, routing_key: str) -> dict[str, Any]:
+    """OpenTelemetry's messaging (RabbitMQ) and CloudEvents attributes of one event."""
+    attributes = {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": operation,
+        "messaging.operation.name": "publish" if operation == "send" else operation,
+        "messaging.destination.name": exchange,
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+        "messaging.message.id": message_id,
+        "cloudevents.event_id": headers.get("ce-id"),
+        "cloudevents.event_type": event_type,
+        "cloudevents.event_source": headers.get("ce-source"),
+        "cloudevents.event_subject": headers.get("ce-subject"),
+    }
+    return {k: str(v) for k, v in attributes.items() if v is not None}
+
+
+@contextmanager
+def publishing(event: OutgoingEvent, exchange: str) -> Iterator[dict[str, Any]]:
+    """The PRODUCER span of one publish; yields the headers to send, which name this span.
+
+    Its parent is the context the event was created in (the ``traceparent`` the outbox kept),
+    so the publish joins the order's trace however long after the request it happens.
+    """
+    attributes = _messaging("send", event.type, event.headers, str(event.id), exchange,
+                            event.type)
+    with span(f"{event.type} publish", parent=event.headers, kind=SpanKind.PRODUCER,
+              attributes=attributes):
+        headers = dict(event.headers)
+        propagate.inject(headers)
+        yield headers
+
+
+@contextmanager
+def consuming(message: IncomingMessage, queue: str) -> Iterator[Span]:
+    """The CONSUMER span of one delivery, a child of the span that published it.
+
+    Retried and parked copies keep the original headers, so every attempt at an event is a
+    child of that event's one publish span, in the same trace.
+    """
+    headers: Mapping[str, Any] = message.headers or {}
+    event_type = str(headers.get("ce-type") or message.routing_key or "")
+    attributes = _messaging("process", event_type, headers, message.message_id,
+                            message.exchange or "", message.routing_key or "")
+    attributes["messaging.destination.subscription.name"] = queue
+    attributes["saga.attempt"] = int(headers.get("x-attempt", 1))
+    with span(f"{event_type} process", parent=headers, kind=SpanKind.CONSUMER,
+              attributes=attributes) as current:
+        yield current
+
+
+def mark_failed(failed: Span, exc: BaseException) -> None:
+    """Status ERROR, the exception as a span event, and its type as ``error.type``."""
+    failed.record_exception(exc)
+    failed.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:500]))
+    failed.set_attribute("error.type", type(exc).__qualname__)
