@@ -31,7 +31,7 @@ help:
 	@echo "make ps         what runs, and whether it is ready"
 	@echo "make logs       follow the logs"
 	@echo "make test       run the tests (PYTEST_ARGS='-k order' to pass options)"
-	@echo "make test-chaos every chaos scenario, broker and database restarts included (~5 min)"
+	@echo "make test-chaos every chaos scenario, broker and database restarts included (~2 min)"
 	@echo "make lint       ruff and mypy"
 	@echo "make bootstrap  create .venv and install nginx if missing (up and test do it too)"
 	@echo "make clean      stop, then remove run state and caches (not .venv)"
