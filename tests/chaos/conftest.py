@@ -90,6 +90,10 @@ def chaos(infra) -> Iterator[ChaosStack]:
         "ORDER_DATABASE_URL": order_db, "PAYMENT_DATABASE_URL": payment_db,
         "PRODUCTION_REDIS_URL": redis_url,
         "PRODUCTION_PREPARATION_SECONDS": "0.02",
+        # Small pools: this stack shares PostgreSQL's 100 connections with the other test stack
+        # and the integration tests' services, replicas included.
+        "ORDER_DB_POOL_SIZE": "4",
+        "PAYMENT_DB_POOL_SIZE": "4",
         "RETRY_DELAYS_MS": RETRY_DELAYS_MS,
         "GATEWAY_API_KEYS": API_KEY,
         **{f"{s.upper()}_REPLICAS": str(n) for s, n in REPLICAS.items()},
