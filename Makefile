@@ -23,7 +23,7 @@ MODE := $(shell if [ "$(SAGA_MODE)" != auto ]; then echo "$(SAGA_MODE)"; \
 # down/ps/logs work without a venv too: the runner needs only the standard library for them.
 RUNNER = $(if $(wildcard $(PY)),$(PY),python3) deploy/native.py
 
-.PHONY: help bootstrap up down ps logs test lint clean bench
+.PHONY: help bootstrap up down ps logs test test-chaos lint clean bench
 
 help:
 	@echo "make up         start everything and wait until healthy (compose or native: $(MODE))"
@@ -31,6 +31,7 @@ help:
 	@echo "make ps         what runs, and whether it is ready"
 	@echo "make logs       follow the logs"
 	@echo "make test       run the tests (PYTEST_ARGS='-k order' to pass options)"
+	@echo "make test-chaos every chaos scenario, broker and database restarts included (~2 min)"
 	@echo "make lint       ruff and mypy"
 	@echo "make bench      benchmark on an own isolated stack (BENCH_ARGS='--rate 50 --duration 60')"
 	@echo "make bootstrap  create .venv and install nginx if missing (up and test do it too)"
@@ -73,6 +74,10 @@ bench: bootstrap
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet \
 		--disable-pip-version-check -e '.[dev,bench]'
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The full chaos set: restarts RabbitMQ (stop_app/start_app) and PostgreSQL on this machine.
+test-chaos: bootstrap
+	CHAOS_FULL=1 $(PY) -m pytest tests/chaos $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .

@@ -14,6 +14,9 @@ The saga, read top to bottom::
     production.started     production -> order       the kitchen started cooking
     order.finished         production -> order       ready: the saga's happy end
     production.failed      production -> order       cannot make it (e.g. out of stock)
+    order.cancellation_requested  order -> production  the customer wants out: drop the ticket?
+    production.cancelled   production -> order       ticket dropped (or never made): compensate
+    production.cancel_refused  production -> order   the kitchen already started: no cancel
     order.cancelled        order      -> payment, production   compensate: refund / drop ticket
     payment.refunded       payment    -> order       the charge was reversed
     payment.voided         payment    -> order       nothing was charged, nothing will be
@@ -50,6 +53,9 @@ class EventType(StrEnum):
     PRODUCTION_STARTED = "production.started"
     ORDER_FINISHED = "order.finished"
     PRODUCTION_FAILED = "production.failed"
+    ORDER_CANCELLATION_REQUESTED = "order.cancellation_requested"
+    PRODUCTION_CANCELLED = "production.cancelled"
+    PRODUCTION_CANCEL_REFUSED = "production.cancel_refused"
     ORDER_CANCELLED = "order.cancelled"
     PAYMENT_REFUNDED = "payment.refunded"
     PAYMENT_VOIDED = "payment.voided"
@@ -144,6 +150,34 @@ class ProductionFailed(Event):
     missing: tuple[MissingStock, ...] = ()
 
 
+class OrderCancellationRequested(Event):
+    """The customer asks to cancel a paid order; the kitchen decides, since it may have started.
+
+    Compensating first (refunding) and asking second would refund food already made.
+    """
+
+    type: ClassVar[EventType] = EventType.ORDER_CANCELLATION_REQUESTED
+    order_id: UUID
+    reason: str
+
+
+class ProductionCancelled(Event):
+    """The kitchen dropped the order's ticket (stock back) or never had one; it will not make it."""
+
+    type: ClassVar[EventType] = EventType.PRODUCTION_CANCELLED
+    order_id: UUID
+    ticket_id: UUID | None = None
+
+
+class ProductionCancelRefused(Event):
+    """The kitchen had already started (or finished) the order: it goes on, nothing is refunded."""
+
+    type: ClassVar[EventType] = EventType.PRODUCTION_CANCEL_REFUSED
+    order_id: UUID
+    ticket_id: UUID | None = None
+    reason: str
+
+
 class OrderCancelled(Event):
     """The order is abandoned: payment must refund or void, production must drop the ticket."""
 
@@ -190,6 +224,9 @@ EVENT_MODELS: dict[EventType, type[Event]] = {
         ProductionStarted,
         OrderFinished,
         ProductionFailed,
+        OrderCancellationRequested,
+        ProductionCancelled,
+        ProductionCancelRefused,
         OrderCancelled,
         PaymentRefunded,
         PaymentVoided,

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import asyncpg
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -83,7 +85,23 @@ async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, titles.get(exc.status_code, "HTTP error"), str(exc.detail))
 
 
+# A store that cannot be reached (down, restarting, out of connection slots) makes the service
+# unavailable for a moment: 503 with Retry-After tells a client to try again, a 500 would not.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError, asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError,
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+)
+
+
 async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, _UNAVAILABLE):
+        log.warning("store unavailable: %r", exc)
+        response = problem(503, "Service unavailable",
+                           "A backing store is unavailable; retry shortly (with the same "
+                           "Idempotency-Key for an order).")
+        response.headers["Retry-After"] = "1"
+        return response
     log.exception("unhandled error", exc_info=exc)
     return problem(500, "Internal error", "Something went wrong; the request id identifies it.")
 

@@ -91,6 +91,10 @@ def stack(infra, otlp: Receiver) -> Iterator[Stack]:
                                                    "payment_svc"),
         "PRODUCTION_REDIS_URL": infra.redis_url,
         "PRODUCTION_PREPARATION_SECONDS": "0",
+        # Small pools: this stack shares PostgreSQL's 100 connections with the other test stack
+        # and the integration tests' services, replicas included.
+        "ORDER_DB_POOL_SIZE": "4",
+        "PAYMENT_DB_POOL_SIZE": "4",
         "RETRY_DELAYS_MS": "[50, 200, 1000, 3000]",
         "GATEWAY_API_KEYS": f"{API_KEY}|{FLOOD_KEY}",
         "GATEWAY_RATE_LIMIT": f"{RATE_LIMIT}r/s",

@@ -106,3 +106,20 @@ def test_unknown_sku_names_its_position():
 def test_quantity_cap_applies_after_adding_up():
     with pytest.raises(QuantityTooLarge):
         price(MENU, [("fries", MAX_QUANTITY), ("fries", 1)])
+
+
+def test_a_paid_order_is_never_compensated_before_the_kitchen_answers():
+    from order.domain import CancelRoute, cancel_route
+
+    assert cancel_route(S.PENDING_PAYMENT) is CancelRoute.NOW
+    assert cancel_route(S.PAID) is CancelRoute.ASK_KITCHEN
+    assert cancel_route(S.RECEIVED) is CancelRoute.ASK_KITCHEN
+    assert cancel_route(S.RECEIVED, already_requested=True) is CancelRoute.REFUSE
+    for status in (S.IN_PRODUCTION, S.FINISHED, S.CANCELLING, S.CANCELLED, S.REFUNDED):
+        assert cancel_route(status) is CancelRoute.REFUSE
+    assert (S.PAID, T.CUSTOMER_CANCELLED) not in TRANSITIONS  # no refund on the customer's word
+
+
+def test_the_kitchen_dropping_the_ticket_compensates_to_refunded():
+    assert walk(T.PAYMENT_APPROVED, T.PRODUCTION_QUEUED, T.PRODUCTION_CANCELLED,
+                T.PAYMENT_REFUNDED)[-2:] == [S.CANCELLING, S.REFUNDED]

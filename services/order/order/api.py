@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated
 from uuid import UUID
 
 import asyncpg
@@ -104,7 +104,8 @@ class OrderSummary(BaseModel):
 
 class CancelAccepted(BaseModel):
     id: UUID
-    status: Literal["cancelling"]
+    status: str = Field(description="the order's status now: `cancelling` when it took effect "
+                        "at once, else unchanged while the kitchen confirms")
     detail: str
 
 
@@ -221,12 +222,14 @@ async def get_order(order_id: UUID, request: Request) -> OrderOut:
                         409: {"description": "Too late to cancel"}})
 async def cancel_order(order_id: UUID, request: Request) -> CancelAccepted:
     try:
-        await service.cancel_order(_pool(request), order_id)
+        now = await service.cancel_order(_pool(request), order_id)
     except service.OrderNotFound:
         raise ApiError(404, "Order not found", f"no order with id {order_id}",
                        field="order_id") from None
     except service.CannotCancel as exc:
         raise ApiError(409, "Cannot cancel", str(exc), field="order_id",
                        order_status=str(exc.status)) from None
-    return CancelAccepted(id=order_id, status="cancelling",
-                          detail="cancellation accepted; any charge will be refunded")
+    detail = ("cancelled; any charge will be refunded" if now == "cancelling" else
+              "cancellation requested; once the kitchen confirms it has not started, the order "
+              "is cancelled and refunded (if it already started, the order goes on)")
+    return CancelAccepted(id=order_id, status=now, detail=detail)

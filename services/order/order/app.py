@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from order import api, handlers, metrics
 from order.settings import OrderSettings
 from sagakit import postgres, telemetry
+from sagakit.deadletters import dead_letters_router, unrouted_router
 from sagakit.metrics import add_metrics_route
 from sagakit.outbox import PostgresOutboxRelay
 from sagakit.runtime import Messaging, add_asyncapi_route
@@ -55,6 +56,8 @@ app = create_app(
     readiness=lambda app: {"database": _database_ready, "broker": messaging.ready},
 )
 app.include_router(api.router)
+app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_url))
+app.include_router(unrouted_router(settings.rabbitmq_url))
 handlers.register(messaging, lambda: app.state.pool)
 add_asyncapi_route(app, SERVICE, messaging)
 add_metrics_route(app, lambda: metrics.count_orders(app.state.pool))

@@ -34,6 +34,7 @@ class Trigger(StrEnum):
     PRODUCTION_STARTED = "production started"
     PRODUCTION_FINISHED = "production finished"
     PRODUCTION_FAILED = "production failed"
+    PRODUCTION_CANCELLED = "production cancelled"  # the kitchen dropped the ticket on request
     CUSTOMER_CANCELLED = "customer cancelled"
     PAYMENT_REFUNDED = "payment refunded"
     PAYMENT_VOIDED = "payment voided"
@@ -46,10 +47,10 @@ TRANSITIONS: Mapping[tuple[Status, Trigger], Status] = {
     (S.PENDING_PAYMENT, T.CUSTOMER_CANCELLED): S.CANCELLING,
     (S.PAID, T.PRODUCTION_QUEUED): S.RECEIVED,
     (S.PAID, T.PRODUCTION_FAILED): S.CANCELLING,
-    (S.PAID, T.CUSTOMER_CANCELLED): S.CANCELLING,
+    (S.PAID, T.PRODUCTION_CANCELLED): S.CANCELLING,
     (S.RECEIVED, T.PRODUCTION_STARTED): S.IN_PRODUCTION,
     (S.RECEIVED, T.PRODUCTION_FAILED): S.CANCELLING,
-    (S.RECEIVED, T.CUSTOMER_CANCELLED): S.CANCELLING,
+    (S.RECEIVED, T.PRODUCTION_CANCELLED): S.CANCELLING,
     (S.IN_PRODUCTION, T.PRODUCTION_FINISHED): S.FINISHED,
     (S.CANCELLING, T.PAYMENT_REFUNDED): S.REFUNDED,
     (S.CANCELLING, T.PAYMENT_VOIDED): S.CANCELLED,
@@ -89,8 +90,24 @@ def next_status(status: Status, trigger: Trigger) -> Status:
         raise IllegalTransition(status, trigger) from None
 
 
+class CancelRoute(StrEnum):
+    NOW = "now"  # nothing reached the kitchen: cancel, payment refunds or voids
+    ASK_KITCHEN = "ask kitchen"  # the kitchen may have started: it decides (then we compensate)
+    REFUSE = "refuse"
+
+
+def cancel_route(status: Status, *, already_requested: bool = False) -> CancelRoute:
+    """How a customer's cancel proceeds. A paid order is never compensated before the kitchen
+    confirms it dropped the ticket: refunding first would refund food already being made."""
+    if (status, T.CUSTOMER_CANCELLED) in TRANSITIONS:
+        return CancelRoute.NOW
+    if (status, T.PRODUCTION_CANCELLED) in TRANSITIONS and not already_requested:
+        return CancelRoute.ASK_KITCHEN
+    return CancelRoute.REFUSE
+
+
 def can_customer_cancel(status: Status) -> bool:
-    return (status, T.CUSTOMER_CANCELLED) in TRANSITIONS
+    return cancel_route(status) is not CancelRoute.REFUSE
 
 
 # --- pricing: the menu sets prices, never the client ---------------------------------------
@@ -166,3 +183,4 @@ class OrderRef:
     currency: str
     lines: tuple[Line, ...]
     accepted_at: datetime
+    cancel_requested: bool = False

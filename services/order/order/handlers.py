@@ -1,7 +1,8 @@
 """What the order service does with each event it consumes: one small function per event type.
 
-Payment's and production's events arrive on two queues (one per source) so that the events of
-one source keep their publishing order; each function turns its event into a saga trigger.
+Payment's and production's events arrive on two queues, one per source. Deliveries are handled
+concurrently and replicas compete, so events of one order may arrive out of order: the state
+machine's verdict (apply, early = retry later, stale = ignore) is what keeps the saga right.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from sagakit.events import (
     PaymentProcessed,
     PaymentRefunded,
     PaymentVoided,
+    ProductionCancelled,
+    ProductionCancelRefused,
     ProductionFailed,
     ProductionQueued,
     ProductionStarted,
@@ -34,7 +37,8 @@ PAYMENT_EVENTS = ConsumerQueue(
 )
 PRODUCTION_EVENTS = ConsumerQueue(
     "order", "production",
-    (E.PRODUCTION_QUEUED, E.PRODUCTION_STARTED, E.PRODUCTION_FAILED, E.ORDER_FINISHED),
+    (E.PRODUCTION_QUEUED, E.PRODUCTION_STARTED, E.PRODUCTION_FAILED, E.ORDER_FINISHED,
+     E.PRODUCTION_CANCELLED, E.PRODUCTION_CANCEL_REFUSED),
 )
 QUEUES = (PAYMENT_EVENTS, PRODUCTION_EVENTS)
 
@@ -90,3 +94,14 @@ def register(messaging: Messaging, pool: Callable[[], asyncpg.Pool]) -> None:
         reason = f"production failed: {event.reason}"
         await service.advance(pool(), event.order_id, Trigger.PRODUCTION_FAILED,
                               event_meta(message), reason)
+
+    @kitchen(filter=of_type(E.PRODUCTION_CANCELLED))
+    async def on_production_cancelled(event: ProductionCancelled, message: RabbitMessage) -> None:
+        """The kitchen dropped the ticket the customer asked to cancel: now compensate."""
+        await service.advance(pool(), event.order_id, Trigger.PRODUCTION_CANCELLED,
+                              event_meta(message), service.CUSTOMER_REASON)
+
+    @kitchen(filter=of_type(E.PRODUCTION_CANCEL_REFUSED))
+    async def on_cancel_refused(event: ProductionCancelRefused, message: RabbitMessage) -> None:
+        await service.note_cancel_refused(pool(), event.order_id, event.reason,
+                                          event_meta(message))

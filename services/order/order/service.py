@@ -17,11 +17,12 @@ import orjson
 from order import metrics, store
 from order.domain import (
     TERMINAL,
+    CancelRoute,
     OrderRef,
     Status,
     Trigger,
     Verdict,
-    can_customer_cancel,
+    cancel_route,
     judge,
     next_status,
     price,
@@ -29,7 +30,14 @@ from order.domain import (
 from sagakit import logs, telemetry
 from sagakit.consuming import Poison, RetryLater
 from sagakit.envelope import EventMeta, OutgoingEvent
-from sagakit.events import TEST_CARD_TOKENS, Event, OrderCancelled, OrderCreated, OrderLine
+from sagakit.events import (
+    TEST_CARD_TOKENS,
+    Event,
+    OrderCancellationRequested,
+    OrderCancelled,
+    OrderCreated,
+    OrderLine,
+)
 from sagakit.events import OrderReceived as OrderReceivedEvent
 from sagakit.postgres import add_to_outbox, first_delivery
 
@@ -42,8 +50,10 @@ class OrderNotFound(Exception):
 
 
 class CannotCancel(Exception):
-    def __init__(self, status: Status) -> None:
-        super().__init__(f"an order that is {status} can no longer be cancelled")
+    def __init__(self, status: Status, *, already_requested: bool = False) -> None:
+        super().__init__(
+            "a cancellation was already requested for this order" if already_requested
+            else f"an order that is {status} can no longer be cancelled")
         self.status = status
 
 
@@ -146,7 +156,8 @@ async def _move(
         await add_to_outbox(conn, _event(OrderReceivedEvent(order_id=order.id,
                                                             lines=_lines(order)), order.id))
     elif new is Status.CANCELLING:
-        requested_by = "customer" if trigger is Trigger.CUSTOMER_CANCELLED else "production"
+        by_customer = trigger in (Trigger.CUSTOMER_CANCELLED, Trigger.PRODUCTION_CANCELLED)
+        requested_by = "customer" if by_customer else "production"
         await add_to_outbox(conn, _event(OrderCancelled(
             order_id=order.id, reason=reason or str(trigger), requested_by=requested_by,
         ), order.id))
@@ -154,17 +165,37 @@ async def _move(
     return new
 
 
+CUSTOMER_REASON = "cancelled by the customer"
+
+
 async def cancel_order(pool: asyncpg.Pool, order_id: UUID) -> Status:
-    """The customer's cancel: allowed until the kitchen starts; compensation follows by events."""
+    """The customer's cancel. Before payment it takes effect at once; once paid, the kitchen is
+    asked first and compensation (the refund) follows only if it drops the ticket. Returns the
+    order's status after the request."""
     logs.order_id_var.set(str(order_id))
     async with pool.acquire() as conn, conn.transaction():
         order = await store.lock(conn, order_id)
         if order is None:
             raise OrderNotFound(order_id)
-        if not can_customer_cancel(order.status):
-            raise CannotCancel(order.status)
-        return await _move(conn, order, Trigger.CUSTOMER_CANCELLED,
-                           reason="cancelled by the customer", event_id=None)
+        route = cancel_route(order.status, already_requested=order.cancel_requested)
+        if route is CancelRoute.NOW:
+            return await _move(conn, order, Trigger.CUSTOMER_CANCELLED,
+                               reason=CUSTOMER_REASON, event_id=None)
+        if route is CancelRoute.ASK_KITCHEN:
+            await store.mark_cancel_requested(conn, order.id)
+            await add_to_outbox(conn, _event(OrderCancellationRequested(
+                order_id=order.id, reason=CUSTOMER_REASON), order.id))
+            log.info("cancellation requested from the kitchen")
+            return order.status
+        raise CannotCancel(order.status, already_requested=order.cancel_requested)
+
+
+async def note_cancel_refused(pool: asyncpg.Pool, order_id: UUID, reason: str,
+                              meta: EventMeta) -> None:
+    """The kitchen had started: the order goes on to finished and nothing is refunded."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await first_delivery(conn, meta):
+            log.warning("the kitchen refused the cancellation: %s", reason)
 
 
 # An event that overtook its predecessor (they travel concurrently) usually finds it applied a

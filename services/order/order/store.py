@@ -62,14 +62,22 @@ async def append_timeline(
 async def lock(conn: asyncpg.Connection, order_id: UUID) -> OrderRef | None:
     """The order, locked until the transaction ends (one saga step at a time per order)."""
     row = await conn.fetchrow(
-        "SELECT id, status, total, currency, lines, created_at FROM orders WHERE id = $1"
-        " FOR UPDATE",
+        "SELECT id, status, total, currency, lines, created_at, cancel_requested_at"
+        " FROM orders WHERE id = $1 FOR UPDATE",
         order_id,
     )
     if row is None:
         return None
     return OrderRef(row["id"], Status(row["status"]), row["total"], row["currency"],
-                    _lines(row["lines"]), row["created_at"])
+                    _lines(row["lines"]), row["created_at"],
+                    cancel_requested=row["cancel_requested_at"] is not None)
+
+
+async def mark_cancel_requested(conn: asyncpg.Connection, order_id: UUID) -> None:
+    await conn.execute(
+        "UPDATE orders SET cancel_requested_at = now(), updated_at = now() WHERE id = $1",
+        order_id,
+    )
 
 
 async def set_status(

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from payment import api, handlers
 from payment.settings import PaymentSettings
 from sagakit import postgres, telemetry
+from sagakit.deadletters import dead_letters_router
 from sagakit.metrics import add_metrics_route
 from sagakit.outbox import PostgresOutboxRelay
 from sagakit.runtime import Messaging, add_asyncapi_route
@@ -55,6 +56,7 @@ app = create_app(
     readiness=lambda app: {"database": _database_ready, "broker": messaging.ready},
 )
 app.include_router(api.router)
+app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_url))
 handlers.register(messaging, lambda: app.state.pool)
 add_asyncapi_route(app, SERVICE, messaging)
 add_metrics_route(app)

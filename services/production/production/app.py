@@ -14,6 +14,7 @@ from production.kitchen import KitchenLine
 from production.settings import ProductionSettings
 from production.store import ProductionStore
 from sagakit import telemetry
+from sagakit.deadletters import dead_letters_router
 from sagakit.metrics import add_metrics_route
 from sagakit.outbox import RedisStreamOutboxRelay
 from sagakit.runtime import Messaging, add_asyncapi_route
@@ -66,6 +67,7 @@ app = create_app(
     readiness=lambda app: {"redis": _redis_ready, "broker": messaging.ready},
 )
 app.include_router(api.router)
+app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_url))
 handlers.register(messaging, lambda: app.state.store)
 add_asyncapi_route(app, SERVICE, messaging)
 add_metrics_route(app)

@@ -1,7 +1,9 @@
 """What the production service does with each event it consumes: one small function per type.
 
-The order service is the only source: paid orders to make and orders to drop. Both arrive on
-one queue, so a cancellation never overtakes the order it cancels.
+The order service is the only source: paid orders to make, cancellations the customer asks for
+(the kitchen decides), and orders to drop. Deliveries are handled concurrently and replicas
+compete, so nothing relies on their order: a cancellation that overtakes its order leaves a
+tombstone the late order.received finds.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from faststream.rabbit.annotations import RabbitMessage
 
 from production import service
 from production.store import ProductionStore
-from sagakit.events import EventType, OrderCancelled, OrderReceived
+from sagakit.events import EventType, OrderCancellationRequested, OrderCancelled, OrderReceived
 from sagakit.runtime import Messaging, event_meta, of_type
 from sagakit.topology import ConsumerQueue
 
 E = EventType
-ORDER_EVENTS = ConsumerQueue("production", "order", (E.ORDER_RECEIVED, E.ORDER_CANCELLED))
+ORDER_EVENTS = ConsumerQueue(
+    "production", "order",
+    (E.ORDER_RECEIVED, E.ORDER_CANCELLATION_REQUESTED, E.ORDER_CANCELLED),
+)
 QUEUES = (ORDER_EVENTS,)
 
 
@@ -28,6 +33,13 @@ def register(messaging: Messaging, store: Callable[[], ProductionStore]) -> None
     async def on_order_received(event: OrderReceived, message: RabbitMessage) -> None:
         """Reserve the stock and queue a ticket, or announce production.failed if stock is short."""
         await service.receive_order(store(), event, event_meta(message))
+
+    @orders(filter=of_type(E.ORDER_CANCELLATION_REQUESTED))
+    async def on_cancellation_requested(
+        event: OrderCancellationRequested, message: RabbitMessage
+    ) -> None:
+        """The customer wants out: drop a ticket no cook has started, else refuse."""
+        await service.request_cancel(store(), event, event_meta(message))
 
     @orders(filter=of_type(E.ORDER_CANCELLED))
     async def on_order_cancelled(event: OrderCancelled, message: RabbitMessage) -> None:

@@ -19,9 +19,12 @@ from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.events import (
     Event,
     MissingStock,
+    OrderCancellationRequested,
     OrderCancelled,
     OrderFinished,
     OrderReceived,
+    ProductionCancelled,
+    ProductionCancelRefused,
     ProductionFailed,
     ProductionQueued,
     ProductionStarted,
@@ -83,6 +86,23 @@ async def cancel_order(store: ProductionStore, event: OrderCancelled, meta: Even
     """Drop the order's ticket; a ticket no cook has touched gives its stock back."""
     outcome = await store.cancel(event_id=meta.id, order_id=event.order_id, at=_now())
     log.info("order.cancelled: %s", outcome)
+    return outcome
+
+
+async def request_cancel(
+    store: ProductionStore, event: OrderCancellationRequested, meta: EventMeta
+) -> str:
+    """Drop the ticket if no cook has started it, else refuse; answer the order either way."""
+    ticket_id = await store.ticket_of(event.order_id)
+    accepted = _event(ProductionCancelled(order_id=event.order_id, ticket_id=ticket_id),
+                      event.order_id)
+    refused = _event(ProductionCancelRefused(
+        order_id=event.order_id, ticket_id=ticket_id,
+        reason="the kitchen has already started this order",
+    ), event.order_id)
+    outcome = await store.request_cancel(event_id=meta.id, order_id=event.order_id, at=_now(),
+                                         accepted=accepted, refused=refused)
+    log.info("order.cancellation_requested: %s", outcome)
     return outcome
 
 

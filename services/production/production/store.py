@@ -100,6 +100,7 @@ class ProductionStore:
         self._start = _script(redis, "start")
         self._finish = _script(redis, "finish")
         self._cancel = _script(redis, "cancel")
+        self._request_cancel = _script(redis, "request_cancel")
         self._restock = _script(redis, "restock")
 
     async def ping(self) -> bool:
@@ -174,6 +175,25 @@ class ProductionStore:
                 _by_status(TicketStatus.CANCELLED),
             ],
             args=[self.inbox_ttl, at.isoformat()],
+        )
+        return outcome
+
+    async def ticket_of(self, order_id: UUID) -> UUID | None:
+        raw = await self.redis.get(_order_ticket(order_id))
+        return UUID(str(raw)) if raw else None
+
+    async def request_cancel(
+        self, *, event_id: UUID, order_id: UUID, at: datetime, accepted: OutgoingEvent,
+        refused: OutgoingEvent,
+    ) -> str:
+        accepted_fields = _outbox_fields(accepted)
+        outcome: str = await self._request_cancel(
+            keys=[
+                _inbox(event_id), _tombstone(order_id), _order_ticket(order_id), STOCK,
+                _by_status(TicketStatus.QUEUED), _by_status(TicketStatus.CANCELLED), OUTBOX,
+            ],
+            args=[self.inbox_ttl, at.isoformat(), len(accepted_fields), *accepted_fields,
+                  *_outbox_fields(refused)],
         )
         return outcome
 

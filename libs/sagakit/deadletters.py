@@ -1,0 +1,264 @@
+"""The operator's view of parked messages: list, replay and discard a service's dead letters.
+
+Mounted by every service at ``/api/v1/ops/<service>/dead-letters`` (and, by the order service,
+``/api/v1/ops/unrouted`` for what no queue was bound for). Each request opens its own AMQP
+connection and reads the queue with ``basic.get`` *without* acking: every message it looked at
+stays unacknowledged, so it cannot be lost, and goes back to the queue when the channel closes —
+after the answer, or when the process dies mid-request. Nothing is copied anywhere to be listed.
+
+A replay republishes the parked body and its original headers (minus what the retry path
+added, so the attempt count starts again) to the original consumer queue through
+``saga.requeue``, waits for the broker's confirm, and only then acks the parked copy. A crash
+in between leaves both copies; the consumer's inbox makes the second one harmless, so a replay
+is exactly once in effect. Replaying all touches only the messages parked when it began, so a
+message that fails again and is re-parked is not replayed in a loop.
+
+Two listings at the same moment each see only what the other is not holding; they are meant for
+an operator, not for concurrent automation.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import AMQPError, DeliveryError
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from sagakit import topology
+from sagakit.web import ApiError
+
+# Headers the retry and park path (and the broker's own dead-lettering) add; a replay drops
+# them so the message starts its attempts afresh, as if just published.
+_ADDED_ON_THE_WAY = ("x-dead-letter-reason", "x-attempts", "x-attempt", "x-parked-at",
+                     "x-original-queue", "x-last-error", "retry-delay-ms", "x-death",
+                     "x-delivery-count", "x-first-death-exchange", "x-first-death-queue",
+                     "x-first-death-reason", "x-last-death-exchange", "x-last-death-queue",
+                     "x-last-death-reason")
+MAX_SCAN = 10_000  # messages one request reads at most
+
+
+class ParkedMessage(BaseModel):
+    id: str = Field(description="the event id (ce-id / message id); a digest of the body when "
+                                "a message has none")
+    event_type: str | None
+    order_id: str | None
+    reason: str | None = Field(description="why it was parked (x-dead-letter-reason)")
+    attempts: int | None
+    original_queue: str | None
+    parked_at: str | None
+    routing_key: str | None
+    headers: dict[str, Any]
+    body: str = Field(description="the body as text (undecodable bytes replaced)")
+    body_base64: str
+
+
+class ParkedList(BaseModel):
+    queue: str
+    total: int = Field(description="messages in the queue when it was read")
+    messages: list[ParkedMessage]
+
+
+class ReplayOutcome(BaseModel):
+    replayed: list[str]
+    skipped: list[str] = Field(default_factory=list,
+                               description="parked with no known original queue: left parked")
+
+
+class DiscardOutcome(BaseModel):
+    discarded: str
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def message_id(message: AbstractIncomingMessage) -> str:
+    headers = message.headers or {}
+    found = message.message_id or headers.get("ce-id")
+    if found:
+        return str(_jsonable(found))
+    return "sha256:" + hashlib.sha256(message.body).hexdigest()[:32]
+
+
+def original_queue(message: AbstractIncomingMessage) -> str | None:
+    """Where the message was consumed from: our own header, else the broker's dead-lettering's
+    (a message the broker parked itself after ``x-delivery-limit``)."""
+    headers = message.headers or {}
+    found = headers.get("x-original-queue") or headers.get("x-first-death-queue")
+    return str(_jsonable(found)) if found else None
+
+
+def describe(message: AbstractIncomingMessage) -> ParkedMessage:
+    headers = _jsonable(dict(message.headers or {}))
+    attempts = headers.get("x-attempts")
+    return ParkedMessage(
+        id=message_id(message),
+        event_type=headers.get("ce-type") or message.type,
+        order_id=headers.get("ce-subject") or message.correlation_id,
+        reason=headers.get("x-dead-letter-reason") or headers.get("x-first-death-reason"),
+        attempts=int(attempts) if isinstance(attempts, int | str) and str(attempts).isdigit()
+        else None,
+        original_queue=original_queue(message),
+        parked_at=headers.get("x-parked-at"),
+        routing_key=message.routing_key,
+        headers=headers,
+        body=message.body.decode(errors="replace"),
+        body_base64=base64.b64encode(message.body).decode(),
+    )
+
+
+def replay_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
+    headers = dict(message.headers or {})
+    for name in _ADDED_ON_THE_WAY:
+        headers.pop(name, None)
+    return headers
+
+
+class ParkedQueue:
+    """One queue of parked messages, read and changed through a connection of its own."""
+
+    def __init__(self, rabbitmq_url: str, queue: str) -> None:
+        self.rabbitmq_url = rabbitmq_url
+        self.queue = queue
+
+    @contextlib.asynccontextmanager
+    async def _channel(self) -> AsyncIterator[AbstractChannel]:
+        try:
+            connection = await aio_pika.connect(self.rabbitmq_url, timeout=5)
+        except (AMQPError, OSError, ConnectionError) as exc:
+            raise ApiError(503, "Broker unavailable", f"cannot reach RabbitMQ: {exc}") from exc
+        try:
+            # Closing the connection returns every message read but not acked to the queue.
+            async with connection:
+                yield await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except (AMQPError, ConnectionError) as exc:
+            raise ApiError(503, "Broker unavailable", f"RabbitMQ failed: {exc}") from exc
+
+    async def _read(self, channel: AbstractChannel,
+                    limit: int) -> tuple[int, list[AbstractIncomingMessage]]:
+        queue: AbstractQueue = await channel.declare_queue(self.queue, passive=True)
+        total = queue.declaration_result.message_count or 0
+        held: list[AbstractIncomingMessage] = []
+        while len(held) < min(limit, total, MAX_SCAN):
+            message = await queue.get(no_ack=False, fail=False, timeout=5)
+            if message is None:
+                break
+            held.append(message)
+        return total, held
+
+    async def list(self, limit: int) -> ParkedList:
+        async with self._channel() as channel:
+            total, held = await self._read(channel, limit)
+            return ParkedList(queue=self.queue, total=total, messages=[describe(m) for m in held])
+
+    async def replay(self, event_id: str | None) -> ReplayOutcome:
+        """Replay one message (by id) or, with ``event_id`` None, all parked right now."""
+        outcome = ReplayOutcome(replayed=[])
+        async with self._channel() as channel:
+            _, held = await self._read(channel, MAX_SCAN)
+            chosen = [m for m in held if event_id is None or message_id(m) == event_id]
+            if event_id is not None and not chosen:
+                raise _not_parked(event_id)
+            exchange = await channel.get_exchange(topology.REQUEUE.name, ensure=True)
+            for message in chosen[:1] if event_id is not None else chosen:
+                target = original_queue(message)
+                if target is None:
+                    outcome.skipped.append(message_id(message))
+                    continue
+                try:
+                    await exchange.publish(_replayed(message), routing_key=target,
+                                           mandatory=True)
+                except DeliveryError as exc:  # returned: no such queue bound any more
+                    raise ApiError(409, "Cannot replay", f"queue {target!r} does not take "
+                                   f"replays ({exc}); nothing was changed") from exc
+                await message.ack()  # only once the republished copy is confirmed
+                outcome.replayed.append(message_id(message))
+        if event_id is not None and outcome.skipped:
+            raise ApiError(409, "Cannot replay", f"{event_id} names no original queue")
+        return outcome
+
+    async def discard(self, event_id: str) -> DiscardOutcome:
+        async with self._channel() as channel:
+            _, held = await self._read(channel, MAX_SCAN)
+            for message in held:
+                if message_id(message) == event_id:
+                    await message.ack()
+                    return DiscardOutcome(discarded=event_id)
+        raise _not_parked(event_id)
+
+
+def _replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
+    return aio_pika.Message(
+        message.body, headers=replay_headers(message), message_id=message.message_id,
+        correlation_id=message.correlation_id, type=message.type,
+        content_type=message.content_type, app_id=message.app_id,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+def _not_parked(event_id: str) -> ApiError:
+    return ApiError(404, "Not parked", f"no parked message with id {event_id}", field="event_id")
+
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="messages to show at most")]
+
+
+def dead_letters_router(service: str, rabbitmq_url: str) -> APIRouter:
+    """``/api/v1/ops/<service>/dead-letters``: list, replay one or all, discard one."""
+    parked = ParkedQueue(rabbitmq_url, topology.dead_letter_queue(service).name)
+    router = APIRouter(prefix=f"/api/v1/ops/{service}/dead-letters", tags=["operations"])
+
+    @router.get("", response_model=ParkedList, summary="Parked messages, oldest first")
+    async def list_dead_letters(limit: Limit = 100) -> ParkedList:
+        return await parked.list(limit)
+
+    @router.post("/replay", response_model=ReplayOutcome,
+                 summary="Replay every message parked now to its original queue")
+    async def replay_all() -> ReplayOutcome:
+        return await parked.replay(None)
+
+    @router.post("/{event_id}/replay", response_model=ReplayOutcome,
+                 summary="Replay one parked message to its original queue",
+                 responses={404: {"description": "No such parked message"},
+                            409: {"description": "Its original queue is unknown or gone"}})
+    async def replay_one(event_id: str) -> ReplayOutcome:
+        return await parked.replay(event_id)
+
+    @router.delete("/{event_id}", response_model=DiscardOutcome,
+                   summary="Discard one parked message for good",
+                   responses={404: {"description": "No such parked message"}})
+    async def discard(event_id: str) -> DiscardOutcome:
+        return await parked.discard(event_id)
+
+    return router
+
+
+def unrouted_router(rabbitmq_url: str) -> APIRouter:
+    """``/api/v1/ops/unrouted``: what was published with no queue bound for it (read only)."""
+    unrouted = ParkedQueue(rabbitmq_url, topology.UNROUTED_QUEUE.name)
+    router = APIRouter(prefix="/api/v1/ops/unrouted", tags=["operations"])
+
+    @router.get("", response_model=ParkedList,
+                summary="Messages no queue was bound for (saga.unrouted), oldest first")
+    async def list_unrouted(limit: Limit = 100) -> ParkedList:
+        return await unrouted.list(limit)
+
+    return router

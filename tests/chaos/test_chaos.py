@@ -1,0 +1,217 @@
+"""Faults under a steady load of orders; afterwards nothing is lost and nothing doubled.
+
+Fast subset (every ``make test``): kill -9 one replica of each service, SIGTERM one of each,
+poison messages, duplicate deliveries. The full set (``make test-chaos``, ``CHAOS_FULL=1``)
+adds events out of order, a RabbitMQ restart and a PostgreSQL restart, which touch servers
+shared with whatever else runs on this machine, so they are kept short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import aio_pika
+import httpx
+
+from deploy import native
+from tests.chaos.conftest import Books, ChaosStack, Load, full_only, until
+
+EVENT_QUEUES = ["payment.order-events", "order.payment-events", "order.production-events",
+                "production.order-events"]
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+async def _publish(url: str, messages: list[aio_pika.Message], keys: list[str]) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange("saga.events")
+        for message, key in zip(messages, keys, strict=True):
+            await exchange.publish(message, routing_key=key)
+
+
+def inject_poison(chaos: ChaosStack) -> dict[str, set[str]]:
+    """One of each kind, to each service: not JSON, wrong schema, unknown event type."""
+    cases = {  # service: (routing key, ce-type, body)
+        "payment": ("order.created", "order.created", b"\xff\xfe not json"),
+        "order": ("payment.processed", "payment.processed", b'{"order_id": "not-a-uuid"}'),
+        "production": ("order.received", "order.mystery", b'{"order_id": 1}'),
+    }
+    ids = {service: str(uuid.uuid4()) for service in cases}
+    messages = [aio_pika.Message(body, message_id=ids[s], delivery_mode=2,
+                                 headers={"ce-id": ids[s], "ce-type": ce_type})
+                for s, (_, ce_type, body) in cases.items()]
+    asyncio.run(_publish(chaos.rabbitmq_url, messages, [key for key, _, _ in cases.values()]))
+    return {service: {event_id} for service, event_id in ids.items()}
+
+
+class Spy:
+    """A queue that copies every event on saga.events, to replay them later."""
+
+    def __init__(self, chaos: ChaosStack) -> None:
+        self.url, self.name = chaos.rabbitmq_url, f"chaos-spy-{uuid.uuid4().hex[:8]}"
+        asyncio.run(self._declare())
+
+    async def _declare(self) -> None:
+        connection = await aio_pika.connect(self.url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(self.name, arguments={"x-expires": 300_000})
+            await queue.bind("saga.events", routing_key="#")
+
+    async def _drain(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        connection = await aio_pika.connect(self.url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(self.name)
+            found = []
+            while (message := await queue.get(fail=False, no_ack=True)) is not None:
+                found.append(message)
+            return found
+
+    def replay(self, reverse: bool = False) -> int:
+        """Publish every captured event again, same ids (the newest first with ``reverse``)."""
+        captured = asyncio.run(self._drain())
+        if reverse:
+            captured.reverse()
+        copies = [aio_pika.Message(m.body, headers=dict(m.headers), message_id=m.message_id,
+                                   correlation_id=m.correlation_id, type=m.type,
+                                   content_type=m.content_type, delivery_mode=2)
+                  for m in captured]
+        asyncio.run(_publish(self.url, copies, [str(m.routing_key) for m in captured]))
+        return len(copies)
+
+
+async def _queue_depths(url: str) -> list[int]:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        return [(await channel.declare_queue(q, passive=True)).declaration_result.message_count
+                or 0 for q in EVENT_QUEUES]
+
+
+def drained(chaos: ChaosStack) -> None:
+    until(lambda: not any(asyncio.run(_queue_depths(chaos.rabbitmq_url))),
+          "event queues never drained", 30)
+    time.sleep(1.0)  # the last deliveries' transactions
+
+
+def signal_one_replica_of_each(chaos: ChaosStack, sig: signal.Signals) -> list[str]:
+    names = [native.replicas(s, native.stack_env(chaos.env))[-1].name for s in native.SERVICES]
+    for name in names:
+        os.kill(chaos.pid(name), sig)
+    until(lambda: all(native.read_pid(chaos.run_dir, n) is None for n in names),
+          f"{names} still running after {sig.name}", 30)
+    return names
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def ready(client: httpx.Client, service: str) -> int:
+    try:
+        return client.get(f"/health/{service}/ready").status_code
+    except httpx.TransportError:
+        return 0
+
+
+# --- fast subset ---------------------------------------------------------------------------------
+
+
+def test_kill_9_of_each_service_under_load(client, chaos, books: Books):
+    load = Load(client).start()
+    load.wait_started()
+    signal_one_replica_of_each(chaos, signal.SIGKILL)
+    time.sleep(0.5)
+    chaos.restart_missing()
+    books.settle("kill -9 each service", load.join())
+
+
+def test_sigterm_finishes_in_flight_work_and_flushes_the_outbox(client, chaos, books: Books):
+    load = Load(client).start()
+    load.wait_started()
+    names = signal_one_replica_of_each(chaos, signal.SIGTERM)
+    for name in names:
+        tail = native.log_tail(chaos.run_dir, name, 30, this_run=True)
+        assert "Application shutdown complete" in tail, f"{name} did not stop gracefully:\n{tail}"
+    chaos.restart_missing()
+    books.settle("SIGTERM each service", load.join())
+
+
+def test_poison_is_parked_and_nothing_else(client, chaos, books: Books):
+    load = Load(client, count=30).start()
+    load.wait_started()
+    poison = inject_poison(chaos)
+    books.settle("poison", load.join(), poison=poison)
+
+
+def test_duplicate_deliveries_change_nothing(client, chaos, books: Books):
+    spy = Spy(chaos)
+    load = Load(client, count=30).start()
+    orders = load.join()
+    books.settle("load before duplicates", orders)
+    assert spy.replay() >= len(orders)
+    drained(chaos)
+    books.settle("duplicates", orders)
+
+
+def test_competing_payment_replicas_share_the_work(chaos):
+    charged = {name: chaos.log(name).count('"charge approved"') + chaos.log(name).count(
+        '"charge declined"') for name in replica_names_of(chaos, "payment")}
+    assert len(charged) == 3 and all(charged.values()), charged
+
+
+def replica_names_of(chaos: ChaosStack, service: str) -> list[str]:
+    return [r.name for r in native.replicas(service, native.stack_env(chaos.env))]
+
+
+# --- full set ------------------------------------------------------------------------------------
+
+
+@full_only
+def test_events_out_of_order_change_nothing(client, chaos, books: Books):
+    spy = Spy(chaos)
+    orders = Load(client, count=30).start().join()
+    books.settle("load before out of order", orders)
+    spy.replay(reverse=True)  # order.finished before payment.processed, and so on
+    drained(chaos)
+    books.settle("out of order", orders)
+
+
+@full_only
+def test_rabbitmq_restart_under_load(client, chaos, books: Books):
+    load = Load(client, seconds=8).start()
+    load.wait_started()
+    rabbitmqctl("stop_app")
+    try:
+        time.sleep(2)
+    finally:
+        rabbitmqctl("start_app")
+    for service in native.SERVICES:  # consumers and relays reconnected by themselves
+        until(lambda s=service: ready(client, s) == 200, f"{service} ready again", 60)
+    books.settle("rabbitmq restart", load.join())
+
+
+@full_only
+def test_postgresql_restart_under_load(client, chaos, books: Books):
+    load = Load(client, seconds=8).start()
+    load.wait_started()
+    cluster = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main"]
+    subprocess.run([*cluster, "stop", "-m", "fast"], check=True, timeout=60)
+    try:
+        for service in ("order", "payment"):  # readiness tells the truth while it is down
+            until(lambda s=service: ready(client, s) == 503,
+                  f"{service} still ready while PostgreSQL is down", 10)
+    finally:
+        subprocess.run([*cluster, "start"], check=True, timeout=60)
+    for service in ("order", "payment"):
+        until(lambda s=service: ready(client, s) == 200, f"{service} ready again", 60)
+    books.settle("postgresql restart", load.join())
