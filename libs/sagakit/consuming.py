@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+import asyncpg
+import redis.exceptions
 from aio_pika import IncomingMessage
 from faststream import BaseMiddleware
 from faststream.exceptions import HandlerException, SubscriberNotFound
@@ -47,6 +49,13 @@ class Poison(Exception):
     """The event can never be applied; park it for an operator."""
 
 
+# Errors that say a store or the network is unavailable, not that the event is wrong.
+OUTAGE: tuple[type[BaseException], ...] = (
+    ConnectionError, TimeoutError, asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+)
 POISON = (ValidationError, json.JSONDecodeError, UnicodeDecodeError, SubscriberNotFound, Poison)
 
 
@@ -72,7 +81,8 @@ class RetryPolicy:
         headers: dict[str, Any] = dict(raw.headers or {})
         attempt = int(headers.get("x-attempt", 1))
         reason = describe(exc)
-        if isinstance(exc, POISON) or attempt >= self.max_attempts:
+        outage = isinstance(exc, OUTAGE)
+        if isinstance(exc, POISON) or (attempt >= self.max_attempts and not outage):
             headers.update(
                 {
                     "x-dead-letter-reason": reason,
@@ -87,7 +97,9 @@ class RetryPolicy:
             )
             await self._publish(raw, headers, topology.DEAD_LETTERS, self.service)
             return "parked"
-        delay = self.delays_ms[attempt - 1]
+        # A store that is down is not the event's fault: keep retrying at the longest delay for as
+        # long as the outage lasts, rather than parking every event that arrives meanwhile.
+        delay = self.delays_ms[min(attempt, len(self.delays_ms)) - 1]
         headers.update(
             {
                 "x-attempt": attempt + 1,

@@ -128,5 +128,8 @@ def serve(app_path: str, settings: ServiceSettings, service: str) -> None:
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=20,
+        # Longer than nginx keeps an idle upstream connection (60 s): otherwise uvicorn may close
+        # one just as nginx sends a POST on it, a 502 nginx must not retry.
+        timeout_keep_alive=75,
         proxy_headers=True,
     )

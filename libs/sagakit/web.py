@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import asyncpg
-import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,10 +20,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sagakit import logs, telemetry
+from sagakit.consuming import OUTAGE
 
 log = logging.getLogger("sagakit.web")
 
 ReadinessCheck = Callable[[], Awaitable[Any]]
+
+# Free text a client sends: PostgreSQL text cannot hold NUL nor most control characters make sense
+# in a name, so they are refused at the edge (422 naming the field), not by the database (500).
+PLAIN_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 
 class ApiError(Exception):
@@ -87,11 +90,7 @@ async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
 
 # A store that cannot be reached (down, restarting, out of connection slots) makes the service
 # unavailable for a moment: 503 with Retry-After tells a client to try again, a 500 would not.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError, asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError,
-    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-)
+_UNAVAILABLE = OUTAGE
 
 
 async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:

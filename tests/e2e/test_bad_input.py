@@ -26,6 +26,10 @@ BAD_ORDERS = [
     ("empty items", good(items=[]), 422, "items"),
     ("bad email", good(customer={"name": "Ana", "email": "not-an-email"}), 422, "customer.email"),
     ("empty name", good(customer={"name": "", "email": "a@b.co"}), 422, "customer.name"),
+    ("NUL in name", good(customer={"name": "A\u0000", "email": "a@b.co"}), 422,
+     "customer.name"),
+    ("NUL in email", good(customer={"name": "A", "email": "a\u0000@b.co"}), 422,
+     "customer.email"),
     ("quantity 0", good(items=[{"sku": "fries", "quantity": 0}]), 422, "items[0].quantity"),
     ("negative quantity", good(items=[{"sku": "fries", "quantity": -3}]), 422,
      "items[0].quantity"),
@@ -78,6 +82,7 @@ BAD_CARDS = [
     ("month 13", {**CARD, "exp_month": 13}, "exp_month"),
     ("cvc", {**CARD, "cvc": "1"}, "cvc"),
     ("no holder", {k: v for k, v in CARD.items() if k != "holder"}, "holder"),
+    ("NUL in holder", {**CARD, "holder": "A\u0000"}, "holder"),
 ]
 
 

@@ -16,15 +16,17 @@ from order.domain import MAX_LINES, MAX_QUANTITY, QuantityTooLarge, Status, Unkn
 from order.settings import OrderSettings
 from sagakit.events import Money
 from sagakit.logs import mask_email
-from sagakit.web import ApiError
+from sagakit.web import PLAIN_TEXT, ApiError
 
 router = APIRouter(prefix="/api/v1")
+_ADDRESS_PART = r"[^@\s\x00-\x1f]+"
+EMAIL = rf"^{_ADDRESS_PART}@{_ADDRESS_PART}\.{_ADDRESS_PART}$"
 
 
 class CustomerIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-    name: str = Field(min_length=1, max_length=200, examples=["Ana"])
-    email: str = Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+    name: str = Field(min_length=1, max_length=200, pattern=PLAIN_TEXT, examples=["Ana"])
+    email: str = Field(max_length=254, pattern=EMAIL,
                        examples=["ana@example.com"])
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt
 from payment import service, store
 from payment.domain import Card, InvalidCard
 from sagakit.events import Money
-from sagakit.web import ApiError
+from sagakit.web import PLAIN_TEXT, ApiError
 
 router = APIRouter(prefix="/api/v1")
 
@@ -33,7 +33,8 @@ class CardIn(BaseModel):
     exp_month: StrictInt = Field(examples=[12], description="1 to 12")
     exp_year: StrictInt = Field(examples=[2030], description="four digits, not in the past")
     cvc: SecretStr = Field(examples=["123"], description="3 digits (4 for American Express)")
-    holder: str = Field(examples=["Ana Souza"], description="1 to 100 characters")
+    holder: str = Field(pattern=PLAIN_TEXT, examples=["Ana Souza"],
+                        description="1 to 100 characters")
 
 
 class CardOut(BaseModel):

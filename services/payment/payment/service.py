@@ -65,7 +65,8 @@ async def tokenize_card(
             token=card.token, brand=card.brand, last4=card.last4, created_at=created_at,
         ), card.token))
     # Token and brand only: no part of the card number goes into a log line.
-    log.info("card tokenized", extra={"token": card.token, "brand": str(card.brand)})
+    # The token is a credential that can pay: log only enough of it to tell cards apart.
+    log.info("card tokenized", extra={"token_end": card.token[-4:], "brand": str(card.brand)})
     return card
 
 

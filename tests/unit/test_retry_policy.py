@@ -1,0 +1,63 @@
+"""Where a failed delivery goes: retry with growing delay, park poison and exhausted events, and
+never park because a store is down."""
+
+from types import SimpleNamespace
+
+import asyncpg
+import pytest
+
+from sagakit import topology
+from sagakit.consuming import Poison, RetryLater, RetryPolicy
+
+
+class RecordingBroker:
+    def __init__(self) -> None:
+        self.published: list[dict] = []
+
+    async def publish(self, body, **kwargs) -> None:
+        self.published.append({"body": body, **kwargs})
+
+
+def delivery(attempt: int) -> SimpleNamespace:
+    return SimpleNamespace(body=b"{}", headers={"x-attempt": attempt, "ce-type": "t"},
+                           message_id="m1", correlation_id="o1", type="t",
+                           content_type="application/json")
+
+
+@pytest.fixture
+def policy() -> tuple[RetryPolicy, RecordingBroker]:
+    broker = RecordingBroker()
+    return RetryPolicy(broker, "order", (100, 500, 2000)), broker  # type: ignore[arg-type]
+
+
+async def test_a_not_yet_applicable_event_is_retried_with_growing_delay(policy):
+    retries, broker = policy
+    for attempt, delay in ((1, "100"), (2, "500"), (3, "2000")):
+        assert await retries.reroute(delivery(attempt), "order.q", RetryLater("x")) == "retry"
+        assert broker.published[-1]["exchange"] is topology.RETRY
+        assert broker.published[-1]["headers"]["retry-delay-ms"] == delay
+        assert broker.published[-1]["headers"]["x-attempt"] == attempt + 1
+
+
+async def test_after_the_last_attempt_it_is_parked_with_its_story(policy):
+    retries, broker = policy
+    assert await retries.reroute(delivery(4), "order.q", RetryLater("still not")) == "parked"
+    parked = broker.published[-1]
+    assert parked["exchange"] is topology.DEAD_LETTERS and parked["routing_key"] == "order"
+    assert parked["headers"]["x-attempts"] == 4
+    assert "still not" in parked["headers"]["x-dead-letter-reason"]
+    assert parked["headers"]["ce-type"] == "t"
+
+
+async def test_poison_is_parked_at_once(policy):
+    retries, broker = policy
+    assert await retries.reroute(delivery(1), "order.q", Poison("bad")) == "parked"
+    assert broker.published[-1]["headers"]["x-attempts"] == 1
+
+
+@pytest.mark.parametrize("outage", [ConnectionRefusedError(), TimeoutError(),
+                                    asyncpg.exceptions.TooManyConnectionsError("full")])
+async def test_a_store_outage_is_retried_for_as_long_as_it_lasts(policy, outage):
+    retries, broker = policy
+    assert await retries.reroute(delivery(40), "order.q", outage) == "retry"
+    assert broker.published[-1]["headers"]["retry-delay-ms"] == "2000"  # the longest delay
