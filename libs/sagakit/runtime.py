@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -14,10 +16,10 @@ from faststream.middlewares import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.specification import AsyncAPI
 
-from sagakit import logs, metrics
+from sagakit import logs, metrics, postgres, telemetry
 from sagakit.consuming import RetryPolicy
 from sagakit.envelope import EventMeta
-from sagakit.outbox import EventPublisher
+from sagakit.outbox import EventPublisher, PostgresOutboxRelay
 from sagakit.settings import ServiceSettings
 from sagakit.topology import ConsumerQueue, Topology, dead_letter_queue
 
@@ -133,3 +135,40 @@ def serve(app_path: str, settings: ServiceSettings, service: str) -> None:
         timeout_keep_alive=75,
         proxy_headers=True,
     )
+
+
+def postgres_lifespan(
+    service: str, settings: Any, messaging: Messaging, migrations: Path,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The lifecycle of a PostgreSQL-backed service (order, payment), in the order that loses
+    nothing: migrate, start consuming and relaying; on stop, stop consuming (in-flight handlers
+    finish), flush the outbox, then close the connections and flush telemetry."""
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        telemetry.setup(service)
+        pool = await postgres.create_pool(settings.database_url, max_size=settings.db_pool_size)
+        await postgres.migrate(pool, [migrations])
+        app.state.pool, app.state.settings = pool, settings
+        relay = PostgresOutboxRelay(pool, settings.database_url, messaging.publisher)
+        await messaging.start()
+        await relay.start()
+        try:
+            yield
+        finally:
+            await messaging.stop_consuming()  # first, letting in-flight handlers finish
+            await relay.stop()  # then publish what they committed
+            await messaging.close()
+            await pool.close()
+            telemetry.shutdown()  # last: flush the spans and logs of everything above
+
+    return lifespan
+
+
+def database_ready(app: FastAPI) -> Callable[[], Awaitable[bool]]:
+    """A readiness check: the service's own database answers."""
+
+    async def check() -> bool:
+        async with app.state.pool.acquire() as conn:
+            return bool(await conn.fetchval("SELECT 1"))
+
+    return check

@@ -1,21 +1,15 @@
-"""Composition root of the order service: settings, telemetry, pool, broker, relay, HTTP app,
-lifespan."""
+"""Composition root of the order service: settings, broker, handlers, HTTP app; the lifecycle
+(pool, migrations, outbox relay, telemetry) is sagakit.runtime.postgres_lifespan."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-
-from fastapi import FastAPI
 
 from order import api, handlers, metrics
 from order.settings import OrderSettings
-from sagakit import postgres, telemetry
 from sagakit.deadletters import dead_letters_router, unrouted_router
 from sagakit.metrics import add_metrics_route
-from sagakit.outbox import PostgresOutboxRelay
-from sagakit.runtime import Messaging, add_asyncapi_route
+from sagakit.runtime import Messaging, add_asyncapi_route, database_ready, postgres_lifespan
 from sagakit.web import create_app
 
 SERVICE = "order"
@@ -23,37 +17,14 @@ settings = OrderSettings()
 messaging = Messaging(SERVICE, settings, handlers.QUEUES)
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    telemetry.setup(SERVICE)
-    pool = await postgres.create_pool(settings.database_url, max_size=settings.db_pool_size)
-    await postgres.migrate(pool, [Path(__file__).with_name("migrations")])
-    app.state.pool, app.state.settings = pool, settings
-    relay = PostgresOutboxRelay(pool, settings.database_url, messaging.publisher)
-    await messaging.start()
-    await relay.start()
-    try:
-        yield
-    finally:
-        await messaging.stop_consuming()  # first, letting in-flight handlers finish
-        await relay.stop()  # then publish what they committed
-        await messaging.close()
-        await pool.close()
-        telemetry.shutdown()  # last: flush the spans and logs of everything above
-
-
-async def _database_ready() -> bool:
-    async with app.state.pool.acquire() as conn:
-        return bool(await conn.fetchval("SELECT 1"))
-
-
 app = create_app(
     SERVICE,
     title="saga-shop order service",
     description="Places orders and runs the order saga. Orders are accepted at once (202) and "
     "move through payment and the kitchen by events; follow one with GET /api/v1/orders/{id}.",
-    lifespan=lifespan,
-    readiness=lambda app: {"database": _database_ready, "broker": messaging.ready},
+    lifespan=postgres_lifespan(SERVICE, settings, messaging,
+                               Path(__file__).with_name("migrations")),
+    readiness=lambda app: {"database": database_ready(app), "broker": messaging.ready},
 )
 app.include_router(api.router)
 app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_url))
