@@ -8,7 +8,6 @@ gateway rate limit no benchmark reaches.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import redis
 
 from bench.raw_pipeline import fresh_vhost
@@ -72,15 +70,6 @@ def bench_env(base: Mapping[str, str], *, replicas: int,
     }
 
 
-async def _drop_databases(admin_url: str, names: list[str]) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        for name in names:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @contextmanager
 def own_stack(run_dir: Path, *, replicas: int = 1,
               extra: Mapping[str, str] | None = None) -> Iterator[Target]:
@@ -88,8 +77,7 @@ def own_stack(run_dir: Path, *, replicas: int = 1,
     env = bench_env(os.environ, replicas=replicas, extra=extra or {})
     env["SAGA_RUN_DIR"] = str(run_dir)
     native.down(run_dir)
-    asyncio.run(_drop_databases(env["POSTGRES_ADMIN_URL"],
-                                [f"orders{DB_SUFFIX}", f"payments{DB_SUFFIX}"]))
+    native.drop_service_databases(env)
     redis.Redis.from_url(env["PRODUCTION_REDIS_URL"]).flushdb()
     fresh_vhost(env["RABBITMQ_URL"], VHOST)  # nothing an earlier run left in a queue
     try:

@@ -32,7 +32,6 @@ import pytest
 import redis
 
 from deploy import native
-from tests.e2e.conftest import _drop_databases
 
 REPO = Path(__file__).resolve().parents[2]
 _BASE = int(os.environ.get("TEST_PORT_BASE", "18000")) + 500
@@ -98,8 +97,7 @@ def chaos(infra) -> Iterator[ChaosStack]:
         "GATEWAY_API_KEYS": API_KEY,
         **{f"{s.upper()}_REPLICAS": str(n) for s, n in REPLICAS.items()},
     }
-    asyncio.run(_drop_databases(infra.postgres_admin_url,
-                                [f"orders{DB_SUFFIX}", f"payments{DB_SUFFIX}"]))
+    native.drop_service_databases(env)
     redis.Redis.from_url(redis_url).flushdb()
     native.up(env, RUN_DIR, timeout=120)
     try:

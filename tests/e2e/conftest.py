@@ -17,7 +17,6 @@ The services export their spans and logs over OTLP/HTTP to a receiver the tests 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import redis
@@ -52,15 +50,6 @@ class Stack:
     base_url: str
     rabbitmq_url: str
     env: dict[str, str]
-
-
-async def _drop_databases(admin_url: str, names: list[str]) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        for name in names:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +90,7 @@ def stack(infra, otlp: Receiver) -> Iterator[Stack]:
         "GATEWAY_RATE_BURST": str(RATE_BURST),
         **{f"{service.upper()}_REPLICAS": str(REPLICAS) for service in native.SERVICES},
     }
-    asyncio.run(_drop_databases(infra.postgres_admin_url,
-                                [f"orders{DB_SUFFIX}", f"payments{DB_SUFFIX}"]))
+    native.drop_service_databases(env)
     redis.Redis.from_url(infra.redis_url).flushdb()
     native.up(env, RUN_DIR, timeout=120)
     try:
