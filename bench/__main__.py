@@ -132,6 +132,11 @@ def summarise(args: argparse.Namespace, started: datetime, result: load.LoadResu
               load_before: list[float]) -> dict[str, Any]:
     saga = report.saga_figures(result)
     rate = ceiling["sagas_per_s"] if ceiling else None
+    if saga["completed"]:
+        # What one saga costs each process: robust to a busy machine, unlike the rates.
+        per = {name: round(1000 * seconds / saga["completed"], 2)
+               for name, seconds in cpu["cpu_seconds"].items()}
+        cpu["ms_per_saga"] = {**per, "total": round(sum(per.values()), 2)}
     completed = saga["completed_per_s"]
     return {
         "started_at": started.isoformat(timespec="seconds"),
@@ -198,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: errors {figures['errors'] or 'none'}; cpu % of a core "
           f"{figures['cpu']['cpu_percent_of_one_core']}; machine busy "
           f"{figures['machine']['busy_percent_during_load']}%")
+    print(f"bench: cpu ms per saga {figures['cpu'].get('ms_per_saga')}")
     print(f"bench: wrote {json_path}" + (f" and {png_path}" if png_path else ""))
     return 0 if figures["error_count"] == 0 else 1
 

@@ -3,7 +3,8 @@
 The own stack follows tests/e2e/conftest.py's recipe on the benchmark's reserved resources: ports
 58500s (gateway 58580, services 58501-58503, replicas +10), databases ``*_bench`` (dropped and
 re-created each run), RabbitMQ vhost ``saga_bench``, Redis database 9, kitchen preparation 0 and a
-gateway rate limit no benchmark reaches.
+gateway rate limit no benchmark reaches. ``BENCH_PORT_BASE``, ``BENCH_DB_SUFFIX``, ``BENCH_VHOST``
+and ``BENCH_REDIS_DB`` move it elsewhere.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import redis
 from bench.raw_pipeline import fresh_vhost
 from deploy import native
 
-PORT_BASE = 58500  # the test session of this branch uses 58000-58100
-DB_SUFFIX = "_bench"
-VHOST = "saga_bench"
-REDIS_DB = 9
+# Overridable, so that two benchmarks (say, two branches being compared) can run side by side.
+PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "58500"))
+DB_SUFFIX = os.environ.get("BENCH_DB_SUFFIX", "_bench")
+VHOST = os.environ.get("BENCH_VHOST", "saga_bench")
+REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "9"))
 API_KEY = "bench-key-0123456789"
 
 

@@ -46,6 +46,10 @@ def test_a_small_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
     assert report["ceiling"]["sagas_per_s"] > 0
     assert report["efficiency"] is not None and report["efficiency"] > 0
     assert {"order", "gateway"} <= report["cpu"]["cpu_seconds"].keys()
+    per_saga = report["cpu"]["ms_per_saga"]
+    assert per_saga["order"] > 0
+    assert per_saga["total"] == pytest.approx(
+        sum(v for k, v in per_saga.items() if k != "total"), abs=0.05)
 
     json_path, _ = write(report, tmp_path)
     assert json.loads(json_path.read_text())["efficiency"] == report["efficiency"]
