@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -36,7 +37,8 @@ from faststream.exceptions import HandlerException, SubscriberNotFound
 from faststream.rabbit import RabbitBroker
 from pydantic import ValidationError
 
-from sagakit import metrics, telemetry, topology
+from sagakit import logs, metrics, telemetry, topology
+from sagakit.envelope import EventMeta
 
 log = logging.getLogger("sagakit.consuming")
 
@@ -57,6 +59,23 @@ OUTAGE: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 )
 POISON = (ValidationError, json.JSONDecodeError, UnicodeDecodeError, SubscriberNotFound, Poison)
+
+
+# The envelope of the delivery being handled, set by the middleware for the handler's task.
+_delivery: ContextVar[EventMeta | ValueError] = ContextVar("saga_delivery")
+
+
+def current_event() -> EventMeta:
+    """The envelope (id, type, subject, attempt) of the event the running handler consumes.
+
+    Read from the context the middleware set, not from a ``message`` handler parameter:
+    FastStream resolves such a parameter through fast_depends, which runs the resolution of a
+    context field in a worker thread, a thread hop per delivery.
+    """
+    meta = _delivery.get()
+    if isinstance(meta, ValueError):
+        raise Poison(str(meta))  # no event id: it can never be recorded in an inbox
+    return meta
 
 
 def describe(exc: BaseException) -> str:
@@ -140,6 +159,14 @@ class RetryPolicy:
                 raw: IncomingMessage = self.msg  # type: ignore[assignment]
                 self.queue: str = self.context.get_local("handler_").queue.name
                 self.event_type = str((raw.headers or {}).get("ce-type") or raw.routing_key)
+                try:
+                    meta = EventMeta.from_headers(raw.headers or {}, raw.message_id)
+                except ValueError as exc:
+                    _delivery.set(exc)
+                else:
+                    _delivery.set(meta)
+                    logs.event_id_var.set(str(meta.id))
+                    logs.order_id_var.set(meta.subject or None)
                 # Open until after_processed, so the retry-or-park below is in the span too.
                 self.scope = ExitStack()
                 self.span = self.scope.enter_context(telemetry.consuming(raw, self.queue))

@@ -149,18 +149,19 @@ class PostgresOutboxRelay(_Relay):
         await super()._wait_for_work()
 
     async def drain_once(self) -> int:
+        # Take a batch (rows other relays hold are skipped), publish, and only then commit the
+        # delete: if a publish is not confirmed the transaction rolls back and the rows stay.
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT seq, event_id, event_type, subject, headers, body FROM outbox"
-                " ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT $1"
+                " FOR UPDATE SKIP LOCKED)"
+                " RETURNING seq, event_id, event_type, subject, headers, body",
                 self.batch_size,
             )
             if not rows:
                 return 0
+            rows = sorted(rows, key=lambda r: r["seq"])  # RETURNING keeps no order
             await self.publisher.publish_all([row_to_event(r) for r in rows])
-            await conn.execute(
-                "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [r["seq"] for r in rows]
-            )
         return len(rows)
 
     async def backlog(self) -> int:

@@ -17,7 +17,7 @@ from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.specification import AsyncAPI
 
 from sagakit import logs, metrics, postgres, telemetry
-from sagakit.consuming import RetryPolicy
+from sagakit.consuming import RetryPolicy, current_event
 from sagakit.envelope import EventMeta
 from sagakit.outbox import EventPublisher, PostgresOutboxRelay
 from sagakit.settings import ServiceSettings
@@ -94,22 +94,23 @@ class Messaging:
         return spec.to_specification().to_jsonable()  # type: ignore[no-any-return]
 
 
-def of_type(event_type: str) -> Callable[[Any], bool]:
-    """A FastStream filter routing a delivery to the handler of its CloudEvents type."""
+def of_type(event_type: str) -> Callable[[Any], Awaitable[bool]]:
+    """A FastStream filter routing a delivery to the handler of its CloudEvents type.
 
-    def matches(message: Any) -> bool:
-        return message.headers.get("ce-type") == event_type
+    A coroutine function on purpose: FastStream runs a plain function filter in a worker thread
+    (anyio's ``run_in_threadpool``), a thread hop per handler tried for every delivery.
+    """
+
+    async def matches(message: Any) -> bool:
+        return bool(message.headers.get("ce-type") == event_type)
 
     matches.__name__ = f"of_type_{event_type.replace('.', '_')}"
     return matches
 
 
-def event_meta(message: Any) -> EventMeta:
-    """Read the envelope of the delivery and put its ids into the log context."""
-    meta = EventMeta.from_headers(message.headers, message.message_id)
-    logs.event_id_var.set(str(meta.id))
-    logs.order_id_var.set(meta.subject or None)
-    return meta
+def event_meta() -> EventMeta:
+    """The envelope of the event the running handler consumes (its ids are in the log context)."""
+    return current_event()
 
 
 def add_asyncapi_route(app: FastAPI, service: str, messaging: Messaging) -> None:

@@ -1,7 +1,8 @@
 """OpenTelemetry for a saga-shop service: traces, exported logs, and the spans of its messages.
 
 Configured only by the standard ``OTEL_*`` variables (``OTEL_SERVICE_NAME``,
-``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_SCHEDULE_DELAY`` ...).
+``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_SCHEDULE_DELAY``,
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` ...).
 Spans, and so trace ids, exist whether or not anything is exported: the JSON logs and the order
 API show real trace ids in every run mode. Spans and log records leave the process, over
 OTLP/HTTP, only when an endpoint is configured.
@@ -82,8 +83,14 @@ def setup(service: str) -> None:
         _log_handler.addFilter(_with_work_ids)
         logging.getLogger().addHandler(_log_handler)
 
-    AsyncPGInstrumentor().instrument()
-    RedisInstrumentor().instrument()
+    # A span per SQL statement or Redis command: the standard switch turns them off (say,
+    # OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=asyncpg) while the message and request spans stay.
+    disabled = {name.strip() for name in
+                os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    if "asyncpg" not in disabled:
+        AsyncPGInstrumentor().instrument()
+    if "redis" not in disabled:
+        RedisInstrumentor().instrument()
 
 
 def shutdown() -> None:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
-from faststream.rabbit.annotations import RabbitMessage
 from pydantic import BaseModel
 
 from sagakit.consuming import RetryLater
@@ -35,8 +34,8 @@ async def harness(rabbitmq_url: str) -> AsyncIterator[dict]:
     sub = messaging.subscriber(QUEUE, "test probe")
 
     @sub(filter=of_type("probe.ping"))
-    async def on_ping(body: Ping, message: RabbitMessage) -> None:
-        meta = event_meta(message)
+    async def on_ping(body: Ping) -> None:
+        meta = event_meta()
         seen.setdefault(body.n, []).append(meta.attempt)
         if len(seen[body.n]) <= body.fail_times:
             raise RetryLater("not yet")

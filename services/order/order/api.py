@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
@@ -130,6 +131,11 @@ async def _view(request: Request, order_id: UUID) -> OrderOut:
             raise ApiError(404, "Order not found", f"no order with id {order_id}",
                            field="order_id")
         steps = await store.timeline(conn, order_id)
+    return _order_out(request, row, steps)
+
+
+def _order_out(request: Request, row: Mapping[str, Any],
+               steps: list[Mapping[str, Any]]) -> OrderOut:
     return OrderOut(
         id=row["id"], status=row["status"],
         customer=CustomerOut(name=row["customer_name"], email=mask_email(row["customer_email"])),
@@ -172,11 +178,12 @@ async def place_order(
     pool = _pool(request)
     try:
         await service.ensure_token_known(pool, body.payment_token, settings.token_wait_seconds)
-        order_id, created = await service.place_order(
+        order_id, row = await service.place_order(
             pool, name=body.customer.name, email=body.customer.email,
             items=[(i.sku, i.quantity) for i in body.items], payment_token=body.payment_token,
             currency=settings.currency, idempotency_key=idempotency_key,
-            fingerprint=service.request_fingerprint(body.model_dump()),
+            fingerprint=service.request_fingerprint(body.model_dump()) if idempotency_key
+            else "",
         )
     except service.UnknownPaymentToken:
         raise ApiError(422, "Unknown payment token",
@@ -192,9 +199,13 @@ async def place_order(
                        "this Idempotency-Key was used with a different request body",
                        field="Idempotency-Key") from None
     response.headers["Location"] = f"/api/v1/orders/{order_id}"
-    if not created:
+    if row is None:
         response.headers["Idempotent-Replayed"] = "true"
-    return await _view(request, order_id)
+        return await _view(request, order_id)
+    # A new order is answered from the row its insert returned: no read back.
+    first_step = {"status": row["status"], "at": row["step_at"], "reason": None,
+                  "event_id": None, "trace_id": row["trace_id"]}
+    return _order_out(request, row, [first_step])
 
 
 @router.get("/orders", response_model=list[OrderSummary], tags=["orders"],

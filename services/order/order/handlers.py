@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import asyncpg
-from faststream.rabbit.annotations import RabbitMessage
 
 from order import service, store
 from order.domain import Trigger
@@ -48,60 +47,60 @@ def register(messaging: Messaging, pool: Callable[[], asyncpg.Pool]) -> None:
     kitchen = messaging.subscriber(PRODUCTION_EVENTS, "Kitchen progress of paid orders")
 
     @payments(filter=of_type(E.PAYMENT_PROCESSED))
-    async def on_payment_processed(event: PaymentProcessed, message: RabbitMessage) -> None:
+    async def on_payment_processed(event: PaymentProcessed) -> None:
         """Approved: the order is paid and goes to the kitchen. Declined: it is cancelled."""
         approved = event.outcome == "approved"
         trigger = Trigger.PAYMENT_APPROVED if approved else Trigger.PAYMENT_DECLINED
         reason = None if approved else f"payment declined: {event.reason or 'declined'}"
-        await service.advance(pool(), event.order_id, trigger, event_meta(message), reason)
+        await service.advance(pool(), event.order_id, trigger, event_meta(), reason)
 
     @payments(filter=of_type(E.PAYMENT_REFUNDED))
-    async def on_payment_refunded(event: PaymentRefunded, message: RabbitMessage) -> None:
+    async def on_payment_refunded(event: PaymentRefunded) -> None:
         await service.advance(pool(), event.order_id, Trigger.PAYMENT_REFUNDED,
-                              event_meta(message))
+                              event_meta())
 
     @payments(filter=of_type(E.PAYMENT_VOIDED))
-    async def on_payment_voided(event: PaymentVoided, message: RabbitMessage) -> None:
+    async def on_payment_voided(event: PaymentVoided) -> None:
         await service.advance(pool(), event.order_id, Trigger.PAYMENT_VOIDED,
-                              event_meta(message))
+                              event_meta())
 
     @payments(filter=of_type(E.CARD_TOKENIZED))
-    async def on_card_tokenized(event: CardTokenized, message: RabbitMessage) -> None:
+    async def on_card_tokenized(event: CardTokenized) -> None:
         """Keep a local list of valid tokens so the order API can check one without HTTP."""
-        event_meta(message)
+        event_meta()
         async with pool().acquire() as conn:
             await store.remember_token(conn, event.token, event.brand, event.last4,
                                        event.created_at)
 
     @kitchen(filter=of_type(E.PRODUCTION_QUEUED))
-    async def on_production_queued(event: ProductionQueued, message: RabbitMessage) -> None:
+    async def on_production_queued(event: ProductionQueued) -> None:
         await service.advance(pool(), event.order_id, Trigger.PRODUCTION_QUEUED,
-                              event_meta(message))
+                              event_meta())
 
     @kitchen(filter=of_type(E.PRODUCTION_STARTED))
-    async def on_production_started(event: ProductionStarted, message: RabbitMessage) -> None:
+    async def on_production_started(event: ProductionStarted) -> None:
         await service.advance(pool(), event.order_id, Trigger.PRODUCTION_STARTED,
-                              event_meta(message))
+                              event_meta())
 
     @kitchen(filter=of_type(E.ORDER_FINISHED))
-    async def on_order_finished(event: OrderFinished, message: RabbitMessage) -> None:
+    async def on_order_finished(event: OrderFinished) -> None:
         await service.advance(pool(), event.order_id, Trigger.PRODUCTION_FINISHED,
-                              event_meta(message))
+                              event_meta())
 
     @kitchen(filter=of_type(E.PRODUCTION_FAILED))
-    async def on_production_failed(event: ProductionFailed, message: RabbitMessage) -> None:
+    async def on_production_failed(event: ProductionFailed) -> None:
         """The kitchen cannot make it: cancel, which makes payment refund the charge."""
         reason = f"production failed: {event.reason}"
         await service.advance(pool(), event.order_id, Trigger.PRODUCTION_FAILED,
-                              event_meta(message), reason)
+                              event_meta(), reason)
 
     @kitchen(filter=of_type(E.PRODUCTION_CANCELLED))
-    async def on_production_cancelled(event: ProductionCancelled, message: RabbitMessage) -> None:
+    async def on_production_cancelled(event: ProductionCancelled) -> None:
         """The kitchen dropped the ticket the customer asked to cancel: now compensate."""
         await service.advance(pool(), event.order_id, Trigger.PRODUCTION_CANCELLED,
-                              event_meta(message), service.CUSTOMER_REASON)
+                              event_meta(), service.CUSTOMER_REASON)
 
     @kitchen(filter=of_type(E.PRODUCTION_CANCEL_REFUSED))
-    async def on_cancel_refused(event: ProductionCancelRefused, message: RabbitMessage) -> None:
+    async def on_cancel_refused(event: ProductionCancelRefused) -> None:
         await service.note_cancel_refused(pool(), event.order_id, event.reason,
-                                          event_meta(message))
+                                          event_meta())

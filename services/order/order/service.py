@@ -1,14 +1,18 @@
 """The order service's use cases: place and cancel an order, and move it along the saga.
 
-Each use case is one database transaction in which the order changes, its timeline grows and
-the events it causes are written to the outbox; nothing is published directly.
+Each change is one atomic write in which the order changes, its timeline grows and the events
+it causes are written to the outbox; nothing is published directly. A saga step reads the order,
+lets order.domain decide, and writes the decision only if the order is still as it was read
+(optimistic concurrency, see order.store.transition); otherwise it reads and decides again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
+import time
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -19,6 +23,7 @@ from order.domain import (
     TERMINAL,
     CancelRoute,
     OrderRef,
+    Product,
     Status,
     Trigger,
     Verdict,
@@ -39,7 +44,8 @@ from sagakit.events import (
     OrderLine,
 )
 from sagakit.events import OrderReceived as OrderReceivedEvent
-from sagakit.postgres import add_to_outbox, first_delivery
+from sagakit.ordering import InArrivalOrder
+from sagakit.postgres import first_delivery
 
 log = logging.getLogger("order.service")
 SOURCE = "saga-shop/order"
@@ -93,44 +99,73 @@ def request_fingerprint(payload: dict[str, object]) -> str:
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+class Menu:
+    """The menu, read from the database at most every ``ttl`` seconds per process.
+
+    Every order is priced from it, so reading it per request was a query per order for a table
+    that changes only when an operator edits prices; a change shows within ``ttl``.
+    """
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._products: dict[str, Product] = {}
+        self._expires = 0.0
+
+    async def get(self, pool: asyncpg.Pool) -> dict[str, Product]:
+        now = time.monotonic()
+        if now >= self._expires:
+            async with pool.acquire() as conn:
+                self._products = await store.menu(conn)
+            self._expires = now + self.ttl
+        return self._products
+
+
+MENU = Menu()
+
+
 async def place_order(
     pool: asyncpg.Pool, *, name: str, email: str, items: list[tuple[str, int]],
     payment_token: str, currency: str, idempotency_key: str | None, fingerprint: str,
-) -> tuple[UUID, bool]:
-    """Create the order and its ``order.created`` event; returns (order id, newly created)."""
+) -> tuple[UUID, asyncpg.Record | None]:
+    """Create the order and its ``order.created`` event in one statement.
+
+    Returns the order id and the new order's row, or no row when an earlier request with the
+    same ``Idempotency-Key`` created it (a replay).
+    """
+    priced = price(await MENU.get(pool), items)  # unknown skus fail before anything is written
+    order_id = uuid4()
+    logs.order_id_var.set(str(order_id))
+    created = _event(OrderCreated(
+        order_id=order_id, amount=priced.total, currency=currency, payment_token=payment_token,
+        lines=tuple(OrderLine(sku=x.sku, name=x.name, quantity=x.quantity,
+                              unit_price=x.unit_price) for x in priced.lines),
+    ), order_id)
+    new_order = functools.partial(
+        store.insert_order, order_id=order_id, name=name, email=email,
+        payment_token=payment_token, currency=currency, priced=priced,
+        trace_id=telemetry.trace_id(), announce=[created],
+    )
     async with pool.acquire() as conn:
-        if idempotency_key:
+        if not idempotency_key:
+            row = await new_order(conn)
+        else:
             existing = await store.idempotency_key(conn, idempotency_key)
             if existing is not None:
-                return _replay(existing, fingerprint), False
-        order_id = uuid4()
-        logs.order_id_var.set(str(order_id))
-        try:
-            async with conn.transaction():
-                priced = price(await store.menu(conn), items)
-                await store.insert_order(
-                    conn, order_id=order_id, name=name, email=email,
-                    payment_token=payment_token, currency=currency, priced=priced,
-                    trace_id=telemetry.trace_id(),
-                )
-                if idempotency_key and not await store.claim_idempotency_key(
-                    conn, idempotency_key, fingerprint, order_id
-                ):
-                    raise _LostRace
-                created = OrderCreated(
-                    order_id=order_id, amount=priced.total, currency=currency,
-                    payment_token=payment_token,
-                    lines=tuple(OrderLine(sku=x.sku, name=x.name, quantity=x.quantity,
-                                          unit_price=x.unit_price) for x in priced.lines),
-                )
-                await add_to_outbox(conn, _event(created, order_id))
-        except _LostRace:
-            # A concurrent request with the same key committed first: answer with its order.
-            existing = await store.idempotency_key(conn, idempotency_key or "")
-            assert existing is not None
-            return _replay(existing, fingerprint), False
+                return _replay(existing, fingerprint), None
+            try:
+                async with conn.transaction():
+                    row = await new_order(conn)
+                    if not await store.claim_idempotency_key(
+                        conn, idempotency_key, fingerprint, order_id
+                    ):
+                        raise _LostRace
+            except _LostRace:
+                # A concurrent request with the same key committed first: answer with its order.
+                existing = await store.idempotency_key(conn, idempotency_key)
+                assert existing is not None
+                return _replay(existing, fingerprint), None
     log.info("order placed", extra={"total": str(priced.total), "lines": len(priced.lines)})
-    return order_id, True
+    return order_id, row
 
 
 class _LostRace(Exception):
@@ -144,25 +179,18 @@ def _replay(existing: asyncpg.Record, fingerprint: str) -> UUID:
     return order_id
 
 
-async def _move(
-    conn: asyncpg.Connection, order: OrderRef, trigger: Trigger, *, reason: str | None,
-    event_id: UUID | None,
-) -> Status:
-    """Apply a legal transition: new status, timeline entry, and the events it announces."""
-    new = next_status(order.status, trigger)
-    await store.set_status(conn, order.id, new, reason=reason, event_id=event_id,
-                           trace_id=telemetry.trace_id())
+def _announcements(order: OrderRef, new: Status, trigger: Trigger,
+                   reason: str | None) -> list[OutgoingEvent]:
+    """The events a step announces: paid goes to the kitchen, cancelling asks for a refund."""
     if new is Status.PAID:
-        await add_to_outbox(conn, _event(OrderReceivedEvent(order_id=order.id,
-                                                            lines=_lines(order)), order.id))
-    elif new is Status.CANCELLING:
+        return [_event(OrderReceivedEvent(order_id=order.id, lines=_lines(order)), order.id)]
+    if new is Status.CANCELLING:
         by_customer = trigger in (Trigger.CUSTOMER_CANCELLED, Trigger.PRODUCTION_CANCELLED)
-        requested_by = "customer" if by_customer else "production"
-        await add_to_outbox(conn, _event(OrderCancelled(
-            order_id=order.id, reason=reason or str(trigger), requested_by=requested_by,
-        ), order.id))
-    log.info("order %s -> %s (%s)", order.status, new, trigger)
-    return new
+        return [_event(OrderCancelled(
+            order_id=order.id, reason=reason or str(trigger),
+            requested_by="customer" if by_customer else "production",
+        ), order.id)]
+    return []
 
 
 CUSTOMER_REASON = "cancelled by the customer"
@@ -173,21 +201,31 @@ async def cancel_order(pool: asyncpg.Pool, order_id: UUID) -> Status:
     asked first and compensation (the refund) follows only if it drops the ticket. Returns the
     order's status after the request."""
     logs.order_id_var.set(str(order_id))
-    async with pool.acquire() as conn, conn.transaction():
-        order = await store.lock(conn, order_id)
-        if order is None:
-            raise OrderNotFound(order_id)
-        route = cancel_route(order.status, already_requested=order.cancel_requested)
-        if route is CancelRoute.NOW:
-            return await _move(conn, order, Trigger.CUSTOMER_CANCELLED,
-                               reason=CUSTOMER_REASON, event_id=None)
-        if route is CancelRoute.ASK_KITCHEN:
-            await store.mark_cancel_requested(conn, order.id)
-            await add_to_outbox(conn, _event(OrderCancellationRequested(
-                order_id=order.id, reason=CUSTOMER_REASON), order.id))
-            log.info("cancellation requested from the kitchen")
-            return order.status
-        raise CannotCancel(order.status, already_requested=order.cancel_requested)
+    async with pool.acquire() as conn:
+        while True:  # ends: each lost race is a step of the order, and an order has few
+            order, _ = await store.read(conn, order_id)
+            if order is None:
+                raise OrderNotFound(order_id)
+            route = cancel_route(order.status, already_requested=order.cancel_requested)
+            if route is CancelRoute.NOW:
+                trigger = Trigger.CUSTOMER_CANCELLED
+                new = next_status(order.status, trigger)
+                if await store.transition(
+                    conn, order, new, reason=CUSTOMER_REASON, event=None,
+                    trace_id=telemetry.trace_id(),
+                    announce=_announcements(order, new, trigger, CUSTOMER_REASON),
+                ):
+                    log.info("order %s -> %s (%s)", order.status, new, trigger)
+                    return new
+            elif route is CancelRoute.ASK_KITCHEN:
+                if await store.mark_cancel_requested(conn, order, [_event(
+                    OrderCancellationRequested(order_id=order.id, reason=CUSTOMER_REASON),
+                    order.id,
+                )]):
+                    log.info("cancellation requested from the kitchen")
+                    return order.status
+            else:
+                raise CannotCancel(order.status, already_requested=order.cancel_requested)
 
 
 async def note_cancel_refused(pool: asyncpg.Pool, order_id: UUID, reason: str,
@@ -198,10 +236,13 @@ async def note_cancel_refused(pool: asyncpg.Pool, order_id: UUID, reason: str,
             log.warning("the kitchen refused the cancellation: %s", reason)
 
 
-# An event that overtook its predecessor (they travel concurrently) usually finds it applied a
-# few milliseconds later: look again briefly in-process before handing it to the broker's
-# slower retry queue, which stays the backstop.
+# An event that overtook its predecessor (say, production.started of an order whose
+# production.queued another replica still handles) usually finds it applied a few milliseconds
+# later: look again briefly in-process before handing it to the broker's slower retry queue,
+# which stays the backstop.
 EARLY_RECHECKS_S = (0.005, 0.02, 0.05)
+# Events of one order reaching this process are applied in the order they arrived.
+IN_ARRIVAL_ORDER = InArrivalOrder()
 
 
 async def advance(
@@ -211,31 +252,38 @@ async def advance(
     """Apply one saga event to its order, exactly once in effect."""
     for pause in (*EARLY_RECHECKS_S, None):
         try:
-            await _advance_once(pool, order_id, trigger, meta, reason)
+            async with IN_ARRIVAL_ORDER.hold(order_id):
+                await _advance_once(pool, order_id, trigger, meta, reason)
             return
         except RetryLater:
             if pause is None:
                 raise
-            await asyncio.sleep(pause)
+            await asyncio.sleep(pause)  # not holding the order: its predecessor may be queued
 
 
 async def _advance_once(
     pool: asyncpg.Pool, order_id: UUID, trigger: Trigger, meta: EventMeta, reason: str | None,
 ) -> None:
     async with pool.acquire() as conn:
-        async with conn.transaction():
-            if not await first_delivery(conn, meta):
-                log.info("duplicate %s ignored", meta.type)
-                return
-            order = await store.lock(conn, order_id)
+        while True:  # ends: each lost race is a step of the order, and an order has few
+            order, seen = await store.read(conn, order_id, meta.id)
             if order is None:
                 raise Poison(f"{meta.type} for an order this service never created: {order_id}")
+            if seen:
+                log.info("duplicate %s ignored", meta.type)
+                return
             verdict = judge(order.status, trigger)
             if verdict is Verdict.EARLY:
                 raise RetryLater(f"'{trigger}' arrived while the order is {order.status}")
             if verdict is Verdict.STALE:
                 log.info("'%s' ignored: the order is already %s", trigger, order.status)
                 return
-            new = await _move(conn, order, trigger, reason=reason, event_id=meta.id)
-        if new in TERMINAL:  # committed: this order's saga is over
-            metrics.saga_ended(new, order.accepted_at)
+            new = next_status(order.status, trigger)
+            if await store.transition(
+                conn, order, new, reason=reason, event=meta, trace_id=telemetry.trace_id(),
+                announce=_announcements(order, new, trigger, reason),
+            ):
+                break
+    log.info("order %s -> %s (%s)", order.status, new, trigger)
+    if new in TERMINAL:  # committed: this order's saga is over
+        metrics.saga_ended(new, order.accepted_at)

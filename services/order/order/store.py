@@ -1,8 +1,13 @@
-"""SQL for the order service (asyncpg). Every function takes the connection of the caller's
-transaction, so a use case decides what commits together."""
+"""SQL for the order service (asyncpg).
+
+A saga step is two round trips: :func:`read` the order, decide in Python (order.domain), then
+:func:`transition` writes the decision, its timeline entry, the inbox record and the outbox
+events in one statement that applies only if the order did not change in between.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -11,6 +16,8 @@ from uuid import UUID
 import asyncpg
 
 from order.domain import Line, OrderRef, PricedOrder, Product, Status
+from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.postgres import OUTBOX_CTE, outbox_columns
 
 
 async def menu(conn: asyncpg.Connection) -> dict[str, Product]:
@@ -35,61 +42,101 @@ def _lines(raw: list[dict[str, Any]]) -> tuple[Line, ...]:
     )
 
 
+_PLACE = (
+    "WITH placed AS ("
+    " INSERT INTO orders (id, status, customer_name, customer_email, payment_token, currency,"
+    " total, lines, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *),"
+    " step AS (INSERT INTO order_timeline (order_id, status, trace_id)"
+    " SELECT id, status, trace_id FROM placed RETURNING at),"
+    " sent AS (" + OUTBOX_CTE.format(10, 11, 12, 13, 14, rows="placed") + ")"
+    " SELECT placed.*, step.at AS step_at FROM placed, step"
+)
+
+
 async def insert_order(
     conn: asyncpg.Connection, *, order_id: UUID, name: str, email: str, payment_token: str,
-    currency: str, priced: PricedOrder, trace_id: str,
-) -> None:
-    await conn.execute(
-        "INSERT INTO orders (id, status, customer_name, customer_email, payment_token,"
-        " currency, total, lines, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        order_id, Status.PENDING_PAYMENT, name, email, payment_token, currency, priced.total,
-        _lines_json(priced.lines), trace_id,
+    currency: str, priced: PricedOrder, trace_id: str, announce: Sequence[OutgoingEvent],
+) -> asyncpg.Record:
+    """The new order, its first timeline entry and its events, in one statement (so one
+    round trip and one commit); returns the order's row (as :func:`fetch` would) plus
+    ``step_at``, the time of that first entry."""
+    row: asyncpg.Record = await conn.fetchrow(
+        _PLACE, order_id, Status.PENDING_PAYMENT, name, email, payment_token, currency,
+        priced.total, _lines_json(priced.lines), trace_id, *outbox_columns(announce),
     )
-    await append_timeline(conn, order_id, Status.PENDING_PAYMENT, None, None, trace_id)
+    return row
 
 
-async def append_timeline(
-    conn: asyncpg.Connection, order_id: UUID, status: Status, reason: str | None,
-    event_id: UUID | None, trace_id: str,
-) -> None:
-    await conn.execute(
-        "INSERT INTO order_timeline (order_id, status, reason, event_id, trace_id)"
-        " VALUES ($1, $2, $3, $4, $5)",
-        order_id, status, reason, event_id, trace_id,
-    )
-
-
-async def lock(conn: asyncpg.Connection, order_id: UUID) -> OrderRef | None:
-    """The order, locked until the transaction ends (one saga step at a time per order)."""
+async def read(
+    conn: asyncpg.Connection, order_id: UUID, event_id: UUID | None = None,
+) -> tuple[OrderRef | None, bool]:
+    """The order as it is now (no lock: see :func:`transition`), and whether the event
+    ``event_id`` was applied to it already (the inbox)."""
     row = await conn.fetchrow(
-        "SELECT id, status, total, currency, lines, created_at, cancel_requested_at"
-        " FROM orders WHERE id = $1 FOR UPDATE",
-        order_id,
+        "SELECT id, status, version, total, currency, lines, created_at, cancel_requested_at,"
+        " EXISTS (SELECT 1 FROM inbox WHERE event_id = $2) AS seen FROM orders WHERE id = $1",
+        order_id, event_id,
     )
     if row is None:
-        return None
-    return OrderRef(row["id"], Status(row["status"]), row["total"], row["currency"],
-                    _lines(row["lines"]), row["created_at"],
-                    cancel_requested=row["cancel_requested_at"] is not None)
+        return None, False
+    order = OrderRef(row["id"], Status(row["status"]), row["total"], row["currency"],
+                     _lines(row["lines"]), row["created_at"], version=row["version"],
+                     cancel_requested=row["cancel_requested_at"] is not None)
+    return order, row["seen"]
 
 
-async def mark_cancel_requested(conn: asyncpg.Connection, order_id: UUID) -> None:
-    await conn.execute(
-        "UPDATE orders SET cancel_requested_at = now(), updated_at = now() WHERE id = $1",
-        order_id,
+# One statement, so it commits or not as a whole: the status (only if the order is still at
+# the version the caller decided on), its timeline entry, the consumed event in the inbox and
+# the events the step announces. Each CTE after ``moved`` inserts nothing when ``moved`` is
+# empty, i.e. when another step of the order committed first.
+_TRANSITION = (
+    "WITH moved AS ("
+    " UPDATE orders SET status = $3, version = version + 1, updated_at = now(),"
+    " cancellation_reason = COALESCE(cancellation_reason, $4)"
+    " WHERE id = $1 AND version = $2 RETURNING id),"
+    " step AS (INSERT INTO order_timeline (order_id, status, reason, event_id, trace_id)"
+    " SELECT id, $3, $5, $6, $7 FROM moved),"
+    " noted AS (INSERT INTO inbox (event_id, event_type)"
+    " SELECT $6, $8 FROM moved WHERE $8::text IS NOT NULL ON CONFLICT DO NOTHING),"
+    " sent AS (" + OUTBOX_CTE.format(9, 10, 11, 12, 13, rows="moved") + ")"
+    " SELECT count(*) FROM moved"
+)
+
+
+async def transition(
+    conn: asyncpg.Connection, order: OrderRef, status: Status, *, reason: str | None,
+    event: EventMeta | None, trace_id: str, announce: Sequence[OutgoingEvent] = (),
+) -> bool:
+    """Move ``order`` to ``status`` if it is still as it was read; False if it changed since.
+
+    This is optimistic concurrency instead of ``SELECT ... FOR UPDATE``: two round trips per
+    step (read, then this) and no transaction held open while Python decides. A False means
+    another step committed in between: read again and decide again.
+    """
+    cancelling = status in (Status.CANCELLING, Status.CANCELLED)
+    moved = await conn.fetchval(
+        _TRANSITION, order.id, order.version, status, reason if cancelling else None, reason,
+        event.id if event else None, trace_id, event.type if event else None,
+        *outbox_columns(announce),
     )
+    return bool(moved)
 
 
-async def set_status(
-    conn: asyncpg.Connection, order_id: UUID, status: Status, *, reason: str | None,
-    event_id: UUID | None, trace_id: str,
-) -> None:
-    await conn.execute(
-        "UPDATE orders SET status = $2, updated_at = now(),"
-        " cancellation_reason = COALESCE(cancellation_reason, $3) WHERE id = $1",
-        order_id, status, reason if status in (Status.CANCELLING, Status.CANCELLED) else None,
-    )
-    await append_timeline(conn, order_id, status, reason, event_id, trace_id)
+_REQUEST_CANCEL = (
+    "WITH marked AS ("
+    " UPDATE orders SET cancel_requested_at = now(), version = version + 1, updated_at = now()"
+    " WHERE id = $1 AND version = $2 RETURNING id),"
+    " sent AS (" + OUTBOX_CTE.format(3, 4, 5, 6, 7, rows="marked") + ")"
+    " SELECT count(*) FROM marked"
+)
+
+
+async def mark_cancel_requested(
+    conn: asyncpg.Connection, order: OrderRef, announce: Sequence[OutgoingEvent],
+) -> bool:
+    """Note the customer's request (the status stays), as :func:`transition` does a step."""
+    return bool(await conn.fetchval(_REQUEST_CANCEL, order.id, order.version,
+                                    *outbox_columns(announce)))
 
 
 async def fetch(conn: asyncpg.Connection, order_id: UUID) -> asyncpg.Record | None:

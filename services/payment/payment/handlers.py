@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import asyncpg
-from faststream.rabbit.annotations import RabbitMessage
 
 from payment import service
 from sagakit.events import EventType, OrderCancelled, OrderCreated
@@ -27,11 +26,11 @@ def register(messaging: Messaging, pool: Callable[[], asyncpg.Pool]) -> None:
                                                 "refund or void")
 
     @orders(filter=of_type(E.ORDER_CREATED))
-    async def on_order_created(event: OrderCreated, message: RabbitMessage) -> None:
+    async def on_order_created(event: OrderCreated) -> None:
         """Charge the order once and announce payment.processed (approved or declined)."""
-        await service.charge_order(pool(), event, event_meta(message))
+        await service.charge_order(pool(), event, event_meta())
 
     @orders(filter=of_type(E.ORDER_CANCELLED))
-    async def on_order_cancelled(event: OrderCancelled, message: RabbitMessage) -> None:
+    async def on_order_cancelled(event: OrderCancelled) -> None:
         """Announce payment.refunded if the order was charged, else payment.voided."""
-        await service.refund_or_void(pool(), event, event_meta(message))
+        await service.refund_or_void(pool(), event, event_meta())

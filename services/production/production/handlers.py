@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from faststream.rabbit.annotations import RabbitMessage
-
 from production import service
 from production.store import ProductionStore
 from sagakit.events import EventType, OrderCancellationRequested, OrderCancelled, OrderReceived
@@ -30,18 +28,16 @@ def register(messaging: Messaging, store: Callable[[], ProductionStore]) -> None
     orders = messaging.subscriber(ORDER_EVENTS, "Paid orders for the kitchen, and cancellations")
 
     @orders(filter=of_type(E.ORDER_RECEIVED))
-    async def on_order_received(event: OrderReceived, message: RabbitMessage) -> None:
+    async def on_order_received(event: OrderReceived) -> None:
         """Reserve the stock and queue a ticket, or announce production.failed if stock is short."""
-        await service.receive_order(store(), event, event_meta(message))
+        await service.receive_order(store(), event, event_meta())
 
     @orders(filter=of_type(E.ORDER_CANCELLATION_REQUESTED))
-    async def on_cancellation_requested(
-        event: OrderCancellationRequested, message: RabbitMessage
-    ) -> None:
+    async def on_cancellation_requested(event: OrderCancellationRequested) -> None:
         """The customer wants out: drop a ticket no cook has started, else refuse."""
-        await service.request_cancel(store(), event, event_meta(message))
+        await service.request_cancel(store(), event, event_meta())
 
     @orders(filter=of_type(E.ORDER_CANCELLED))
-    async def on_order_cancelled(event: OrderCancelled, message: RabbitMessage) -> None:
+    async def on_order_cancelled(event: OrderCancelled) -> None:
         """Drop the order's ticket; stock comes back if no cook has started it."""
-        await service.cancel_order(store(), event, event_meta(message))
+        await service.cancel_order(store(), event, event_meta())

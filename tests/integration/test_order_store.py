@@ -1,0 +1,125 @@
+"""The order service's writes against a real PostgreSQL: each step applies once, atomically.
+
+A saga step reads the order, decides, and writes only if the order is still at the version it
+read (order.store.transition). These tests race two writers on one version, and check what
+one statement commits together, and that only writes that announce an event wake the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from order import store
+from order.domain import Line, OrderRef, PricedOrder, Status
+from sagakit import postgres
+from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.events import OrderCreated, OrderLine, OrderReceived
+from tests.conftest import Infra
+
+ROLE = "order_svc"
+MIGRATIONS = Path(__file__).parents[2] / "services" / "order" / "order" / "migrations"
+LINE = Line("burger-classic", "Classic burger", 2, Decimal("8.50"))
+
+
+@pytest.fixture(scope="module")
+async def pool(infra: Infra, own_name: str) -> AsyncIterator[asyncpg.Pool]:
+    url = infra.fresh_database(own_name, ROLE, ROLE)
+    created = await postgres.create_pool(url, max_size=4)
+    await postgres.migrate(created, [MIGRATIONS])
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+def _event(event: OrderCreated | OrderReceived) -> OutgoingEvent:
+    return OutgoingEvent.build(event, source="test", subject=str(event.order_id))
+
+
+async def _new_order(pool: asyncpg.Pool) -> OrderRef:
+    order_id = uuid4()
+    priced = PricedOrder((LINE,))
+    created = _event(OrderCreated(
+        order_id=order_id, amount=priced.total, currency="EUR", payment_token="tok_visa",
+        lines=(OrderLine(sku=LINE.sku, name=LINE.name, quantity=LINE.quantity,
+                         unit_price=LINE.unit_price),)))
+    async with pool.acquire() as conn:
+        row = await store.insert_order(
+            conn, order_id=order_id, name="Ana", email="ana@example.com",
+            payment_token="tok_visa", currency="EUR", priced=priced, trace_id="0" * 32,
+            announce=[created])
+        assert row["status"] == Status.PENDING_PAYMENT and row["step_at"] is not None
+        order, seen = await store.read(conn, order_id)
+    assert order is not None and not seen
+    return order
+
+
+def _meta() -> EventMeta:
+    return EventMeta(id=uuid4(), type="payment.processed", subject="", attempt=1)
+
+
+async def test_a_new_order_its_first_step_and_its_event_commit_in_one_statement(pool):
+    order = await _new_order(pool)
+    async with pool.acquire() as conn:
+        steps = await conn.fetch("SELECT status FROM order_timeline WHERE order_id = $1",
+                                 order.id)
+        events = await conn.fetch("SELECT event_type FROM outbox WHERE subject = $1",
+                                  str(order.id))
+    assert [s["status"] for s in steps] == ["pending_payment"]
+    assert [e["event_type"] for e in events] == ["order.created"]
+    assert order.version == 0 and order.lines == (LINE,)
+
+
+async def test_of_two_steps_decided_on_one_version_only_the_first_applies(pool):
+    order = await _new_order(pool)
+    first, second = _meta(), _meta()
+    received = [_event(OrderReceived(order_id=order.id, lines=()))]
+
+    async def step(meta: EventMeta) -> bool:
+        async with pool.acquire() as conn:
+            return await store.transition(conn, order, Status.PAID, reason=None, event=meta,
+                                          trace_id="0" * 32, announce=received)
+
+    outcomes = await asyncio.gather(step(first), step(second))
+    assert sorted(outcomes) == [False, True]
+    async with pool.acquire() as conn:
+        now, _ = await store.read(conn, order.id)
+        steps = await conn.fetchval(
+            "SELECT count(*) FROM order_timeline WHERE order_id = $1", order.id)
+        sent = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE subject = $1 AND event_type = 'order.received'",
+            str(order.id))
+        noted = await conn.fetchval(
+            "SELECT count(*) FROM inbox WHERE event_id = ANY($1::uuid[])", [first.id, second.id])
+        _, seen_winner = await store.read(conn, order.id, (first if outcomes[0] else second).id)
+    assert now is not None and now.status is Status.PAID and now.version == 1
+    assert (steps, sent, noted) == (2, 1, 1)  # the loser left no trace at all
+    assert seen_winner  # its redelivery will be recognised
+
+
+async def test_only_a_write_that_announces_an_event_wakes_the_relay(pool, infra, own_name):
+    order = await _new_order(pool)
+    woken: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(infra.postgres_url(own_name, ROLE, ROLE))
+    await listener.add_listener("outbox", lambda *args: woken.put_nowait(args[2]))
+    try:
+        async with pool.acquire() as conn:
+            assert await store.transition(
+                conn, order, Status.PAID, reason=None, event=_meta(), trace_id="0" * 32,
+                announce=[_event(OrderReceived(order_id=order.id, lines=()))])
+            assert await asyncio.wait_for(woken.get(), 5) == "outbox"
+            paid, _ = await store.read(conn, order.id)
+            assert paid is not None
+            assert await store.transition(conn, paid, Status.RECEIVED, reason=None,
+                                          event=_meta(), trace_id="0" * 32)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(woken.get(), 0.5)
+    finally:
+        await listener.close()
