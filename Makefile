@@ -71,7 +71,7 @@ test: bootstrap
 # The benchmark (docs/performance.md): its own stack on ports 58500s, vhost saga_bench, Redis db 9.
 BENCH_ARGS ?=
 bench: bootstrap
-	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet \
+	@$(PY) -c 'import aiohttp, matplotlib' 2>/dev/null || $(PY) -m pip install --quiet \
 		--disable-pip-version-check -e '.[dev,bench]'
 	$(PY) -m bench $(BENCH_ARGS)
 

@@ -26,11 +26,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class Progress:
-    """A one-line progress bar on stderr (no dependency); silent when stderr is not a terminal."""
+    """A one-line progress bar on stderr (no dependency); silent when stderr is not a terminal.
+
+    Redrawn at most every ``REDRAW_S`` (and at the start and end of a phase), not on every order:
+    the benchmark shares the machine it measures."""
+
+    REDRAW_S = 0.2
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.phase, self.done, self.total, self.begin = "", 0, 0, time.monotonic()
+        self.drawn = self.begin
 
     def start(self, phase: str, total: int) -> None:
         self.phase, self.done, self.total, self.begin = phase, 0, total, time.monotonic()
@@ -38,11 +44,13 @@ class Progress:
 
     def update(self, done: int | None = None) -> None:
         self.done = self.done + 1 if done is None else done
-        self._draw()
+        if self.enabled and time.monotonic() - self.drawn >= self.REDRAW_S:
+            self._draw()
 
     def _draw(self, end: str = "") -> None:
         if not self.enabled:
             return
+        self.drawn = time.monotonic()
         share = self.done / self.total if self.total else 0.0
         bar = "#" * int(30 * share)
         elapsed = time.monotonic() - self.begin
