@@ -184,12 +184,18 @@ class RedisStreamOutboxRelay(_Relay):
 
     group = "relay"
     claim_idle_ms = 15_000
+    # How often to look for what dead replicas left: a round trip per batch would be waste.
+    claim_every_seconds = 5.0
 
     def __init__(self, redis: Redis, publisher: EventPublisher, stream: str = "outbox") -> None:
         super().__init__(publisher)
         self.redis = redis
         self.stream = stream
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        # Entries this consumer read and did not confirm exist only after a failed publish, or
+        # from an earlier life of a consumer with this name: look for them then, not per batch.
+        self._own_pending = True
+        self._next_claim = 0.0
 
     async def start(self) -> None:
         try:
@@ -206,21 +212,24 @@ class RedisStreamOutboxRelay(_Relay):
         # First what this relay was handed but never confirmed (a read cut short by a stop, a
         # publish that failed while the broker was away), so it goes out first and in order;
         # then what dead replicas left pending; then new entries.
-        entries = (
-            await self._read("0", block=None)
-            or await self._claim_abandoned()
-            or await self._read(">", block=None if self._stopping
-                                else int(self.sweep_seconds * 1000))
-        )
+        entries = await self._read("0", block=None) if self._own_pending else []
+        self._own_pending = bool(entries)
+        if not entries:
+            entries = await self._claim_abandoned()
+        if not entries:
+            entries = await self._read(">", block=None if self._stopping
+                                       else int(self.sweep_seconds * 1000))
         if not entries:
             return 0
         events = [OutgoingEvent.from_record(_decode(fields)) for _, fields in entries if fields]
+        self._own_pending = True  # until confirmed and acknowledged below
         await self.publisher.publish_all(events)
         ids = [entry_id for entry_id, _ in entries]
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.stream, self.group, *ids)
             pipe.xdel(self.stream, *ids)
             await pipe.execute()
+        self._own_pending = False
         return len(entries)
 
     async def backlog(self) -> int:
@@ -233,10 +242,16 @@ class RedisStreamOutboxRelay(_Relay):
         return list(response[0][1]) if response else []
 
     async def _claim_abandoned(self) -> list[tuple[Any, dict[Any, Any]]]:
+        now = asyncio.get_running_loop().time()
+        if now < self._next_claim:
+            return []
+        self._next_claim = now + self.claim_every_seconds
         _, claimed, *_ = await self.redis.xautoclaim(
             self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0",
             count=self.batch_size,
         )
+        if claimed:
+            self._next_claim = 0.0  # there may be more
         return list(claimed)
 
 

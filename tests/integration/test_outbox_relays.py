@@ -1,0 +1,89 @@
+"""The Redis-stream outbox relay against a real Redis: nothing it was handed is ever dropped.
+
+The relay looks for its own unconfirmed entries only after a failed publish, and for what dead
+replicas left only every ``claim_every_seconds``; these tests check both still happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from redis.asyncio import Redis
+
+from sagakit.envelope import OutgoingEvent
+from sagakit.outbox import RedisStreamOutboxRelay
+from tests.conftest import Infra
+
+REDIS_DB = 4  # this module's own (the production service's tests use 3)
+STREAM = "outbox-under-test"
+
+
+class Publisher:
+    """Stands in for the broker: records what was published, fails when told to."""
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+        self.failures = 0
+
+    async def publish_all(self, events: list[OutgoingEvent]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker away")
+        self.published += [e.subject for e in events]
+
+
+@pytest.fixture
+async def redis(infra: Infra) -> AsyncIterator[Redis]:
+    client = Redis.from_url(infra.redis_db(REDIS_DB))
+    await client.delete(STREAM)
+    try:
+        yield client
+    finally:
+        await client.delete(STREAM)
+        await client.aclose()
+
+
+async def _append(redis: Redis, *subjects: str) -> None:
+    for subject in subjects:
+        event = OutgoingEvent(id=uuid4(), type="test.happened", subject=subject, body=b"{}",
+                              headers={"ce-type": "test.happened"})
+        fields: dict[Any, Any] = event.to_record()
+        await redis.xadd(STREAM, fields)
+
+
+async def _relay(redis: Redis, publisher: Publisher) -> RedisStreamOutboxRelay:
+    relay = RedisStreamOutboxRelay(redis, publisher, stream=STREAM)  # type: ignore[arg-type]
+    relay.claim_idle_ms, relay.claim_every_seconds, relay.sweep_seconds = 50, 0.05, 0.05
+    await redis.xgroup_create(STREAM, relay.group, id="0", mkstream=True)
+    return relay
+
+
+async def test_a_failed_publish_is_retried_first_and_in_order(redis):
+    publisher = Publisher()
+    relay = await _relay(redis, publisher)
+    await _append(redis, "a", "b")
+    publisher.failures = 1
+    with pytest.raises(ConnectionError):
+        await relay.drain_once()
+    await _append(redis, "c")
+    assert await relay.drain_once() == 2  # what it held, before anything new
+    assert await relay.drain_once() == 1
+    assert publisher.published == ["a", "b", "c"]
+    assert await redis.xlen(STREAM) == 0  # confirmed entries leave the stream
+
+
+async def test_what_a_dead_replica_read_and_never_confirmed_is_published_by_another(redis):
+    publisher = Publisher()
+    relay = await _relay(redis, publisher)
+    await _append(redis, "x", "y")
+    # A replica read both, then died before publishing them.
+    await redis.xreadgroup(relay.group, "dead-replica", {STREAM: ">"}, count=10)
+    assert await relay.drain_once() == 0  # too fresh to take over yet
+    await asyncio.sleep(0.1)  # now idle longer than claim_idle_ms, and a claim is due
+    assert await relay.drain_once() == 2
+    assert publisher.published == ["x", "y"]
+    assert await redis.xlen(STREAM) == 0
