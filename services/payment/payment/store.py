@@ -131,9 +131,11 @@ async def charge_once(
     """Record the delivery in the inbox and, if it is new and the order neither cancelled nor
     charged, insert the charge and ``announce`` it in the outbox; None when it charged.
 
-    One statement instead of five. Call it after :func:`lock_order` in the same transaction:
-    its reads then see every cancellation committed before the lock was granted, and the order
-    stays locked until commit, so no cancellation can slip in between the check and the charge.
+    One statement instead of five. Call it after the order's lock
+    (:func:`lock_order_and_find_card`), in the same transaction: its reads then see every
+    cancellation committed before the lock was granted, and the order stays locked until
+    commit, so no cancellation can slip in between the check and the charge. (The unique index
+    on an order's charge would still refuse a second charge, should a caller forget the lock.)
     """
     row = await conn.fetchrow(
         "WITH delivery AS ("
@@ -149,7 +151,9 @@ async def charge_once(
         "  SELECT $4::uuid, $3::uuid, 'charge', $5::text, $6::numeric, $7::text, $8::text,"
         "   $9::text FROM state WHERE first_delivery AND NOT cancelled AND NOT charged"
         "  RETURNING id"
-        # Only when the charge row was inserted: its RETURNING row is the condition.
+        # Only when the charge row was inserted: its RETURNING row is the condition. (The
+        # outbox's statement trigger still NOTIFYs when nothing is inserted: the relay wakes
+        # for nothing after a duplicate, which is rare and harmless.)
         f"), announced AS ({_outbox_insert(10)} FROM charge)"
         " SELECT first_delivery, cancelled, charged FROM state",
         meta.id, meta.type, charge.order_id, charge.payment_id, charge.outcome, charge.amount,
@@ -172,7 +176,8 @@ async def record_cancellation(
     order's charge.
 
     Call it after :func:`lock_order` in the same transaction, so the charge read is the latest
-    committed: a charge committed while this handler waited for the lock is refunded.
+    committed: a charge committed while this handler waited for the lock is refunded. (The
+    read does not see this statement's own tombstone, nor needs to.)
     """
     row = await conn.fetchrow(
         "WITH delivery AS ("
