@@ -26,7 +26,7 @@ import pytest
 from sagakit.envelope import OutgoingEvent
 from sagakit.events import Event, EventType, OrderCancelled, OrderCreated, OrderLine
 from tests.conftest import Infra
-from tests.integration.conftest import EventTap, ServiceProcess
+from tests.integration.conftest import EventTap, ServiceProcess, until
 
 ROLE = "payment_svc"
 E = EventType
@@ -362,3 +362,58 @@ async def test_created_and_cancelled_racing_end_in_exactly_one_settlement_per_or
             charge, refund = await ledger(http, order_id)
             assert (charge["status"], refund["status"]) == ("approved", "refunded")
         assert len(refunded) + len(voided) == 1
+
+
+# The two handlers of an order serialise on its advisory lock, and each reads the order's state
+# in a statement after the one that took the lock: in READ COMMITTED a statement reads with the
+# snapshot of its start, so reads in the statement that waited for the lock would miss what the
+# previous holder committed. Here the test plays the other handler: it holds the order's lock,
+# lets the service queue up behind it, then commits its own effect.
+
+async def _until_waiting_for_an_order_lock(db: asyncpg.Connection) -> None:
+    async def waiting() -> bool:
+        # pg_locks is live state, not a snapshot: it answers inside the test's transaction too.
+        return bool(await db.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+        ))
+
+    await until(waiting, "the service waiting for the order's lock")
+
+
+async def test_a_cancellation_committed_while_the_charge_waited_for_the_lock_prevents_it(
+    http: httpx.AsyncClient, tap: EventTap, publish: Any, service: ServiceProcess,
+    db: asyncpg.Connection,
+) -> None:
+    order_id, created = order_created("tok_visa")
+
+    async with db.transaction():  # as order.cancelled's handler would, holding the lock
+        await db.execute("SELECT pg_advisory_xact_lock(hashtext($1::text))", str(order_id))
+        await publish(created)
+        await _until_waiting_for_an_order_lock(db)
+        await db.execute("INSERT INTO order_cancellations (order_id, reason) VALUES ($1, $2)",
+                         order_id, "cancelled by the customer")
+
+    await service.logged(created.id, "cancelled before it was charged")
+    assert await ledger(http, order_id) == []
+    assert tap.bodies(E.PAYMENT_PROCESSED, order_id) == []
+
+
+async def test_a_charge_committed_while_the_cancellation_waited_for_the_lock_is_refunded(
+    http: httpx.AsyncClient, tap: EventTap, publish: Any, db: asyncpg.Connection,
+) -> None:
+    order_id, charge_id = uuid4(), uuid4()
+
+    async with db.transaction():  # as order.created's handler would, holding the lock
+        await db.execute("SELECT pg_advisory_xact_lock(hashtext($1::text))", str(order_id))
+        await publish(order_cancelled(order_id))
+        await _until_waiting_for_an_order_lock(db)
+        await db.execute(
+            "INSERT INTO payments (id, order_id, kind, status, amount, currency, payment_token)"
+            " VALUES ($1, $2, 'charge', 'approved', 12.50, 'EUR', 'tok_visa')",
+            charge_id, order_id)
+
+    refunded = await tap.next(E.PAYMENT_REFUNDED, order_id)
+    assert (refunded["refund_of"], refunded["amount"]) == (str(charge_id), "12.50")
+    assert [r["kind"] for r in await ledger(http, order_id)] == ["charge", "refund"]
+    assert tap.bodies(E.PAYMENT_VOIDED, order_id) == []

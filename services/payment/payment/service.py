@@ -36,7 +36,7 @@ from sagakit.events import (
     PaymentRefunded,
     PaymentVoided,
 )
-from sagakit.postgres import add_to_outbox, first_delivery
+from sagakit.postgres import add_to_outbox
 
 log = logging.getLogger("payment.service")
 SOURCE = "saga-shop/payment"
@@ -75,31 +75,30 @@ async def charge_order(pool: asyncpg.Pool, order: OrderCreated, meta: EventMeta)
     if not is_chargeable(order.amount):
         raise Poison(f"order.created with an amount that cannot be charged: {order.amount}")
     async with pool.acquire() as conn, conn.transaction():
-        await store.lock_order(conn, order.order_id)
-        if not await first_delivery(conn, meta):
-            log.info("duplicate %s ignored", meta.type)
-            return
-        if await store.is_cancelled(conn, order.order_id):
-            log.info("%s ignored: the order was cancelled before it was charged", meta.type)
-            return
-        if await store.charge(conn, order.order_id) is not None:
-            log.info("%s ignored: the order is charged already", meta.type)
-            return
-        card = await store.card(conn, order.payment_token)
+        card = await store.lock_order_and_find_card(conn, order.order_id, order.payment_token)
         decision = decide_charge(order.payment_token, card)
-        payment_id = uuid4()
-        await store.insert_charge(
-            conn, payment_id=payment_id, order_id=order.order_id, outcome=decision.outcome,
+        charge = store.NewCharge(
+            payment_id=uuid4(), order_id=order.order_id, outcome=decision.outcome,
             amount=order.amount, currency=order.currency, reason=decision.reason,
             payment_token=order.payment_token,
         )
-        await add_to_outbox(conn, _event(PaymentProcessed(
-            order_id=order.order_id, payment_id=payment_id, outcome=decision.outcome,
+        # Built before we know whether this delivery charges, so that the charge and its event
+        # are written by one statement; it is simply not written if nothing is charged.
+        processed = _event(PaymentProcessed(
+            order_id=order.order_id, payment_id=charge.payment_id, outcome=decision.outcome,
             amount=order.amount, currency=order.currency, reason=decision.reason,
-        ), order.order_id))
-    log.info("charge %s", decision.outcome,
-             extra={"amount": str(order.amount), "currency": order.currency,
-                    "reason": decision.reason})
+        ), order.order_id)
+        not_charged = await store.charge_once(conn, meta, charge, processed)
+    if not_charged is store.NotCharged.DUPLICATE:
+        log.info("duplicate %s ignored", meta.type)
+    elif not_charged is store.NotCharged.CANCELLED:
+        log.info("%s ignored: the order was cancelled before it was charged", meta.type)
+    elif not_charged is store.NotCharged.CHARGED_ALREADY:
+        log.info("%s ignored: the order is charged already", meta.type)
+    else:
+        log.info("charge %s", decision.outcome,
+                 extra={"amount": str(order.amount), "currency": order.currency,
+                        "reason": decision.reason})
 
 
 async def refund_or_void(pool: asyncpg.Pool, order: OrderCancelled, meta: EventMeta) -> None:
@@ -107,21 +106,20 @@ async def refund_or_void(pool: asyncpg.Pool, order: OrderCancelled, meta: EventM
     charged. Either way the order learns, once, that payment is settled."""
     async with pool.acquire() as conn, conn.transaction():
         await store.lock_order(conn, order.order_id)
-        if not await first_delivery(conn, meta):
+        first, charge = await store.record_cancellation(conn, meta, order.order_id, order.reason)
+        if not first:
             log.info("duplicate %s ignored", meta.type)
             return
-        await store.record_cancellation(conn, order.order_id, order.reason)
-        charge = await store.charge(conn, order.order_id)
         compensation = compensation_for(charge)
         if compensation is Compensation.REFUND:
             assert charge is not None
             refund_id = uuid4()
-            await store.insert_refund(conn, refund_id=refund_id, order_id=order.order_id,
-                                      charge=charge, reason=order.reason)
-            await add_to_outbox(conn, _event(PaymentRefunded(
+            refunded = _event(PaymentRefunded(
                 order_id=order.order_id, payment_id=refund_id, refund_of=charge.id,
                 amount=charge.amount, currency=charge.currency,
-            ), order.order_id))
+            ), order.order_id)
+            await store.refund(conn, refund_id=refund_id, order_id=order.order_id,
+                               charge=charge, reason=order.reason, announce=refunded)
         elif compensation is Compensation.VOID:
             await add_to_outbox(conn, _event(PaymentVoided(
                 order_id=order.order_id, reason=void_reason(charge),

@@ -1,15 +1,52 @@
 """SQL for the payment service (asyncpg). Every function takes the connection of the caller's
-transaction, so a use case decides what commits together."""
+transaction, so a use case decides what commits together.
+
+The saga's two handlers run on every order, so their statements are few: each round trip to
+PostgreSQL costs both processes CPU. Where one statement does several things it uses
+data-modifying CTEs (``WITH x AS (INSERT ... RETURNING ...)``): every part of such a statement sees
+the same snapshot, taken when the statement starts, and they pass rows to each other only through
+``RETURNING``. That is why the order's lock is always taken by a statement of its own first: in
+READ COMMITTED a statement that waited for the lock would still read with the snapshot of its
+start, blind to what the lock's previous holder committed.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from uuid import UUID
 
 import asyncpg
 
 from payment.domain import Brand, Card, Charge, Outcome
+from sagakit.envelope import EventMeta, OutgoingEvent
+
+# The columns of a card, in the order _card reads them.
+_CARD_COLUMNS = "token, brand, last4, exp_month, exp_year, holder, decline_reason"
+# The columns of a charge and whether it was refunded, in the order _charge reads them.
+_CHARGE_COLUMNS = (
+    "c.id, c.status, c.amount, c.currency, c.payment_token,"
+    " EXISTS (SELECT FROM payments r WHERE r.kind = 'refund' AND r.refund_of = c.id) AS refunded"
+)
+
+
+def _outbox_insert(first: int) -> str:
+    """An INSERT ... SELECT of one event into sagakit's outbox (sagakit/sql/000_outbox_inbox.sql,
+    what :func:`sagakit.postgres.add_to_outbox` writes), its values in the parameters
+    ``$first`` to ``$first+4`` (see :func:`_outbox_values`); a CTE of a larger statement, so the
+    event commits with the change it announces. End it with ``FROM <cte>`` to insert the event
+    only if that CTE returned a row."""
+    return (
+        "INSERT INTO outbox (event_id, event_type, subject, headers, body)"
+        f" SELECT ${first}::uuid, ${first + 1}::text, ${first + 2}::text, ${first + 3}::jsonb,"
+        f" ${first + 4}::bytea"
+    )
+
+
+def _outbox_values(event: OutgoingEvent) -> tuple[object, ...]:
+    return (event.id, event.type, event.subject, event.headers, event.body)
 
 
 async def lock_order(conn: asyncpg.Connection, order_id: UUID) -> None:
@@ -30,65 +67,147 @@ async def insert_card(conn: asyncpg.Connection, card: Card) -> datetime:
     return created_at
 
 
-async def card(conn: asyncpg.Connection, token: str) -> Card | None:
-    row = await conn.fetchrow(
-        "SELECT token, brand, last4, exp_month, exp_year, holder, decline_reason"
-        " FROM cards WHERE token = $1",
-        token,
-    )
-    if row is None:
+def _card(row: asyncpg.Record) -> Card | None:
+    if row["token"] is None:
         return None
     return Card(row["token"], Brand(row["brand"]), row["last4"], row["exp_month"],
                 row["exp_year"], row["holder"], row["decline_reason"])
 
 
-async def is_cancelled(conn: asyncpg.Connection, order_id: UUID) -> bool:
-    return bool(await conn.fetchval(
-        "SELECT 1 FROM order_cancellations WHERE order_id = $1", order_id
-    ))
-
-
-async def record_cancellation(conn: asyncpg.Connection, order_id: UUID, reason: str) -> None:
-    await conn.execute(
-        "INSERT INTO order_cancellations (order_id, reason) VALUES ($1, $2)"
-        " ON CONFLICT (order_id) DO NOTHING",
-        order_id, reason,
-    )
-
-
-async def charge(conn: asyncpg.Connection, order_id: UUID) -> Charge | None:
-    row = await conn.fetchrow(
-        "SELECT c.id, c.status, c.amount, c.currency, c.payment_token,"
-        " EXISTS (SELECT 1 FROM payments r WHERE r.kind = 'refund' AND r.refund_of = c.id)"
-        " AS refunded"
-        " FROM payments c WHERE c.order_id = $1 AND c.kind = 'charge'",
-        order_id,
-    )
-    if row is None:
+def _charge(row: asyncpg.Record) -> Charge | None:
+    if row["id"] is None:
         return None
     return Charge(row["id"], Outcome(row["status"]), row["amount"], row["currency"],
                   row["payment_token"], row["refunded"])
 
 
-async def insert_charge(
-    conn: asyncpg.Connection, *, payment_id: UUID, order_id: UUID, outcome: Outcome,
-    amount: Decimal, currency: str, reason: str | None, payment_token: str,
-) -> None:
-    await conn.execute(
-        "INSERT INTO payments (id, order_id, kind, status, amount, currency, reason,"
-        " payment_token) VALUES ($1, $2, 'charge', $3, $4, $5, $6, $7)",
-        payment_id, order_id, outcome, amount, currency, reason, payment_token,
+async def card(conn: asyncpg.Connection, token: str) -> Card | None:
+    row = await conn.fetchrow(f"SELECT {_CARD_COLUMNS} FROM cards WHERE token = $1", token)
+    return None if row is None else _card(row)
+
+
+async def lock_order_and_find_card(
+    conn: asyncpg.Connection, order_id: UUID, token: str,
+) -> Card | None:
+    """:func:`lock_order`, and the card of ``token`` read in the same round trip.
+
+    Reading the card with the snapshot of a statement that may have waited for the lock is
+    safe: a card never changes once tokenized, and it is committed before any order names it
+    (the order service accepts only tokens it heard of in card.tokenized).
+    """
+    row = await conn.fetchrow(
+        f"SELECT {_CARD_COLUMNS}"
+        " FROM (SELECT pg_advisory_xact_lock(hashtext($1::text))) AS locked"
+        " LEFT JOIN cards ON cards.token = $2",
+        str(order_id), token,
     )
+    return _card(row)
 
 
-async def insert_refund(
+@dataclass(frozen=True)
+class NewCharge:
+    """A charge to write: the issuer's decision on one order."""
+
+    payment_id: UUID
+    order_id: UUID
+    outcome: Outcome
+    amount: Decimal
+    currency: str
+    reason: str | None
+    payment_token: str
+
+
+class NotCharged(StrEnum):
+    """Why :func:`charge_once` charged nothing (checked in this order)."""
+
+    DUPLICATE = "duplicate"  # the event is in the inbox: it was handled before
+    CANCELLED = "cancelled"  # the order was cancelled first (and its void announced)
+    CHARGED_ALREADY = "charged_already"  # by another order.created of the same order
+
+
+async def charge_once(
+    conn: asyncpg.Connection, meta: EventMeta, charge: NewCharge, announce: OutgoingEvent,
+) -> NotCharged | None:
+    """Record the delivery in the inbox and, if it is new and the order neither cancelled nor
+    charged, insert the charge and ``announce`` it in the outbox; None when it charged.
+
+    One statement instead of five. Call it after the order's lock
+    (:func:`lock_order_and_find_card`), in the same transaction: its reads then see every
+    cancellation committed before the lock was granted, and the order stays locked until
+    commit, so no cancellation can slip in between the check and the charge. (The unique index
+    on an order's charge would still refuse a second charge, should a caller forget the lock.)
+    """
+    row = await conn.fetchrow(
+        "WITH delivery AS ("
+        "  INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
+        "  ON CONFLICT DO NOTHING RETURNING event_id"
+        "), state AS ("
+        "  SELECT EXISTS (SELECT FROM delivery) AS first_delivery,"
+        "   EXISTS (SELECT FROM order_cancellations WHERE order_id = $3) AS cancelled,"
+        "   EXISTS (SELECT FROM payments WHERE order_id = $3 AND kind = 'charge') AS charged"
+        "), charge AS ("
+        "  INSERT INTO payments (id, order_id, kind, status, amount, currency, reason,"
+        "   payment_token)"
+        "  SELECT $4::uuid, $3::uuid, 'charge', $5::text, $6::numeric, $7::text, $8::text,"
+        "   $9::text FROM state WHERE first_delivery AND NOT cancelled AND NOT charged"
+        "  RETURNING id"
+        # Only when the charge row was inserted: its RETURNING row is the condition. (The
+        # outbox's statement trigger still NOTIFYs when nothing is inserted: the relay wakes
+        # for nothing after a duplicate, which is rare and harmless.)
+        f"), announced AS ({_outbox_insert(10)} FROM charge)"
+        " SELECT first_delivery, cancelled, charged FROM state",
+        meta.id, meta.type, charge.order_id, charge.payment_id, charge.outcome, charge.amount,
+        charge.currency, charge.reason, charge.payment_token, *_outbox_values(announce),
+    )
+    if not row["first_delivery"]:
+        return NotCharged.DUPLICATE
+    if row["cancelled"]:
+        return NotCharged.CANCELLED
+    if row["charged"]:
+        return NotCharged.CHARGED_ALREADY
+    return None
+
+
+async def record_cancellation(
+    conn: asyncpg.Connection, meta: EventMeta, order_id: UUID, reason: str,
+) -> tuple[bool, Charge | None]:
+    """Record the delivery in the inbox and, if it is new, the order's cancellation (a tombstone
+    that keeps a later order.created from charging); returns whether it was new, and the
+    order's charge.
+
+    Call it after :func:`lock_order` in the same transaction, so the charge read is the latest
+    committed: a charge committed while this handler waited for the lock is refunded. (The
+    read does not see this statement's own tombstone, nor needs to.)
+    """
+    row = await conn.fetchrow(
+        "WITH delivery AS ("
+        "  INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
+        "  ON CONFLICT DO NOTHING RETURNING event_id"
+        "), tombstone AS ("
+        "  INSERT INTO order_cancellations (order_id, reason)"
+        "  SELECT $3::uuid, $4::text FROM delivery"
+        "  ON CONFLICT (order_id) DO NOTHING"
+        f") SELECT new.first_delivery, {_CHARGE_COLUMNS}"
+        " FROM (SELECT EXISTS (SELECT FROM delivery) AS first_delivery) AS new"
+        " LEFT JOIN payments c ON c.order_id = $3 AND c.kind = 'charge'",
+        meta.id, meta.type, order_id, reason,
+    )
+    return row["first_delivery"], _charge(row)
+
+
+async def refund(
     conn: asyncpg.Connection, *, refund_id: UUID, order_id: UUID, charge: Charge, reason: str,
+    announce: OutgoingEvent,
 ) -> None:
+    """Insert the refund of ``charge`` and ``announce`` it in the outbox, in one statement."""
     await conn.execute(
-        "INSERT INTO payments (id, order_id, kind, status, amount, currency, reason, refund_of,"
-        " payment_token) VALUES ($1, $2, 'refund', 'refunded', $3, $4, $5, $6, $7)",
+        "WITH refund AS ("
+        "  INSERT INTO payments (id, order_id, kind, status, amount, currency, reason,"
+        "   refund_of, payment_token)"
+        "  VALUES ($1, $2, 'refund', 'refunded', $3, $4, $5, $6, $7)"
+        f") {_outbox_insert(8)}",
         refund_id, order_id, charge.amount, charge.currency, reason, charge.id,
-        charge.payment_token,
+        charge.payment_token, *_outbox_values(announce),
     )
 
 
