@@ -79,19 +79,24 @@ async def add_to_outbox(conn: asyncpg.Connection, *events: OutgoingEvent) -> Non
     )
 
 
-# The outbox insert as a data-modifying CTE of a larger statement (see the order service's
-# transitions): the events come as five parallel arrays, from :func:`outbox_columns`, with the
-# parameter numbers given. ``{rows}`` is a FROM item that yields one row when the change the
-# events announce took place, none otherwise.
-OUTBOX_CTE = (
-    "INSERT INTO outbox (event_id, event_type, subject, headers, body)"
-    " SELECT e.* FROM {rows}, unnest(${0}::uuid[], ${1}::text[], ${2}::text[],"
-    " ${3}::text[]::jsonb[], ${4}::bytea[]) AS e"
-)
+def outbox_insert(first: int, *, when: str) -> str:
+    """The outbox insert as a data-modifying CTE of a larger statement, so that events commit
+    with the change they announce in one round trip (see the order service's transitions).
+
+    The events come as five parallel arrays (:func:`outbox_columns`) in the parameters
+    ``$first`` to ``$first+4``; ``when`` names a CTE that returns one row when the change took
+    place and none otherwise, so nothing is announced for a change that did not happen.
+    """
+    a, b, c, d, e = range(first, first + 5)
+    return (
+        "INSERT INTO outbox (event_id, event_type, subject, headers, body)"
+        f" SELECT e.* FROM {when}, unnest(${a}::uuid[], ${b}::text[], ${c}::text[],"
+        f" ${d}::text[]::jsonb[], ${e}::bytea[]) AS e"
+    )
 
 
 def outbox_columns(events: Sequence[OutgoingEvent]) -> tuple[list[object], ...]:
-    """Events as the five column arrays :data:`OUTBOX_CTE` takes."""
+    """Events as the five column arrays :func:`outbox_insert` takes."""
     return (
         [e.id for e in events], [e.type for e in events], [e.subject for e in events],
         [orjson.dumps(e.headers).decode() for e in events], [e.body for e in events],

@@ -17,7 +17,7 @@ import asyncpg
 
 from order.domain import Line, OrderRef, PricedOrder, Product, Status
 from sagakit.envelope import EventMeta, OutgoingEvent
-from sagakit.postgres import OUTBOX_CTE, outbox_columns
+from sagakit.postgres import outbox_columns, outbox_insert
 
 
 async def menu(conn: asyncpg.Connection) -> dict[str, Product]:
@@ -48,7 +48,7 @@ _PLACE = (
     " total, lines, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *),"
     " step AS (INSERT INTO order_timeline (order_id, status, trace_id)"
     " SELECT id, status, trace_id FROM placed RETURNING at),"
-    " sent AS (" + OUTBOX_CTE.format(10, 11, 12, 13, 14, rows="placed") + ")"
+    " sent AS (" + outbox_insert(10, when="placed") + ")"
     " SELECT placed.*, step.at AS step_at FROM placed, step"
 )
 
@@ -98,7 +98,7 @@ _TRANSITION = (
     " SELECT id, $3, $5, $6, $7 FROM moved),"
     " noted AS (INSERT INTO inbox (event_id, event_type)"
     " SELECT $6, $8 FROM moved WHERE $8::text IS NOT NULL ON CONFLICT DO NOTHING),"
-    " sent AS (" + OUTBOX_CTE.format(9, 10, 11, 12, 13, rows="moved") + ")"
+    " sent AS (" + outbox_insert(9, when="moved") + ")"
     " SELECT count(*) FROM moved"
 )
 
@@ -126,7 +126,7 @@ _REQUEST_CANCEL = (
     "WITH marked AS ("
     " UPDATE orders SET cancel_requested_at = now(), version = version + 1, updated_at = now()"
     " WHERE id = $1 AND version = $2 RETURNING id),"
-    " sent AS (" + OUTBOX_CTE.format(3, 4, 5, 6, 7, rows="marked") + ")"
+    " sent AS (" + outbox_insert(3, when="marked") + ")"
     " SELECT count(*) FROM marked"
 )
 

@@ -22,6 +22,7 @@ import asyncpg
 
 from payment.domain import Brand, Card, Charge, Outcome
 from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.postgres import outbox_columns, outbox_insert
 
 # The columns of a card, in the order _card reads them.
 _CARD_COLUMNS = "token, brand, last4, exp_month, exp_year, holder, decline_reason"
@@ -30,23 +31,6 @@ _CHARGE_COLUMNS = (
     "c.id, c.status, c.amount, c.currency, c.payment_token,"
     " EXISTS (SELECT FROM payments r WHERE r.kind = 'refund' AND r.refund_of = c.id) AS refunded"
 )
-
-
-def _outbox_insert(first: int) -> str:
-    """An INSERT ... SELECT of one event into sagakit's outbox (sagakit/sql/000_outbox_inbox.sql,
-    what :func:`sagakit.postgres.add_to_outbox` writes), its values in the parameters
-    ``$first`` to ``$first+4`` (see :func:`_outbox_values`); a CTE of a larger statement, so the
-    event commits with the change it announces. End it with ``FROM <cte>`` to insert the event
-    only if that CTE returned a row."""
-    return (
-        "INSERT INTO outbox (event_id, event_type, subject, headers, body)"
-        f" SELECT ${first}::uuid, ${first + 1}::text, ${first + 2}::text, ${first + 3}::jsonb,"
-        f" ${first + 4}::bytea"
-    )
-
-
-def _outbox_values(event: OutgoingEvent) -> tuple[object, ...]:
-    return (event.id, event.type, event.subject, event.headers, event.body)
 
 
 async def lock_order(conn: asyncpg.Connection, order_id: UUID) -> None:
@@ -151,13 +135,12 @@ async def charge_once(
         "  SELECT $4::uuid, $3::uuid, 'charge', $5::text, $6::numeric, $7::text, $8::text,"
         "   $9::text FROM state WHERE first_delivery AND NOT cancelled AND NOT charged"
         "  RETURNING id"
-        # Only when the charge row was inserted: its RETURNING row is the condition. (The
-        # outbox's statement trigger still NOTIFYs when nothing is inserted: the relay wakes
-        # for nothing after a duplicate, which is rare and harmless.)
-        f"), announced AS ({_outbox_insert(10)} FROM charge)"
+        # Only when the charge row was inserted: its RETURNING row is the condition (and the
+        # outbox's row trigger wakes the relay only then).
+        f"), announced AS ({outbox_insert(10, when='charge')})"
         " SELECT first_delivery, cancelled, charged FROM state",
         meta.id, meta.type, charge.order_id, charge.payment_id, charge.outcome, charge.amount,
-        charge.currency, charge.reason, charge.payment_token, *_outbox_values(announce),
+        charge.currency, charge.reason, charge.payment_token, *outbox_columns([announce]),
     )
     if not row["first_delivery"]:
         return NotCharged.DUPLICATE
@@ -204,10 +187,10 @@ async def refund(
         "WITH refund AS ("
         "  INSERT INTO payments (id, order_id, kind, status, amount, currency, reason,"
         "   refund_of, payment_token)"
-        "  VALUES ($1, $2, 'refund', 'refunded', $3, $4, $5, $6, $7)"
-        f") {_outbox_insert(8)}",
+        "  VALUES ($1, $2, 'refund', 'refunded', $3, $4, $5, $6, $7) RETURNING id"
+        f") {outbox_insert(8, when='refund')}",
         refund_id, order_id, charge.amount, charge.currency, reason, charge.id,
-        charge.payment_token, *_outbox_values(announce),
+        charge.payment_token, *outbox_columns([announce]),
     )
 
 
