@@ -5,14 +5,16 @@ The tests talk to it as the saga does: they publish the order service's events t
 HTTP API as the kitchen manager would.
 
 It gets a RabbitMQ vhost (``saga_test_production``, re-created each run) and a Redis database
-(3) of its own, so no other process (the e2e stack, a developer's ``make up``) takes its
-messages or touches its keys (see tests/integration/conftest.py). The tests own that Redis
-database: it is flushed, so never point them at one holding real data.
+(``TEST_PRODUCTION_REDIS_DB``, default 3) of its own, so no other process (the e2e stack, a
+developer's ``make up``, another session's run of these tests) takes its messages or touches its
+keys (see tests/integration/conftest.py). The tests own that Redis database: it is flushed, so
+never point them at one holding real data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -32,7 +34,7 @@ from sagakit.events import OrderCancelled, OrderLine, OrderReceived
 from tests.conftest import Infra
 from tests.integration.conftest import Announced, EventTap, Publish, ServiceProcess, until
 
-REDIS_DB = 3
+REDIS_DB = int(os.environ.get("TEST_PRODUCTION_REDIS_DB", "3"))
 
 
 def production(log_path: Path, rabbitmq_url: str, redis_url: str,
