@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 from production.domain import TicketLine, demand, failure_reason, shortages
-from production.store import ProductionStore
+from production.store import KitchenEntry, ProductionStore
 from sagakit import telemetry
 from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.events import (
@@ -116,9 +116,13 @@ async def start_cooking(store: ProductionStore, ticket_id: UUID, order_id: UUID)
     return outcome
 
 
-async def finish_cooking(store: ProductionStore, ticket_id: UUID, order_id: UUID) -> str:
+async def finish_cooking(
+    store: ProductionStore, entry: KitchenEntry, ticket_id: UUID, order_id: UUID
+) -> str:
+    """Hand the ticket over ("finished"; "skip" if it was cancelled meanwhile) and be done with
+    its kitchen entry."""
     finished = _event(OrderFinished(order_id=order_id, ticket_id=ticket_id), order_id)
-    outcome = await store.finish(ticket_id, finished, _now())
+    outcome = await store.finish(entry, ticket_id, finished, _now())
     log.info("ticket %s: %s", ticket_id, outcome)
     return outcome
 

@@ -9,7 +9,8 @@ its id in the inbox. Keys::
                                      finished_at, cancelled_at, traceparent
     order-ticket:<order id>   string the order's ticket id
     tickets, tickets:<status> zsets  ticket ids scored by creation time (ms), for the queue view
-    kitchen                   stream ticket ids for the cooks (consumer group ``cooks``)
+    kitchen                   stream tickets for the cooks (consumer group ``cooks``): ticket_id,
+                                     order_id, traceparent
     kitchen:paused            string present while the kitchen manager holds the line
     outbox                    stream events to publish (sagakit.outbox.RedisStreamOutboxRelay)
     inbox:<event id>          string a consumed event (expires after the inbox TTL)
@@ -89,6 +90,10 @@ class Reservation:
 class KitchenEntry:
     entry_id: str
     ticket_id: UUID | None  # None: an entry that is not a ticket (dropped)
+    # The ticket's order and trace context, written with the entry by reserve.lua; None in an
+    # entry queued before entries carried them (the cook then reads them from the ticket).
+    order_id: UUID | None = None
+    traceparent: str | None = None
 
 
 class ProductionStore:
@@ -200,7 +205,8 @@ class ProductionStore:
     # --- the kitchen's steps -------------------------------------------------------------------
 
     async def ticket_context(self, ticket_id: UUID) -> tuple[UUID, str | None] | None:
-        """(order id, traceparent) of a ticket, for the events its cooking announces."""
+        """(order id, traceparent) of a ticket, for the events its cooking announces; the
+        kitchen entry carries them (:class:`KitchenEntry`), except one from an older version."""
         order_id, traceparent = await self.redis.hmget(_ticket(ticket_id), "order_id",
                                                        "traceparent")
         if order_id is None:
@@ -215,11 +221,15 @@ class ProductionStore:
         )
         return outcome
 
-    async def finish(self, ticket_id: UUID, announcement: OutgoingEvent, at: datetime) -> str:
+    async def finish(
+        self, entry: KitchenEntry, ticket_id: UUID, announcement: OutgoingEvent, at: datetime
+    ) -> str:
+        """Hand the ticket over; its kitchen entry is done with in the same step."""
         outcome: str = await self._finish(
             keys=[_ticket(ticket_id), _by_status(TicketStatus.IN_PROGRESS),
-                  _by_status(TicketStatus.DONE), OUTBOX],
-            args=[str(ticket_id), at.isoformat(), *_outbox_fields(announcement)],
+                  _by_status(TicketStatus.DONE), OUTBOX, KITCHEN],
+            args=[str(ticket_id), at.isoformat(), COOKS, entry.entry_id,
+                  *_outbox_fields(announcement)],
         )
         return outcome
 
@@ -288,11 +298,16 @@ class ProductionStore:
 
 
 def _entry(entry_id: str, fields: dict[str, str] | None) -> KitchenEntry:
-    raw = (fields or {}).get("ticket_id")
+    fields = fields or {}
     try:
-        return KitchenEntry(entry_id, UUID(raw) if raw else None)
-    except ValueError:
+        ticket_id = UUID(fields["ticket_id"])
+    except (KeyError, ValueError):
         return KitchenEntry(entry_id, None)
+    try:
+        order_id = UUID(fields["order_id"])
+    except (KeyError, ValueError):
+        return KitchenEntry(entry_id, ticket_id)  # an older entry: the cook reads the ticket
+    return KitchenEntry(entry_id, ticket_id, order_id, fields.get("traceparent"))
 
 
 def _time(value: str | None) -> datetime | None:
