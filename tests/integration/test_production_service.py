@@ -624,3 +624,47 @@ async def test_the_scripts_follow_the_transition_table(
         await redis.delete(*keys)
         for state in TicketStatus:
             await redis.zrem(f"tickets:{state}", str(ticket_id))
+
+
+@pytest.mark.parametrize("paused", [False, True])
+@pytest.mark.parametrize("status", list(TicketStatus))
+async def test_starting_and_finishing_at_once_is_start_then_finish(
+    redis: Redis, status: TicketStatus, paused: bool
+) -> None:
+    """start_finish.lua (no preparation time): start.lua's outcome, and if it started or resumed
+    the ticket, finish.lua's, in one step: both events appended in order, the entry done with."""
+    store = ProductionStore(redis, inbox_ttl_seconds=60)
+    order_id, ticket_id = uuid4(), uuid4()
+    await _seed_ticket(redis, ticket_id, order_id, status, "fries", 1)
+    await store.ensure_kitchen_group()
+    entry_id = await redis.xadd("kitchen", {"ticket_id": str(ticket_id)})
+    await redis.xreadgroup("cooks", "test-cook", {"kitchen": ">"})
+    last = await redis.xrevrange("outbox", count=1)
+    started, finished = (
+        OutgoingEvent.build(order(("fries", 1), order_id=order_id), source=f"test-{step}",
+                            subject=str(order_id)) for step in ("started", "finished"))
+    if paused:
+        await redis.set("kitchen:paused", "1")
+    try:
+        outcome = await store.start_and_finish(KitchenEntry(entry_id, ticket_id), ticket_id,
+                                               started, finished, datetime.now(UTC))
+
+        added: Any = await redis.xrange("outbox", min=f"({last[0][0]!s}" if last else "-")
+        announced = [fields["id"] for _, fields in added]
+        after = TicketStatus(str(await redis.hget(f"ticket:{ticket_id}", "status")))
+        entry_left = bool(await redis.xrange("kitchen", entry_id, entry_id))
+        if status is TicketStatus.QUEUED and not paused:
+            assert (outcome, after) == ("finished", TicketStatus.DONE)
+            assert announced == [str(started.id), str(finished.id)]  # in this order
+        elif status is TicketStatus.IN_PROGRESS:  # resumed: started was announced before
+            assert (outcome, after) == ("finished", TicketStatus.DONE)
+            assert announced == [str(finished.id)]
+        else:  # held by the paused line, or nothing to make: untouched, the entry kept
+            assert outcome == ("paused" if status is TicketStatus.QUEUED else "skip")
+            assert (after, announced) == (status, [])
+        assert entry_left is (outcome != "finished")
+    finally:
+        await redis.delete("kitchen:paused", "kitchen", "outbox", f"ticket:{ticket_id}",
+                           f"order-ticket:{order_id}")
+        for state in TicketStatus:
+            await redis.zrem(f"tickets:{state}", str(ticket_id))

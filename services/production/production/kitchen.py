@@ -5,7 +5,8 @@ cooks of every replica share one queue and each ticket goes to one cook. An entr
 stream in the script that finishes its ticket (or once it turned out not to need making); one
 whose cook died with it is taken over by another cook once it sat idle longer than any cook
 could need. The entry carries the ticket's order and trace context, so a cook's round trips per
-ticket are: the read, the start script, the finish script.
+ticket are: the read, the start script, the finish script; with no preparation time the last two
+are one script (start_finish.lua), both events still announced, in order.
 While the kitchen manager pauses the line, a cook holds the ticket it took, unstarted.
 
 A ticket is made inside a span of its order's trace (the ticket keeps the trace context of the
@@ -142,17 +143,22 @@ class KitchenLine:
         """Start, prepare and finish the ticket. Its entry leaves the stream with the finish
         (finish.lua), or at once when there is nothing to make; it stays pending when a stop
         comes while the line is paused, for the next cook to run to take over."""
-        outcome = await service.start_cooking(self.store, ticket_id, order_id)
+        outcome = await self._start(entry, ticket_id, order_id)
         while outcome == "paused":  # hold the ticket, in its place, until the line runs
             if self._stopping:
                 return
             with telemetry.untraced():  # waiting is not cooking: no span per look
                 await self.store.keep(cook, entry)
                 await asyncio.sleep(PAUSE_POLL_SECONDS)
-                outcome = await service.start_cooking(self.store, ticket_id, order_id)
+                outcome = await self._start(entry, ticket_id, order_id)
         if outcome in ("started", "resumed"):
-            if self.preparation_seconds > 0:
-                await asyncio.sleep(self.preparation_seconds)
+            await asyncio.sleep(self.preparation_seconds)
             await service.finish_cooking(self.store, entry, ticket_id, order_id)
-        else:  # cancelled or done already
+        elif outcome != "finished":  # cancelled or done already
             await self.store.done_with(entry)
+
+    async def _start(self, entry: KitchenEntry, ticket_id: UUID, order_id: UUID) -> str:
+        """Start the ticket; with no preparation time to wait, finish it in the same step."""
+        if self.preparation_seconds > 0:
+            return await service.start_cooking(self.store, ticket_id, order_id)
+        return await service.cook_at_once(self.store, entry, ticket_id, order_id)

@@ -127,6 +127,19 @@ async def finish_cooking(
     return outcome
 
 
+async def cook_at_once(
+    store: ProductionStore, entry: KitchenEntry, ticket_id: UUID, order_id: UUID
+) -> str:
+    """Start and finish the ticket in one step, for a kitchen with no preparation time:
+    "finished" (its kitchen entry done with too), else "paused" or "skip" as start_cooking."""
+    started = _event(ProductionStarted(order_id=order_id, ticket_id=ticket_id), order_id)
+    finished = _event(OrderFinished(order_id=order_id, ticket_id=ticket_id), order_id)
+    outcome = await store.start_and_finish(entry, ticket_id, started, finished, _now())
+    if outcome != "paused":
+        log.info("ticket %s: %s at once", ticket_id, outcome)
+    return outcome
+
+
 async def pause_line(store: ProductionStore, paused: bool) -> None:
     """Hold the line (cooks start no new ticket; one in the pan is finished) or let it go."""
     await store.pause_line(paused)
