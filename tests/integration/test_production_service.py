@@ -5,14 +5,16 @@ The tests talk to it as the saga does: they publish the order service's events t
 HTTP API as the kitchen manager would.
 
 It gets a RabbitMQ vhost (``saga_test_production``, re-created each run) and a Redis database
-(3) of its own, so no other process (the e2e stack, a developer's ``make up``) takes its
-messages or touches its keys (see tests/integration/conftest.py). The tests own that Redis
-database: it is flushed, so never point them at one holding real data.
+(``TEST_PRODUCTION_REDIS_DB``, default 3) of its own, so no other process (the e2e stack, a
+developer's ``make up``, another session's run of these tests) takes its messages or touches its
+keys (see tests/integration/conftest.py). The tests own that Redis database: it is flushed, so
+never point them at one holding real data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,14 +27,14 @@ import pytest
 from redis.asyncio import Redis
 
 from production.domain import Step, TicketStatus, next_status, releases_stock
-from production.store import ProductionStore
+from production.store import KitchenEntry, ProductionStore
 from sagakit import telemetry
 from sagakit.envelope import OutgoingEvent
 from sagakit.events import OrderCancelled, OrderLine, OrderReceived
 from tests.conftest import Infra
 from tests.integration.conftest import Announced, EventTap, Publish, ServiceProcess, until
 
-REDIS_DB = 3
+REDIS_DB = int(os.environ.get("TEST_PRODUCTION_REDIS_DB", "3"))
 
 
 def production(log_path: Path, rabbitmq_url: str, redis_url: str,
@@ -520,6 +522,27 @@ class TestKitchenProcesses:
             assert saga.count(order_id, "order.finished") == 1
         assert await available(first, "truffle-risotto") == 0
 
+    async def test_a_kitchen_entry_of_an_older_version_is_still_made(
+        self, services: Callable[..., Any], saga: Saga, redis: Redis
+    ) -> None:
+        """Entries queued before they carried the order and trace context hold the ticket id
+        only: the cook reads the rest from the ticket (an upgrade finds such entries waiting)."""
+        kitchen = await services()
+        order_id, ticket_id = uuid4(), uuid4()
+        with telemetry.span("order service (stand-in)"):
+            traceparent = telemetry.trace_headers()["traceparent"]
+        await _seed_ticket(redis, ticket_id, order_id, TicketStatus.QUEUED, "fries", 1,
+                           traceparent)
+
+        await redis.xadd("kitchen", {"ticket_id": str(ticket_id)})
+
+        started = await saga.wait_for(order_id, "production.started")
+        finished = await saga.wait_for(order_id, "order.finished")
+        assert started.body["ticket_id"] == finished.body["ticket_id"] == str(ticket_id)
+        assert started.trace_id == finished.trace_id == traceparent.split("-")[1]
+        assert (await ticket_of(kitchen, str(ticket_id)))["status"] == "done"
+        assert await redis.xlen("kitchen") == 0
+
     async def test_a_restart_keeps_the_stock_counts(
         self, services: Callable[..., Any], saga: Saga
     ) -> None:
@@ -542,6 +565,18 @@ async def _poll_status(service: ServiceProcess, ticket_id: str, status: str) -> 
     await until(reached, f"ticket {ticket_id} {status}")
 
 
+async def _seed_ticket(redis: Redis, ticket_id: UUID, order_id: UUID, status: TicketStatus,
+                       sku: str, quantity: int, traceparent: str = "") -> None:
+    """A ticket as reserve.lua leaves it, in ``status``, with no kitchen entry."""
+    await redis.hset(f"ticket:{ticket_id}", mapping={
+        "id": str(ticket_id), "order_id": str(order_id), "status": str(status),
+        "lines": orjson.dumps([{"sku": sku, "name": "Test", "quantity": quantity}]).decode(),
+        "created_at": datetime.now(UTC).isoformat(), "traceparent": traceparent,
+    })
+    await redis.set(f"order-ticket:{order_id}", str(ticket_id))
+    await redis.zadd(f"tickets:{status}", {str(ticket_id): 1})
+
+
 # --- the scripts apply the domain's transition table ---------------------------------------------
 
 
@@ -558,21 +593,20 @@ async def test_the_scripts_follow_the_transition_table(
     order_id, ticket_id, sku = uuid4(), uuid4(), f"test-sku-{uuid4()}"
     keys = [f"ticket:{ticket_id}", f"order-ticket:{order_id}", f"cancelled:{order_id}"]
     await redis.hset("stock", sku, 7)
-    await redis.hset(keys[0], mapping={
-        "id": str(ticket_id), "order_id": str(order_id), "status": str(status),
-        "lines": orjson.dumps([{"sku": sku, "name": "Test", "quantity": 3}]).decode(),
-        "created_at": datetime.now(UTC).isoformat(),
-    })
-    await redis.set(keys[1], str(ticket_id))
-    await redis.zadd(f"tickets:{status}", {str(ticket_id): 1})
+    await _seed_ticket(redis, ticket_id, order_id, status, sku, 3)
     last = await redis.xrevrange("outbox", count=1)
     announcement = OutgoingEvent.build(order((sku, 3), order_id=order_id), source="test",
                                        subject=str(order_id))
+    kitchen_entry = await redis.xadd("kitchen", {"ticket_id": str(ticket_id)})
     try:
         if step is Step.START:
             await store.start(ticket_id, announcement, datetime.now(UTC))
         elif step is Step.FINISH:
-            await store.finish(ticket_id, announcement, datetime.now(UTC))
+            await store.ensure_kitchen_group()
+            await store.finish(KitchenEntry(kitchen_entry, ticket_id), ticket_id, announcement,
+                               datetime.now(UTC))
+            # finish.lua is done with the kitchen entry whatever the ticket's state was
+            assert not await redis.xrange("kitchen", kitchen_entry, kitchen_entry)
         else:
             await store.cancel(event_id=uuid4(), order_id=order_id, at=datetime.now(UTC))
 
@@ -585,7 +619,52 @@ async def test_the_scripts_follow_the_transition_table(
         added: Any = await redis.xrange("outbox", min=f"({last[0][0]!s}" if last else "-")
         if added:
             await redis.xdel("outbox", *(entry_id for entry_id, _ in added))
+        await redis.xdel("kitchen", kitchen_entry)
         await redis.hdel("stock", sku)
         await redis.delete(*keys)
+        for state in TicketStatus:
+            await redis.zrem(f"tickets:{state}", str(ticket_id))
+
+
+@pytest.mark.parametrize("paused", [False, True])
+@pytest.mark.parametrize("status", list(TicketStatus))
+async def test_starting_and_finishing_at_once_is_start_then_finish(
+    redis: Redis, status: TicketStatus, paused: bool
+) -> None:
+    """start_finish.lua (no preparation time): start.lua's outcome, and if it started or resumed
+    the ticket, finish.lua's, in one step: both events appended in order, the entry done with."""
+    store = ProductionStore(redis, inbox_ttl_seconds=60)
+    order_id, ticket_id = uuid4(), uuid4()
+    await _seed_ticket(redis, ticket_id, order_id, status, "fries", 1)
+    await store.ensure_kitchen_group()
+    entry_id = await redis.xadd("kitchen", {"ticket_id": str(ticket_id)})
+    await redis.xreadgroup("cooks", "test-cook", {"kitchen": ">"})
+    last = await redis.xrevrange("outbox", count=1)
+    started, finished = (
+        OutgoingEvent.build(order(("fries", 1), order_id=order_id), source=f"test-{step}",
+                            subject=str(order_id)) for step in ("started", "finished"))
+    if paused:
+        await redis.set("kitchen:paused", "1")
+    try:
+        outcome = await store.start_and_finish(KitchenEntry(entry_id, ticket_id), ticket_id,
+                                               started, finished, datetime.now(UTC))
+
+        added: Any = await redis.xrange("outbox", min=f"({last[0][0]!s}" if last else "-")
+        announced = [fields["id"] for _, fields in added]
+        after = TicketStatus(str(await redis.hget(f"ticket:{ticket_id}", "status")))
+        entry_left = bool(await redis.xrange("kitchen", entry_id, entry_id))
+        if status is TicketStatus.QUEUED and not paused:
+            assert (outcome, after) == ("finished", TicketStatus.DONE)
+            assert announced == [str(started.id), str(finished.id)]  # in this order
+        elif status is TicketStatus.IN_PROGRESS:  # resumed: started was announced before
+            assert (outcome, after) == ("finished", TicketStatus.DONE)
+            assert announced == [str(finished.id)]
+        else:  # held by the paused line, or nothing to make: untouched, the entry kept
+            assert outcome == ("paused" if status is TicketStatus.QUEUED else "skip")
+            assert (after, announced) == (status, [])
+        assert entry_left is (outcome != "finished")
+    finally:
+        await redis.delete("kitchen:paused", "kitchen", "outbox", f"ticket:{ticket_id}",
+                           f"order-ticket:{order_id}")
         for state in TicketStatus:
             await redis.zrem(f"tickets:{state}", str(ticket_id))

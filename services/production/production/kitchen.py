@@ -2,8 +2,11 @@
 
 Tickets wait in the Redis stream ``kitchen``, read through the consumer group ``cooks``, so the
 cooks of every replica share one queue and each ticket goes to one cook. An entry leaves the
-stream only after its ticket is done (or turned out not to need making); one whose cook died
-with it is taken over by another cook once it sat idle longer than any cook could need.
+stream in the script that finishes its ticket (or once it turned out not to need making); one
+whose cook died with it is taken over by another cook once it sat idle longer than any cook
+could need. The entry carries the ticket's order and trace context, so a cook's round trips per
+ticket are: the read, the start script, the finish script; with no preparation time the last two
+are one script (start_finish.lua), both events still announced, in order.
 While the kitchen manager pauses the line, a cook holds the ticket it took, unstarted.
 
 A ticket is made inside a span of its order's trace (the ticket keeps the trace context of the
@@ -113,32 +116,49 @@ class KitchenLine:
 
     async def _make(self, cook: str, entry: KitchenEntry) -> None:
         logs.order_id_var.set(None)
-        if entry.ticket_id is not None:
-            ticket = await self.store.ticket_context(entry.ticket_id)
-            if ticket is None:
-                log.error("kitchen entry for unknown ticket %s dropped", entry.ticket_id)
-            else:
-                order_id, traceparent = ticket
-                logs.order_id_var.set(str(order_id))
-                with telemetry.span("kitchen cook", parent={"traceparent": traceparent or ""},
-                                    attributes={"saga.order_id": str(order_id),
-                                                "saga.ticket_id": str(entry.ticket_id)}):
-                    if not await self._cook(cook, entry, entry.ticket_id, order_id):
-                        return  # still pending: the next cook to run takes it over
-        await self.store.done_with(entry)
+        context = await self._context(entry)
+        if entry.ticket_id is None or context is None:
+            await self.store.done_with(entry)  # not a ticket we know: nothing to make
+            return
+        order_id, traceparent = context
+        logs.order_id_var.set(str(order_id))
+        with telemetry.span("kitchen cook", parent={"traceparent": traceparent or ""},
+                            attributes={"saga.order_id": str(order_id),
+                                        "saga.ticket_id": str(entry.ticket_id)}):
+            await self._cook(cook, entry, entry.ticket_id, order_id)
 
-    async def _cook(self, cook: str, entry: KitchenEntry, ticket_id: UUID, order_id: UUID) -> bool:
-        """Start, prepare and finish the ticket; False when a stop came while the line paused."""
-        outcome = await service.start_cooking(self.store, ticket_id, order_id)
+    async def _context(self, entry: KitchenEntry) -> tuple[UUID, str | None] | None:
+        """(order id, traceparent) of the entry's ticket: from the entry itself, as reserve.lua
+        writes it, or read from the ticket for an entry queued by an older version."""
+        if entry.ticket_id is None:
+            return None
+        if entry.order_id is not None:
+            return entry.order_id, entry.traceparent
+        context = await self.store.ticket_context(entry.ticket_id)
+        if context is None:
+            log.error("kitchen entry for unknown ticket %s dropped", entry.ticket_id)
+        return context
+
+    async def _cook(self, cook: str, entry: KitchenEntry, ticket_id: UUID, order_id: UUID) -> None:
+        """Start, prepare and finish the ticket. Its entry leaves the stream with the finish
+        (finish.lua), or at once when there is nothing to make; it stays pending when a stop
+        comes while the line is paused, for the next cook to run to take over."""
+        outcome = await self._start(entry, ticket_id, order_id)
         while outcome == "paused":  # hold the ticket, in its place, until the line runs
             if self._stopping:
-                return False
+                return
             with telemetry.untraced():  # waiting is not cooking: no span per look
                 await self.store.keep(cook, entry)
                 await asyncio.sleep(PAUSE_POLL_SECONDS)
-                outcome = await service.start_cooking(self.store, ticket_id, order_id)
+                outcome = await self._start(entry, ticket_id, order_id)
         if outcome in ("started", "resumed"):
-            if self.preparation_seconds > 0:
-                await asyncio.sleep(self.preparation_seconds)
-            await service.finish_cooking(self.store, ticket_id, order_id)
-        return True
+            await asyncio.sleep(self.preparation_seconds)
+            await service.finish_cooking(self.store, entry, ticket_id, order_id)
+        elif outcome != "finished":  # cancelled or done already
+            await self.store.done_with(entry)
+
+    async def _start(self, entry: KitchenEntry, ticket_id: UUID, order_id: UUID) -> str:
+        """Start the ticket; with no preparation time to wait, finish it in the same step."""
+        if self.preparation_seconds > 0:
+            return await service.start_cooking(self.store, ticket_id, order_id)
+        return await service.cook_at_once(self.store, entry, ticket_id, order_id)

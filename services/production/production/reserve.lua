@@ -49,7 +49,9 @@ redis.call('HSET', KEYS[5], 'id', ticket_id, 'order_id', ARGV[3], 'status', 'que
 redis.call('SET', KEYS[3], ticket_id)
 redis.call('ZADD', KEYS[6], ARGV[6], ticket_id)
 redis.call('ZADD', KEYS[7], ARGV[6], ticket_id)
-redis.call('XADD', KEYS[8], '*', 'ticket_id', ticket_id)
+-- The kitchen entry carries what a cook needs to announce the ticket's steps (its order, and the
+-- trace to continue), so the cook does not read the ticket back before starting it.
+redis.call('XADD', KEYS[8], '*', 'ticket_id', ticket_id, 'order_id', ARGV[3], 'traceparent', ARGV[7])
 remember()
 redis.call('XADD', KEYS[9], '*', unpack(ARGV, 9 + 2 * n))
 return {'queued', ticket_id}

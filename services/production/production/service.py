@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 from production.domain import TicketLine, demand, failure_reason, shortages
-from production.store import ProductionStore
+from production.store import KitchenEntry, ProductionStore
 from sagakit import telemetry
 from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.events import (
@@ -116,10 +116,27 @@ async def start_cooking(store: ProductionStore, ticket_id: UUID, order_id: UUID)
     return outcome
 
 
-async def finish_cooking(store: ProductionStore, ticket_id: UUID, order_id: UUID) -> str:
+async def finish_cooking(
+    store: ProductionStore, entry: KitchenEntry, ticket_id: UUID, order_id: UUID
+) -> str:
+    """Hand the ticket over ("finished"; "skip" if it was cancelled meanwhile) and be done with
+    its kitchen entry."""
     finished = _event(OrderFinished(order_id=order_id, ticket_id=ticket_id), order_id)
-    outcome = await store.finish(ticket_id, finished, _now())
+    outcome = await store.finish(entry, ticket_id, finished, _now())
     log.info("ticket %s: %s", ticket_id, outcome)
+    return outcome
+
+
+async def cook_at_once(
+    store: ProductionStore, entry: KitchenEntry, ticket_id: UUID, order_id: UUID
+) -> str:
+    """Start and finish the ticket in one step, for a kitchen with no preparation time:
+    "finished" (its kitchen entry done with too), else "paused" or "skip" as start_cooking."""
+    started = _event(ProductionStarted(order_id=order_id, ticket_id=ticket_id), order_id)
+    finished = _event(OrderFinished(order_id=order_id, ticket_id=ticket_id), order_id)
+    outcome = await store.start_and_finish(entry, ticket_id, started, finished, _now())
+    if outcome != "paused":
+        log.info("ticket %s: %s at once", ticket_id, outcome)
     return outcome
 
 

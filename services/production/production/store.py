@@ -9,7 +9,8 @@ its id in the inbox. Keys::
                                      finished_at, cancelled_at, traceparent
     order-ticket:<order id>   string the order's ticket id
     tickets, tickets:<status> zsets  ticket ids scored by creation time (ms), for the queue view
-    kitchen                   stream ticket ids for the cooks (consumer group ``cooks``)
+    kitchen                   stream tickets for the cooks (consumer group ``cooks``): ticket_id,
+                                     order_id, traceparent
     kitchen:paused            string present while the kitchen manager holds the line
     outbox                    stream events to publish (sagakit.outbox.RedisStreamOutboxRelay)
     inbox:<event id>          string a consumed event (expires after the inbox TTL)
@@ -68,9 +69,17 @@ def _outbox_fields(event: OutgoingEvent) -> list[str]:
     return [part for item in event.to_record().items() for part in item]
 
 
-def _script(redis: Redis, name: str) -> AsyncScript:
+def _lua(name: str) -> str:
+    return Path(__file__).with_name(f"{name}.lua").read_text()
+
+
+def _script(redis: Redis, name: str, *parts: str) -> AsyncScript:
+    """The script ``name``; each ``--[[ <part>.lua ]]`` line in it replaced by that script."""
+    text = _lua(name)
+    for part in parts:
+        text = text.replace(f"--[[ {part}.lua ]]", _lua(part))
     # EVALSHA, loading the script again when Redis lost it (a restart): see AsyncScript.
-    return redis.register_script(Path(__file__).with_name(f"{name}.lua").read_text())
+    return redis.register_script(text)
 
 
 def _millis(at: datetime) -> int:
@@ -89,6 +98,10 @@ class Reservation:
 class KitchenEntry:
     entry_id: str
     ticket_id: UUID | None  # None: an entry that is not a ticket (dropped)
+    # The ticket's order and trace context, written with the entry by reserve.lua; None in an
+    # entry queued before entries carried them (the cook then reads them from the ticket).
+    order_id: UUID | None = None
+    traceparent: str | None = None
 
 
 class ProductionStore:
@@ -99,6 +112,7 @@ class ProductionStore:
         self._record_failure = _script(redis, "record_failure")
         self._start = _script(redis, "start")
         self._finish = _script(redis, "finish")
+        self._start_finish = _script(redis, "start_finish", "start", "finish")
         self._cancel = _script(redis, "cancel")
         self._request_cancel = _script(redis, "request_cancel")
         self._restock = _script(redis, "restock")
@@ -200,7 +214,8 @@ class ProductionStore:
     # --- the kitchen's steps -------------------------------------------------------------------
 
     async def ticket_context(self, ticket_id: UUID) -> tuple[UUID, str | None] | None:
-        """(order id, traceparent) of a ticket, for the events its cooking announces."""
+        """(order id, traceparent) of a ticket, for the events its cooking announces; the
+        kitchen entry carries them (:class:`KitchenEntry`), except one from an older version."""
         order_id, traceparent = await self.redis.hmget(_ticket(ticket_id), "order_id",
                                                        "traceparent")
         if order_id is None:
@@ -208,18 +223,26 @@ class ProductionStore:
         return UUID(str(order_id)), None if traceparent is None else str(traceparent)
 
     async def start(self, ticket_id: UUID, announcement: OutgoingEvent, at: datetime) -> str:
-        outcome: str = await self._start(
-            keys=[_ticket(ticket_id), _by_status(TicketStatus.QUEUED),
-                  _by_status(TicketStatus.IN_PROGRESS), OUTBOX, PAUSED],
-            args=[str(ticket_id), at.isoformat(), *_outbox_fields(announcement)],
-        )
+        outcome: str = await self._start(*_start_step(ticket_id, announcement, at))
         return outcome
 
-    async def finish(self, ticket_id: UUID, announcement: OutgoingEvent, at: datetime) -> str:
-        outcome: str = await self._finish(
-            keys=[_ticket(ticket_id), _by_status(TicketStatus.IN_PROGRESS),
-                  _by_status(TicketStatus.DONE), OUTBOX],
-            args=[str(ticket_id), at.isoformat(), *_outbox_fields(announcement)],
+    async def finish(
+        self, entry: KitchenEntry, ticket_id: UUID, announcement: OutgoingEvent, at: datetime
+    ) -> str:
+        """Hand the ticket over; its kitchen entry is done with in the same step."""
+        outcome: str = await self._finish(*_finish_step(entry, ticket_id, announcement, at))
+        return outcome
+
+    async def start_and_finish(
+        self, entry: KitchenEntry, ticket_id: UUID, started: OutgoingEvent,
+        finished: OutgoingEvent, at: datetime,
+    ) -> str:
+        """:meth:`start` then, if it started or resumed the ticket, :meth:`finish`, in one step:
+        "finished", else what start said ("paused", "skip")."""
+        start_keys, start_args = _start_step(ticket_id, started, at)
+        finish_keys, finish_args = _finish_step(entry, ticket_id, finished, at)
+        outcome: str = await self._start_finish(
+            keys=[*start_keys, *finish_keys], args=[len(start_args), *start_args, *finish_args],
         )
         return outcome
 
@@ -287,12 +310,39 @@ class ProductionStore:
         return _parse_ticket(row) if row else None
 
 
+def _start_step(
+    ticket_id: UUID, announcement: OutgoingEvent, at: datetime
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of start.lua."""
+    return (
+        [_ticket(ticket_id), _by_status(TicketStatus.QUEUED), _by_status(TicketStatus.IN_PROGRESS),
+         OUTBOX, PAUSED],
+        [str(ticket_id), at.isoformat(), *_outbox_fields(announcement)],
+    )
+
+
+def _finish_step(
+    entry: KitchenEntry, ticket_id: UUID, announcement: OutgoingEvent, at: datetime
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of finish.lua."""
+    return (
+        [_ticket(ticket_id), _by_status(TicketStatus.IN_PROGRESS), _by_status(TicketStatus.DONE),
+         OUTBOX, KITCHEN],
+        [str(ticket_id), at.isoformat(), COOKS, entry.entry_id, *_outbox_fields(announcement)],
+    )
+
+
 def _entry(entry_id: str, fields: dict[str, str] | None) -> KitchenEntry:
-    raw = (fields or {}).get("ticket_id")
+    fields = fields or {}
     try:
-        return KitchenEntry(entry_id, UUID(raw) if raw else None)
-    except ValueError:
+        ticket_id = UUID(fields["ticket_id"])
+    except (KeyError, ValueError):
         return KitchenEntry(entry_id, None)
+    try:
+        order_id = UUID(fields["order_id"])
+    except (KeyError, ValueError):
+        return KitchenEntry(entry_id, ticket_id)  # an older entry: the cook reads the ticket
+    return KitchenEntry(entry_id, ticket_id, order_id, fields.get("traceparent"))
 
 
 def _time(value: str | None) -> datetime | None:
