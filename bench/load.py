@@ -1,11 +1,17 @@
 """Drive orders through the gateway and wait for every saga to end.
 
 Orders go out either closed-loop (``concurrency`` clients, each placing its next order as soon as
-the last was accepted) or open-loop at a target ``rate`` (at most ``concurrency`` in flight), for
-at most ``orders`` orders and ``duration`` seconds. Completion is detected with the cheap list
-endpoint (one ``GET /api/v1/orders?status=<s>`` per non-terminal status), never with one poll per
-order; each order is read once at the end for its timeline, whose first and last entries give the
-saga's latency on the order service's clock.
+its last saga ended) or open-loop at a target ``rate`` (with at most ``concurrency`` sagas in
+flight), for at most ``orders`` orders and ``duration`` seconds. "In flight" is a saga, not a
+request: accepting an order costs the stack far less than completing its saga, so a client that
+only waited for the 202 would pile up a backlog the stack drains long after sending stops, and
+measure the backlog instead of the saga.
+
+Completion is detected with the list endpoint, one ``GET /api/v1/orders?status=<s>&status=...``
+for every non-terminal status at once (one consistent snapshot), every 50 ms while sending and
+backing off to 500 ms afterwards; never with one poll per order. Each order is read once at the
+end for its timeline, whose first and last entries give the saga's latency on the order
+service's clock.
 
 The client is aiohttp, not httpx: it shares the machine with the stack it measures, and costs
 about a third of httpx's CPU per request. One session, a bounded pool of keep-alive connections,
@@ -41,7 +47,8 @@ BODIES = {kind: orjson.dumps({"customer": {"name": "Bench", "email": "bench@exam
           for kind, (token, sku, _) in KINDS.items()}
 JSON = {"Content-Type": "application/json"}
 ORDERS = "/api/v1/orders"
-LISTS = {status: f"{ORDERS}?status={status}&limit={LIST_LIMIT}" for status in OPEN}
+OPEN_ORDERS = f"{ORDERS}?" + "".join(f"status={status}&" for status in OPEN) + f"limit={LIST_LIMIT}"
+POLL_WHILE_SENDING = 0.05
 # What a request can raise: the client's errors, and its timeout.
 HTTP_ERRORS = (aiohttp.ClientError, TimeoutError)
 
@@ -86,61 +93,23 @@ async def restock(client: aiohttp.ClientSession, orders: int) -> None:
             response.raise_for_status()
 
 
-async def _place(client: aiohttp.ClientSession, kind: str, result: LoadResult) -> None:
+async def _place(client: aiohttp.ClientSession, kind: str, result: LoadResult) -> str | None:
+    """POST one order; its id once accepted, else None (the error counted)."""
     sent, start = time.time(), time.perf_counter()
     try:
         async with client.post(ORDERS, data=BODIES[kind], headers=JSON) as response:
             status, body = response.status, await response.read()
     except HTTP_ERRORS as exc:
         result.errors[f"place: {type(exc).__name__}"] += 1
-        return
+        return None
     elapsed = 1000 * (time.perf_counter() - start)  # to the last byte of the response, as before
     result.http_ms["place"].append(elapsed)
     if status != 202:
         result.errors[f"place: HTTP {status}"] += 1
-        return
-    result.placed.append(Placed(kind, orjson.loads(body)["id"], sent, elapsed))
-
-
-async def send(client: aiohttp.ClientSession, result: LoadResult, *, orders: int, duration: float,
-               concurrency: int, rate: float | None, next_kind: Callable[[], str],
-               tick: Callable[[], None]) -> None:
-    begin = time.perf_counter()
-    counter = itertools.count()
-    in_flight = asyncio.Semaphore(concurrency)
-
-    def more() -> int | None:
-        number = next(counter)
-        due = number < orders and time.perf_counter() - begin < duration
-        return number if due else None
-
-    async def one(kind: str) -> None:
-        try:
-            await _place(client, kind, result)
-        finally:
-            in_flight.release()
-            tick()
-
-    async def closed_loop() -> None:
-        while more() is not None:
-            await in_flight.acquire()
-            await one(next_kind())
-
-    if rate is None:
-        await asyncio.gather(*(closed_loop() for _ in range(concurrency)))
-    else:
-        tasks = set()
-        while (number := more()) is not None:
-            delay = begin + number / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await in_flight.acquire()
-            task = asyncio.create_task(one(next_kind()))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
-    result.send_seconds = time.perf_counter() - begin
+        return None
+    order_id: str = orjson.loads(body)["id"]
+    result.placed.append(Placed(kind, order_id, sent, elapsed))
+    return order_id
 
 
 class HTTPStatusError(Exception):
@@ -148,19 +117,89 @@ class HTTPStatusError(Exception):
 
 
 async def _open_orders(client: aiohttp.ClientSession, result: LoadResult) -> set[str] | None:
-    """Ids of every order not yet terminal, or None when a list was cut at its limit."""
-    ids: set[str] = set()
-    for path in LISTS.values():
-        start = time.perf_counter()
-        status, body = await _get(client, path)
-        result.http_ms["poll_list"].append(1000 * (time.perf_counter() - start))
-        if status >= 400:
-            raise HTTPStatusError(status)
-        rows = orjson.loads(body)
-        if len(rows) >= LIST_LIMIT:
-            return None
-        ids.update(row["id"] for row in rows)
-    return ids
+    """Ids of every order not yet terminal, or None when the list was cut at its limit."""
+    start = time.perf_counter()
+    status, body = await _get(client, OPEN_ORDERS)
+    result.http_ms["poll_list"].append(1000 * (time.perf_counter() - start))
+    if status >= 400:
+        raise HTTPStatusError(status)
+    rows = orjson.loads(body)
+    if len(rows) >= LIST_LIMIT:
+        return None
+    return {row["id"] for row in rows}
+
+
+async def _poll(client: aiohttp.ClientSession, result: LoadResult) -> tuple[float, set[str] | None]:
+    """When the poll started, and the open orders it saw (None: it could not tell)."""
+    started = time.perf_counter()
+    try:
+        return started, await _open_orders(client, result)
+    except (*HTTP_ERRORS, HTTPStatusError) as exc:
+        result.errors[f"poll: {type(exc).__name__}"] += 1
+        return started, None
+
+
+async def send(client: aiohttp.ClientSession, result: LoadResult, *, orders: int, duration: float,
+               concurrency: int, rate: float | None, next_kind: Callable[[], str],
+               tick: Callable[[], None]) -> None:
+    begin = time.perf_counter()
+    counter = itertools.count()
+    in_flight = asyncio.Semaphore(concurrency)  # a slot per saga, freed when it is seen ended
+    accepted_at: dict[str, float] = {}  # sagas in flight -> when their 202 arrived
+    sending = True
+
+    def more() -> int | None:
+        number = next(counter)
+        due = number < orders and time.perf_counter() - begin < duration
+        return number if due else None
+
+    async def one(kind: str) -> None:
+        order_id = await _place(client, kind, result)
+        if order_id is None:
+            in_flight.release()  # nothing in flight
+        else:
+            accepted_at[order_id] = time.perf_counter()
+        tick()
+
+    async def track() -> None:
+        """Free the slot of each saga a poll no longer lists as open. Only a poll that started
+        after the order's 202 counts: an earlier one may simply not have seen it yet."""
+        while sending or accepted_at:
+            started, open_ids = await _poll(client, result)
+            if open_ids is not None:
+                for order_id, accepted in list(accepted_at.items()):
+                    if accepted < started and order_id not in open_ids:
+                        del accepted_at[order_id]
+                        in_flight.release()
+            if not sending:
+                return  # the rest is wait_terminal's
+            await asyncio.sleep(POLL_WHILE_SENDING)
+
+    async def closed_loop() -> None:
+        while more() is not None:
+            await in_flight.acquire()
+            await one(next_kind())
+
+    tracker = asyncio.create_task(track())
+    try:
+        if rate is None:
+            await asyncio.gather(*(closed_loop() for _ in range(concurrency)))
+        else:
+            tasks = set()
+            while (number := more()) is not None:
+                delay = begin + number / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await in_flight.acquire()
+                task = asyncio.create_task(one(next_kind()))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+    finally:
+        result.send_seconds = time.perf_counter() - begin
+        sending = False
+        await tracker
 
 
 async def wait_terminal(client: aiohttp.ClientSession, result: LoadResult, *, timeout: float,
@@ -169,11 +208,7 @@ async def wait_terminal(client: aiohttp.ClientSession, result: LoadResult, *, ti
     ours = {p.order_id for p in result.placed}
     begin, pause = time.perf_counter(), 0.05
     while time.perf_counter() - begin < timeout:
-        try:
-            open_ids = await _open_orders(client, result)
-        except (*HTTP_ERRORS, HTTPStatusError) as exc:
-            result.errors[f"poll: {type(exc).__name__}"] += 1
-            open_ids = None
+        _, open_ids = await _poll(client, result)
         if open_ids is not None:
             pending = len(ours & open_ids)
             progress(len(ours) - pending)

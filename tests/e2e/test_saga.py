@@ -106,3 +106,23 @@ def test_a_tokenized_declining_card_cancels(client):
         "holder": "Bo"}).json()
     order_id = place(client, [("fries", 1)], token=card["token"]).json()["id"]
     assert wait_for(client, order_id, TERMINAL)["status"] == "cancelled"
+
+
+def test_orders_can_be_listed_by_one_or_several_statuses(client):
+    declined = place(client, [("lemonade", 1)], token="tok_chargeDeclined").json()["id"]
+    finished = place(client, [("lemonade", 1)]).json()["id"]
+    wait_for(client, declined, TERMINAL)
+    wait_for(client, finished, TERMINAL)
+
+    def listed(*statuses: str) -> dict[str, str]:
+        response = client.get("/api/v1/orders", params={"status": list(statuses), "limit": 500})
+        assert response.status_code == 200
+        return {o["id"]: o["status"] for o in response.json()}
+
+    assert listed("cancelled")[declined] == "cancelled" and finished not in listed("cancelled")
+    both = listed("cancelled", "finished")
+    assert (both[declined], both[finished]) == ("cancelled", "finished")
+    assert set(both.values()) <= {"cancelled", "finished"}
+    response = client.get("/api/v1/orders", params={"status": ["finished", "lost"]})
+    assert response.status_code == 422
+    assert "status" in response.text

@@ -20,15 +20,18 @@ API_KEY = "unit-key"
 
 
 class FakeGateway:
-    """Orders placed are open on the first list poll and terminal from the second on."""
+    """An order is listed open by the first poll after it was placed, and is terminal from the
+    next poll on; ``ending`` forces the terminal status of every order."""
 
-    def __init__(self, *, fail_every: int = 0) -> None:
+    def __init__(self, *, fail_every: int = 0, ending: str | None = None) -> None:
         self.orders: dict[str, dict[str, object]] = {}
         self.bodies: list[dict[str, object]] = []
         self.polls = 0
+        self.most_open = 0  # the most sagas in flight at any time
         self.stock: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._fail_every = fail_every
+        self._ending = ending
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -52,21 +55,27 @@ class FakeGateway:
         self.bodies.append(body)
         token = body["payment_token"]
         sku = body["items"][0]["sku"]
-        final = ("cancelled" if token == "tok_chargeDeclined"
-                 else "refunded" if sku == "truffle-risotto" else "finished")
+        final = self._ending or ("cancelled" if token == "tok_chargeDeclined"
+                                 else "refunded" if sku == "truffle-risotto" else "finished")
         order_id = f"00000000-0000-0000-0000-{number:012d}"
-        self.orders[order_id] = {"id": order_id, "status": "pending_payment", "final": final}
+        self.orders[order_id] = {"id": order_id, "status": "pending_payment", "final": final,
+                                 "listed": False}
+        self.most_open = max(self.most_open, sum(
+            o["status"] not in load.TERMINAL for o in self.orders.values()))
         return web.json_response({"id": order_id, "status": "pending_payment"}, status=202)
 
     async def list(self, request: web.Request) -> web.Response:
         self._authorised(request)
         assert request.query["limit"] == str(load.LIST_LIMIT)
+        assert request.query.getall("status") == list(load.OPEN)  # every open one, at once
         self.polls += 1
-        if self.polls > len(load.OPEN):  # every open status asked once: the next poll sees all
-            for order in self.orders.values():
+        for order in self.orders.values():
+            if order["listed"]:
                 order["status"] = order["final"]
         rows = [{"id": o["id"], "status": o["status"]} for o in self.orders.values()
-                if o["status"] == request.query["status"]]
+                if o["status"] in load.OPEN]
+        for order in self.orders.values():
+            order["listed"] = order["listed"] or order["status"] in load.OPEN
         return web.json_response(rows)
 
     async def get(self, request: web.Request) -> web.Response:
@@ -119,8 +128,9 @@ async def test_every_order_is_placed_timed_and_read_once(rate: float | None) -> 
     assert all(ms > 0 for ms in result.http_ms["place"])
     assert {p.order_id for p in result.placed} == set(gateway.orders) == set(result.orders)
     assert len(result.http_ms["get_order"]) == 40
-    assert len(result.http_ms["poll_list"]) == 2 * len(load.OPEN)  # one open poll, one done
+    assert len(result.http_ms["poll_list"]) == gateway.polls >= 2
     assert result.errors == {} and result.unfinished == 0
+    assert gateway.most_open <= 4  # the concurrency bounds sagas in flight, not requests
     # The bodies are the kinds' own: the token and sku that make each outcome.
     assert {(b["payment_token"], b["items"][0]["sku"])  # type: ignore[index]
             for b in gateway.bodies} == {(token, sku) for token, sku, _ in load.KINDS.values()}
@@ -136,14 +146,12 @@ async def test_a_refused_order_is_an_error_not_an_order() -> None:
 
 
 async def test_an_order_ending_elsewhere_than_its_kind_must_is_an_error() -> None:
-    gateway = FakeGateway()
+    gateway = FakeGateway(ending="refunded")
     result = load.LoadResult()
     async for url in _serve(gateway):
         async with load.client_for(url, API_KEY, 2) as client:
             await load.send(client, result, orders=3, duration=30, concurrency=2, rate=None,
                             next_kind=load.mix_sequence({"approve": 1}), tick=lambda: None)
-            for order in gateway.orders.values():
-                order["final"] = "refunded"
             await load.wait_terminal(client, result, timeout=10, progress=lambda _: None)
             await load.fetch_all(client, result)
 
@@ -157,7 +165,8 @@ async def test_an_unreachable_gateway_is_counted_per_order() -> None:
                         next_kind=load.mix_sequence({"approve": 1}), tick=lambda: None)
 
     assert result.placed == [] and result.http_ms["place"] == []
-    assert result.errors == {"place: ClientConnectorError": 3}
+    assert result.errors["place: ClientConnectorError"] == 3
+    assert result.errors["poll: ClientConnectorError"] >= 1  # the in-flight tracker's too
 
 
 def test_the_progress_bar_is_not_redrawn_for_every_order(

@@ -212,7 +212,12 @@ async def place_order(
             summary="Recent orders, newest first")
 async def list_orders(
     request: Request,
-    status_filter: Annotated[Status | None, Query(alias="status")] = None,
+    status_filter: Annotated[
+        list[Status] | None,
+        Query(alias="status", max_length=len(Status),
+              description="only orders in this status; repeat it for several "
+              "(`?status=paid&status=received`: one consistent snapshot of both)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[OrderSummary]:
     async with _pool(request).acquire() as conn:

@@ -157,12 +157,12 @@ async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:
 
 
 async def recent(
-    conn: asyncpg.Connection, status: str | None, limit: int
+    conn: asyncpg.Connection, statuses: Sequence[str] | None, limit: int
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT * FROM orders WHERE ($1::text IS NULL OR status = $1)"
+        "SELECT * FROM orders WHERE ($1::text[] IS NULL OR status = ANY($1))"
         " ORDER BY created_at DESC LIMIT $2",
-        status, limit,
+        None if statuses is None else list(statuses), limit,
     )
 
 
