@@ -62,10 +62,10 @@ POISON = (ValidationError, json.JSONDecodeError, UnicodeDecodeError, SubscriberN
 
 
 # The envelope of the delivery being handled, set by the middleware for the handler's task.
-_delivery: ContextVar[EventMeta | ValueError] = ContextVar("saga_delivery")
+_delivery: ContextVar[EventMeta | ValueError | None] = ContextVar("saga_delivery", default=None)
 
 
-def current_event() -> EventMeta:
+def event_meta() -> EventMeta:
     """The envelope (id, type, subject, attempt) of the event the running handler consumes.
 
     Read from the context the middleware set, not from a ``message`` handler parameter:
@@ -73,6 +73,8 @@ def current_event() -> EventMeta:
     context field in a worker thread, a thread hop per delivery.
     """
     meta = _delivery.get()
+    if meta is None:
+        raise RuntimeError("event_meta() outside a handler run through RetryPolicy.middleware()")
     if isinstance(meta, ValueError):
         raise Poison(str(meta))  # no event id: it can never be recorded in an inbox
     return meta

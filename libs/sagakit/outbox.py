@@ -213,16 +213,20 @@ class RedisStreamOutboxRelay(_Relay):
         # publish that failed while the broker was away), so it goes out first and in order;
         # then what dead replicas left pending; then new entries.
         entries = await self._read("0", block=None) if self._own_pending else []
-        self._own_pending = bool(entries)
         if not entries:
-            entries = await self._claim_abandoned()
-        if not entries:
-            entries = await self._read(">", block=None if self._stopping
-                                       else int(self.sweep_seconds * 1000))
-        if not entries:
-            return 0
+            # From here until the acknowledgement below, entries may be pending on this consumer:
+            # a read that Redis served but that failed or was cancelled (a stop) on the way back
+            # leaves them there, and the next drain must look at its own pending list first.
+            self._own_pending = True
+            entries = (
+                await self._claim_abandoned()
+                or await self._read(">", block=None if self._stopping
+                                    else int(self.sweep_seconds * 1000))
+            )
+            if not entries:
+                self._own_pending = False
+                return 0
         events = [OutgoingEvent.from_record(_decode(fields)) for _, fields in entries if fields]
-        self._own_pending = True  # until confirmed and acknowledged below
         await self.publisher.publish_all(events)
         ids = [entry_id for entry_id, _ in entries]
         async with self.redis.pipeline(transaction=True) as pipe:

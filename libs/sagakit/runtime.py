@@ -17,8 +17,7 @@ from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.specification import AsyncAPI
 
 from sagakit import logs, metrics, postgres, telemetry
-from sagakit.consuming import RetryPolicy, current_event
-from sagakit.envelope import EventMeta
+from sagakit.consuming import RetryPolicy, event_meta
 from sagakit.outbox import EventPublisher, PostgresOutboxRelay
 from sagakit.settings import ServiceSettings
 from sagakit.topology import ConsumerQueue, Topology, dead_letter_queue
@@ -94,6 +93,17 @@ class Messaging:
         return spec.to_specification().to_jsonable()  # type: ignore[no-any-return]
 
 
+__all__ = [
+    "Messaging",
+    "add_asyncapi_route",
+    "database_ready",
+    "event_meta",
+    "of_type",
+    "postgres_lifespan",
+    "serve",
+]
+
+
 def of_type(event_type: str) -> Callable[[Any], Awaitable[bool]]:
     """A FastStream filter routing a delivery to the handler of its CloudEvents type.
 
@@ -106,11 +116,6 @@ def of_type(event_type: str) -> Callable[[Any], Awaitable[bool]]:
 
     matches.__name__ = f"of_type_{event_type.replace('.', '_')}"
     return matches
-
-
-def event_meta() -> EventMeta:
-    """The envelope of the event the running handler consumes (its ids are in the log context)."""
-    return current_event()
 
 
 def add_asyncapi_route(app: FastAPI, service: str, messaging: Messaging) -> None:

@@ -123,3 +123,14 @@ async def test_only_a_write_that_announces_an_event_wakes_the_relay(pool, infra,
             await asyncio.wait_for(woken.get(), 0.5)
     finally:
         await listener.close()
+
+
+async def test_a_change_by_any_other_writer_bumps_the_version_too(pool):
+    """A replica of the previous release (row locks, no version) or an operator's UPDATE."""
+    order = await _new_order(pool)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE orders SET status = 'paid' WHERE id = $1", order.id)
+        assert not await store.transition(conn, order, Status.CANCELLING, reason="late",
+                                          event=None, trace_id="0" * 32)
+        now, _ = await store.read(conn, order.id)
+    assert now is not None and now.status is Status.PAID and now.version == 1

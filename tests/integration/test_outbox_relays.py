@@ -87,3 +87,29 @@ async def test_what_a_dead_replica_read_and_never_confirmed_is_published_by_anot
     assert await relay.drain_once() == 2
     assert publisher.published == ["x", "y"]
     assert await redis.xlen(STREAM) == 0
+
+
+async def test_entries_a_failed_read_left_pending_go_out_first(redis, monkeypatch):
+    """Redis served the read, but the answer never arrived (a stop cancelled it, the connection
+    broke): the entries sit in this consumer's pending list, and the next drain takes them
+    before anything newer."""
+    publisher = Publisher()
+    relay = await _relay(redis, publisher)
+    await _append(redis, "lost-1", "lost-2")
+    served = relay._read
+
+    async def read_then_fail(start: str, block: int | None) -> list[Any]:
+        await served(start, block)
+        if start == ">":
+            raise ConnectionError("connection lost after Redis served the read")
+        return []
+
+    monkeypatch.setattr(relay, "_read", read_then_fail)
+    relay._own_pending = False  # as after a drain that acknowledged everything
+    with pytest.raises(ConnectionError):
+        await relay.drain_once()
+    monkeypatch.setattr(relay, "_read", served)
+    await _append(redis, "newer")
+    assert await relay.drain_once() == 2
+    assert await relay.drain_once() == 1
+    assert publisher.published == ["lost-1", "lost-2", "newer"]

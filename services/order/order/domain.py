@@ -183,5 +183,5 @@ class OrderRef:
     currency: str
     lines: tuple[Line, ...]
     accepted_at: datetime
-    version: int = 0  # bumped by every change: a change applies only to the version it read
+    version: int  # bumped by every change: a change applies only to the version it read
     cancel_requested: bool = False

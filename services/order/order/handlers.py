@@ -67,7 +67,6 @@ def register(messaging: Messaging, pool: Callable[[], asyncpg.Pool]) -> None:
     @payments(filter=of_type(E.CARD_TOKENIZED))
     async def on_card_tokenized(event: CardTokenized) -> None:
         """Keep a local list of valid tokens so the order API can check one without HTTP."""
-        event_meta()
         async with pool().acquire() as conn:
             await store.remember_token(conn, event.token, event.brand, event.last4,
                                        event.created_at)
