@@ -95,6 +95,9 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="own stack: an extra environment variable (a tuning knob)")
     parser.add_argument("--ceiling-sagas", type=int, default=3000,
                         help="sagas of the raw aio-pika ceiling run (0: skip it)")
+    parser.add_argument("--ceiling-faststream", action="store_true",
+                        help="also run the ceiling with FastStream relays (the framework's "
+                        "own cost: ceiling.faststream, ceiling.faststream_ratio)")
     parser.add_argument("--ceiling-vhost", default=raw_pipeline.VHOST,
                         help="the vhost the ceiling runs on (re-created empty)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
@@ -186,6 +189,13 @@ def run(args: argparse.Namespace, rabbitmq_url: str | None = None) -> dict[str, 
     if args.ceiling_sagas:
         print(f"bench: ceiling, raw aio-pika, {args.ceiling_sagas} sagas", file=sys.stderr)
         ceiling = raw_pipeline.run(broker, args.ceiling_sagas, vhost=args.ceiling_vhost)
+        if args.ceiling_faststream:
+            print("bench: ceiling again, FastStream relays", file=sys.stderr)
+            framework = raw_pipeline.run(broker, args.ceiling_sagas, vhost=args.ceiling_vhost,
+                                         framework="faststream")
+            ceiling["faststream"] = framework
+            ceiling["faststream_ratio"] = (round(framework["sagas_per_s"] / ceiling["sagas_per_s"],
+                                                 3) if ceiling["sagas_per_s"] else None)
     if args.url:
         target = stack.Target(args.url, args.api_key, args.run_dir, broker)
         result, cpu = asyncio.run(drive(target, args, progress))

@@ -120,9 +120,35 @@ async def _relay(url: str, name: str) -> None:
     await connection.close()
 
 
-def _relay_process(url: str, name: str) -> None:
+async def _relay_faststream(url: str, name: str) -> None:
+    """The same relay written as a plain FastStream app: a subscriber, a publish per event.
+
+    The step and the order id travel in the body, so the handler needs no ``message``
+    parameter (which FastStream would resolve in a worker thread).
+    """
+    from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
+
+    broker = RabbitBroker(url, default_channel=Channel(prefetch_count=PREFETCH), logger=None)
+    exchange = RabbitExchange(EXCHANGE, type=ExchangeType.TOPIC, durable=True)
+    queue = RabbitQueue(f"raw.{name}", durable=True, declare=False)
+
+    @broker.subscriber(queue, exchange=exchange)
+    async def handle(event: dict[str, Any]) -> None:
+        step = NEXT[event["step"]]
+        await broker.publish(_body(event["order_id"], step), exchange=exchange,
+                             routing_key=step, persist=True, correlation_id=event["order_id"],
+                             headers={"ce-type": step, "ce-subject": event["order_id"],
+                                      "ce-specversion": "1.0"})
+
+    async with broker:
+        await broker.start()
+        await asyncio.Future()  # until terminated
+
+
+def _relay_process(url: str, name: str, framework: str = "aio-pika") -> None:
+    relay = _relay_faststream if framework == "faststream" else _relay
     try:
-        asyncio.run(_relay(url, name))
+        asyncio.run(relay(url, name))
     except KeyboardInterrupt:
         pass
 
@@ -177,12 +203,16 @@ async def _drive(url: str, sagas: int, window: int, timeout: float) -> dict[str,
 
 
 def run(rabbitmq_url: str, sagas: int = 3000, window: int = 64, timeout: float = 60.0,
-        vhost: str = VHOST) -> dict[str, Any]:
-    """Measure the ceiling; returns sagas/s and latency. Child processes are always stopped."""
+        vhost: str = VHOST, framework: str = "aio-pika") -> dict[str, Any]:
+    """Measure the ceiling; returns sagas/s and latency. Child processes are always stopped.
+
+    ``framework="faststream"`` writes payment's and production's relays with FastStream
+    instead (the driver stays aio-pika): the framework's own per-message cost, measured.
+    """
     url = fresh_vhost(rabbitmq_url, vhost)
     asyncio.run(declare(url))
     context = multiprocessing.get_context("spawn")
-    relays = [context.Process(target=_relay_process, args=(url, name), daemon=True,
+    relays = [context.Process(target=_relay_process, args=(url, name, framework), daemon=True,
                               name=f"raw-{name}") for name in ("payment", "production")]
     for process in relays:
         process.start()
@@ -197,6 +227,7 @@ def run(rabbitmq_url: str, sagas: int = 3000, window: int = 64, timeout: float =
             if process.is_alive():
                 process.kill()
     result["vhost"] = vhost
+    result["relays"] = framework
     return result
 
 
@@ -207,8 +238,11 @@ def main() -> None:
     parser.add_argument("--sagas", type=int, default=3000)
     parser.add_argument("--window", type=int, default=64, help="sagas in flight at most")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--relays", choices=("aio-pika", "faststream"), default="aio-pika",
+                        help="what payment's and production's relays are written with")
     args = parser.parse_args()
-    print(json.dumps(run(args.rabbitmq_url, args.sagas, args.window, args.timeout), indent=2))
+    print(json.dumps(run(args.rabbitmq_url, args.sagas, args.window, args.timeout,
+                         framework=args.relays), indent=2))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ def test_a_small_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
         "--url", stack.base_url, "--api-key", API_KEY, "--run-dir", str(RUN_DIR),
         "--orders", "30", "--concurrency", "4", "--duration", "10", "--drain-timeout", "30",
         "--mix", "approve=3,decline=1,out_of_stock=1", "--ceiling-sagas", "100",
+        "--ceiling-faststream",
         # Its own vhost, named after the stack's, so side-by-side test sessions never share it.
         "--ceiling-vhost", f"{amqp_vhost(stack.rabbitmq_url)}_raw",
         "--out", str(tmp_path), "--quiet",
@@ -44,6 +45,9 @@ def test_a_small_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
         assert report["saga"]["latency_ms"][key] is not None
     assert report["http_latency_ms"]["place"]["p99"] is not None
     assert report["ceiling"]["sagas_per_s"] > 0
+    assert report["ceiling"]["faststream"]["sagas_per_s"] > 0
+    assert report["ceiling"]["faststream"]["relays"] == "faststream"
+    assert report["ceiling"]["faststream_ratio"] > 0
     assert report["efficiency"] is not None and report["efficiency"] > 0
     assert {"order", "gateway"} <= report["cpu"]["cpu_seconds"].keys()
     per_saga = report["cpu"]["ms_per_saga"]
