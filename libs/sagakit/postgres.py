@@ -72,25 +72,23 @@ async def migrate(pool: asyncpg.Pool, directories: Sequence[Path]) -> list[str]:
 
 async def add_to_outbox(conn: asyncpg.Connection, *events: OutgoingEvent) -> None:
     """Record events to publish; call inside the transaction that makes the change they announce."""
-    await conn.executemany(
-        "INSERT INTO outbox (event_id, event_type, subject, headers, body)"
-        " VALUES ($1, $2, $3, $4, $5)",
-        [(e.id, e.type, e.subject, e.headers, e.body) for e in events],
-    )
+    await conn.execute(outbox_insert(1), *outbox_columns(events))
 
 
-def outbox_insert(first: int, *, when: str) -> str:
-    """The outbox insert as a data-modifying CTE of a larger statement, so that events commit
-    with the change they announce in one round trip (see the order service's transitions).
+def outbox_insert(first: int, *, when: str | None = None) -> str:
+    """The outbox insert, the one SQL every PostgreSQL writer of events uses.
 
     The events come as five parallel arrays (:func:`outbox_columns`) in the parameters
-    ``$first`` to ``$first+4``; ``when`` names a CTE that returns one row when the change took
-    place and none otherwise, so nothing is announced for a change that did not happen.
+    ``$first`` to ``$first+4``. As a data-modifying CTE of a larger statement, events commit
+    with the change they announce in one round trip (see the order service's transitions):
+    ``when`` then names a CTE that returns one row when the change took place and none
+    otherwise, so nothing is announced for a change that did not happen.
     """
     a, b, c, d, e = range(first, first + 5)
+    rows = f"{when}, " if when else ""
     return (
         "INSERT INTO outbox (event_id, event_type, subject, headers, body)"
-        f" SELECT e.* FROM {when}, unnest(${a}::uuid[], ${b}::text[], ${c}::text[],"
+        f" SELECT e.* FROM {rows}unnest(${a}::uuid[], ${b}::text[], ${c}::text[],"
         f" ${d}::text[]::jsonb[], ${e}::bytea[]) AS e"
     )
 

@@ -91,7 +91,7 @@ async def read(
 # empty, i.e. when another step of the order committed first.
 _TRANSITION = (
     "WITH moved AS ("
-    " UPDATE orders SET status = $3, version = version + 1, updated_at = now(),"
+    " UPDATE orders SET status = $3, updated_at = now(),"
     " cancellation_reason = COALESCE(cancellation_reason, $4)"
     " WHERE id = $1 AND version = $2 RETURNING id),"
     " step AS (INSERT INTO order_timeline (order_id, status, reason, event_id, trace_id)"
@@ -124,7 +124,7 @@ async def transition(
 
 _REQUEST_CANCEL = (
     "WITH marked AS ("
-    " UPDATE orders SET cancel_requested_at = now(), version = version + 1, updated_at = now()"
+    " UPDATE orders SET cancel_requested_at = now(), updated_at = now()"
     " WHERE id = $1 AND version = $2 RETURNING id),"
     " sent AS (" + outbox_insert(3, when="marked") + ")"
     " SELECT count(*) FROM marked"
