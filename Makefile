@@ -23,14 +23,15 @@ MODE := $(shell if [ "$(SAGA_MODE)" != auto ]; then echo "$(SAGA_MODE)"; \
 # down/ps/logs work without a venv too: the runner needs only the standard library for them.
 RUNNER = $(if $(wildcard $(PY)),$(PY),python3) deploy/native.py
 
-.PHONY: help bootstrap up down ps logs test test-chaos lint clean bench
+.PHONY: help bootstrap up down down-volumes ps logs test test-compose test-chaos lint clean bench
 
 help:
 	@echo "make up         start everything and wait until healthy (compose or native: $(MODE))"
-	@echo "make down       stop everything"
+	@echo "make down       stop everything (data kept; make down-volumes drops it too)"
 	@echo "make ps         what runs, and whether it is ready"
 	@echo "make logs       follow the logs"
 	@echo "make test       run the tests (PYTEST_ARGS='-k order' to pass options)"
+	@echo "make test-compose the e2e and chaos tests against a compose stack (needs Docker)"
 	@echo "make test-chaos every chaos scenario, broker and database restarts included (~2 min)"
 	@echo "make lint       ruff and mypy"
 	@echo "make bench      benchmark on an own isolated stack (BENCH_ARGS='--rate 50 --duration 60')"
@@ -40,16 +41,31 @@ help:
 bootstrap:
 	@bash deploy/bootstrap.sh
 
-up: bootstrap
+# Compose mode needs only Docker on the host: no virtualenv, no nginx, no host Python.
 ifeq ($(MODE),compose)
-	docker compose up -d --build --wait
+up:
+	docker compose up -d --build --wait $(COMPOSE_UP_ARGS)
+	@echo "saga-shop is up: http://127.0.0.1:$${GATEWAY_PORT:-8080}/ (make ps, make logs, make down)"
 else
+up: bootstrap
 	$(PY) deploy/native.py up
 endif
 
+# `make down` keeps the data (named volumes in compose, databases natively);
+# `make down-volumes` also drops the compose volumes, so the next `make up` starts afresh.
 down:
-	@if [ "$(MODE)" = compose ]; then docker compose down; fi
+ifeq ($(MODE),compose)
+	docker compose down --remove-orphans
+else
 	@$(RUNNER) down
+endif
+
+down-volumes:
+ifeq ($(MODE),compose)
+	docker compose down --remove-orphans --volumes
+else
+	@$(RUNNER) down
+endif
 
 ps:
 ifeq ($(MODE),compose)
@@ -74,6 +90,11 @@ bench: bootstrap
 	@$(PY) -c 'import aiohttp, matplotlib' 2>/dev/null || $(PY) -m pip install --quiet \
 		--disable-pip-version-check -e '.[dev,bench]'
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The same black-box tests (tests/e2e, tests/chaos) against stacks started with docker compose
+# (projects saga-e2e and saga-chaos, gateway on 28080/28580): tests/stacks.py.
+test-compose: bootstrap
+	CHAOS_FULL=1 $(PY) -m pytest tests/e2e tests/chaos --stack=compose $(PYTEST_ARGS)
 
 # The full chaos set: restarts RabbitMQ (stop_app/start_app) and PostgreSQL on this machine.
 test-chaos: bootstrap

@@ -223,16 +223,23 @@ def envsubst_filter() -> re.Pattern[str]:
 
 @pytest.mark.parametrize("service", SETTINGS)
 def test_gateway_upstream_is_the_service_name_and_http_port(service: str) -> None:
+    """The gateway's upstream group is a file its entrypoint script keeps equal to the service
+    name's replicas (gateway/docker-entrypoint.d), with the same server options as native mode."""
     prefix = service.upper()
-    servers = env_of("gateway")[f"{prefix}_UPSTREAM_SERVERS"]
-    match = re.fullmatch(r"server ([\w-]+):(\d+) (.+);", servers)
-    assert match, servers
-    host, port, options = match.groups()
-    assert host == service and "build" in services()[host]
+    gateway = env_of("gateway")
+    assert gateway[f"{prefix}_UPSTREAM_SERVERS"] == f"include /etc/nginx/upstreams/{service}.conf;"
+    watched = dict(u.split(":") for u in gateway["SAGA_UPSTREAMS"].split())
+    host, port = service, watched[service]
+    assert "build" in services()[host]
     assert port == env_of(service)[f"{prefix}_HTTP_PORT"]
     assert port == str(SETTINGS[service].model_fields["http_port"].default)
+    options = gateway["SAGA_UPSTREAM_OPTIONS"]
     native_servers = native.stack_env({})[f"{prefix}_UPSTREAM_SERVERS"]
     assert native_servers == f"server 127.0.0.1:{port} {options};"  # same options both modes
+    script = "./gateway/docker-entrypoint.d/40-saga-upstreams.sh"
+    assert f"{script}:/docker-entrypoint.d/40-saga-upstreams.sh:ro" in services()["gateway"][
+        "volumes"]
+    assert os.access(REPO / script, os.X_OK), "the image's entrypoint runs only executable scripts"
 
 
 def test_template_variables_are_given_to_nginx_and_pass_its_filter() -> None:
