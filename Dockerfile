@@ -1,4 +1,4 @@
-# saga-shop's three services: one image base shared by all (they share sagakit and one
+# saga-shop's four services: one image base shared by all (they share sagakit and one
 # pyproject.toml), then one target per service: `docker build --target payment .`.
 # Each target's CMD is exactly native mode's start command (deploy/native.py: python -m <service>)
 # and its HEALTHCHECK asks the service's own /health/ready; tests/compose/ holds them to both.
@@ -25,6 +25,15 @@ COPY libs ./libs
 COPY services ./services
 RUN pip install --no-deps --no-build-isolation . \
     && rm -rf /src
+
+# Mount points of the key and password volumes, owned by the service user: a fresh named volume
+# takes the ownership of the directory it is mounted on, so the `keys` job (not root) can write
+# to it.
+RUN mkdir -p /run/saga-keys/private /run/saga-keys/public \
+        /run/saga-secrets/order-db /run/saga-secrets/payment-db /run/saga-secrets/identity-db \
+        /run/saga-secrets/rabbitmq \
+    && chown -R 10001:10001 /run/saga-keys /run/saga-secrets \
+    && chmod 700 /run/saga-keys/private
 
 WORKDIR /app
 USER 10001:10001
@@ -53,3 +62,11 @@ EXPOSE 8003
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(f'http://127.0.0.1:{os.environ[\"PRODUCTION_HTTP_PORT\"]}/health/ready', timeout=2)"]
 CMD ["python", "-m", "production"]
+
+FROM base AS identity
+ENV IDENTITY_HTTP_HOST=0.0.0.0 \
+    IDENTITY_HTTP_PORT=8004
+EXPOSE 8004
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(f'http://127.0.0.1:{os.environ[\"IDENTITY_HTTP_PORT\"]}/health/ready', timeout=2)"]
+CMD ["python", "-m", "identity"]

@@ -23,15 +23,18 @@ MODE := $(shell if [ "$(SAGA_MODE)" != auto ]; then echo "$(SAGA_MODE)"; \
 # down/ps/logs work without a venv too: the runner needs only the standard library for them.
 RUNNER = $(if $(wildcard $(PY)),$(PY),python3) deploy/native.py
 
-.PHONY: help bootstrap up down down-volumes ps logs test test-compose test-chaos lint clean bench
+.PHONY: help bootstrap up up-ha down down-volumes ps logs demo test test-compose test-chaos lint clean bench screenshots
 
 help:
 	@echo "make up         start everything and wait until healthy (compose or native: $(MODE))"
 	@echo "make down       stop everything (data kept; make down-volumes drops it too)"
 	@echo "make ps         what runs, and whether it is ready"
 	@echo "make logs       follow the logs"
+	@echo "make demo       one order of each outcome, each timeline live, with trace and log links"
+	@echo "make up-ha      compose only: the same stack on a three-node RabbitMQ cluster"
 	@echo "make test       run the tests (PYTEST_ARGS='-k order' to pass options)"
 	@echo "make test-compose the e2e and chaos tests against a compose stack (needs Docker)"
+	@echo "make screenshots regenerate docs/img/ (the shop and operator views, in Chromium)"
 	@echo "make test-chaos every chaos scenario, broker and database restarts included (~2 min)"
 	@echo "make lint       ruff and mypy"
 	@echo "make bench      benchmark on an own isolated stack (BENCH_ARGS='--rate 50 --duration 60')"
@@ -41,28 +44,37 @@ help:
 bootstrap:
 	@bash deploy/bootstrap.sh
 
+# Every file a compose stack may have been started with: `make down` stops any of them.
+COMPOSE_ALL_FILES = -f docker-compose.yml -f docker-compose.ha.yml
+
 # Compose mode needs only Docker on the host: no virtualenv, no nginx, no host Python.
 ifeq ($(MODE),compose)
 up:
 	docker compose up -d --build --wait $(COMPOSE_UP_ARGS)
 	@echo "saga-shop is up: http://127.0.0.1:$${GATEWAY_PORT:-8080}/ (make ps, make logs, make down)"
+	@echo "development accounts (README.md, \"Accounts\"): ana@example.com / ana-dev-password, bob@example.com / bob-dev-password; operator client ops-console / ops-dev-secret"
 else
 up: bootstrap
 	$(PY) deploy/native.py up
 endif
 
+# RabbitMQ as a three-node cluster of quorum queues (docker-compose.ha.yml; compose only).
+up-ha:
+	docker compose -f docker-compose.yml -f docker-compose.ha.yml up -d --build --wait $(COMPOSE_UP_ARGS)
+	@echo "saga-shop is up on a 3-node RabbitMQ cluster: http://127.0.0.1:$${GATEWAY_PORT:-8080}/"
+
 # `make down` keeps the data (named volumes in compose, databases natively);
 # `make down-volumes` also drops the compose volumes, so the next `make up` starts afresh.
 down:
 ifeq ($(MODE),compose)
-	docker compose down --remove-orphans
+	docker compose $(COMPOSE_ALL_FILES) down --remove-orphans
 else
 	@$(RUNNER) down
 endif
 
 down-volumes:
 ifeq ($(MODE),compose)
-	docker compose down --remove-orphans --volumes
+	docker compose $(COMPOSE_ALL_FILES) down --remove-orphans --volumes
 else
 	@$(RUNNER) down
 endif
@@ -81,6 +93,18 @@ else
 	@$(RUNNER) logs
 endif
 
+# `make demo` (deploy/demo.py, standard library only) against the running stack. In compose
+# mode it runs in a one-shot container of the order image on the compose network, so the host
+# needs only Docker; natively with the project's Python. GATEWAY= points it elsewhere.
+ifeq ($(MODE),compose)
+demo:
+	docker compose run --rm --no-deps --volume "$(CURDIR)/deploy:/app/deploy:ro" \
+		--env GATEWAY=$${GATEWAY:-http://gateway:8080} order python -m deploy.demo
+else
+demo:
+	@$(if $(wildcard $(PY)),$(PY),python3) -m deploy.demo
+endif
+
 test: bootstrap
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -97,6 +121,10 @@ test-compose: bootstrap
 	CHAOS_FULL=1 $(PY) -m pytest tests/e2e tests/chaos --stack=compose $(PYTEST_ARGS)
 
 # The full chaos set: restarts RabbitMQ (stop_app/start_app) and PostgreSQL on this machine.
+# The README's pictures of the shop page and the operator view, taken against the e2e stack.
+screenshots: bootstrap
+	$(PY) -m tests.e2e.screenshots $(PYTEST_ARGS)
+
 test-chaos: bootstrap
 	CHAOS_FULL=1 $(PY) -m pytest tests/chaos $(PYTEST_ARGS)
 

@@ -87,8 +87,12 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="seconds to wait for the last sagas to end")
     parser.add_argument("--url", help="a running gateway instead of an own stack")
-    parser.add_argument("--api-key", default=os.environ.get("BENCH_API_KEY",
-                                                           "dev-key-change-me"))
+    parser.add_argument("--client-id", default=os.environ.get("BENCH_CLIENT_ID",
+                                                             stack.CLIENT[0]),
+                        help="with --url: the OAuth client the load runs as (an operator: "
+                             "it restocks)")
+    parser.add_argument("--client-secret", default=os.environ.get("BENCH_CLIENT_SECRET",
+                                                                 stack.CLIENT[1]))
     parser.add_argument("--run-dir", type=Path, help="with --url: its run dir, for CPU figures")
     parser.add_argument("--replicas", type=int, default=1, help="own stack: replicas per service")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -99,7 +103,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="also run the ceiling with FastStream relays (the framework's "
                         "own cost: ceiling.faststream, ceiling.faststream_ratio)")
     parser.add_argument("--ceiling-vhost", default=raw_pipeline.VHOST,
-                        help="the vhost the ceiling runs on (re-created empty)")
+                        help="the vhost the ceiling runs on (re-created empty with this machine's "
+                             "rabbitmqctl); '' runs it on the broker URL's own vhost as given")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
     parser.add_argument("--label", default="", help="a note kept in the report")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -111,7 +116,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
 async def drive(target: stack.Target, args: argparse.Namespace,
                 progress: Progress) -> tuple[load.LoadResult, dict[str, Any]]:
     result = load.LoadResult()
-    async with load.client_for(target.url, target.api_key, args.concurrency) as client:
+    token = await load.fetch_token(target.url, *target.credentials)
+    async with load.client_for(target.url, token, args.concurrency) as client:
         await load.restock(client, args.orders)
         meter = procstat.CpuMeter(stack.pid_groups(target.run_dir), {"bench": os.getpid()})
         profiler = Profiler(stack.pid_groups(target.run_dir), args.out / "profile",
@@ -160,7 +166,8 @@ def summarise(args: argparse.Namespace, started: datetime, result: load.LoadResu
                     "load_average_before": load_before,
                     "load_average_after": procstat.load_average(),
                     "busy_percent_during_load": cpu.get("machine_busy_percent")},
-        "orders": {"placed": len(result.placed), "read": len(result.orders),
+        "orders": {"placed": len(result.placed), "refused": result.refused,
+                   "read": len(result.orders),
                    "terminal": saga["completed"], "unfinished": result.unfinished},
         "accepted_per_s": round(len(result.placed) / result.send_seconds, 1)
         if result.send_seconds else None,
@@ -197,7 +204,8 @@ def run(args: argparse.Namespace, rabbitmq_url: str | None = None) -> dict[str, 
             ceiling["faststream_ratio"] = (round(framework["sagas_per_s"] / ceiling["sagas_per_s"],
                                                  3) if ceiling["sagas_per_s"] else None)
     if args.url:
-        target = stack.Target(args.url, args.api_key, args.run_dir, broker)
+        target = stack.Target(args.url, (args.client_id, args.client_secret), args.run_dir,
+                              broker)
         result, cpu = asyncio.run(drive(target, args, progress))
     else:
         extra = dict(item.split("=", 1) for item in args.set)
@@ -212,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = run(args)
     json_path, png_path = report.write(figures, args.out)
     saga = figures["saga"]
-    print(f"bench: {figures['orders']['placed']} orders, accepted {figures['accepted_per_s']}/s,"
+    print(f"bench: {figures['orders']['placed']} orders ({figures['orders']['refused']} refused "
+          f"by admission control), accepted {figures['accepted_per_s']}/s,"
           f" completed {figures['completed_per_s']} sagas/s, ceiling "
           f"{(figures['ceiling'] or {}).get('sagas_per_s')}/s, efficiency "
           f"{figures['efficiency']}")

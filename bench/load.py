@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class Placed:
 class LoadResult:
     placed: list[Placed] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    # 503 with Retry-After: admission control refused the order (nothing created); not an error
+    # of the stack but its answer to more load than it can finish soon.
+    refused: int = 0
     http_ms: dict[str, list[float]] = field(default_factory=lambda: {
         "place": [], "poll_list": [], "get_order": []})
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> final order
@@ -97,13 +101,19 @@ async def _place(client: aiohttp.ClientSession, kind: str, result: LoadResult) -
     """POST one order; its id once accepted, else None (the error counted)."""
     sent, start = time.time(), time.perf_counter()
     try:
-        async with client.post(ORDERS, data=BODIES[kind], headers=JSON) as response:
+        # Every order carries an Idempotency-Key, as any client that might retry must send.
+        headers = {**JSON, "Idempotency-Key": str(uuid.uuid4())}
+        async with client.post(ORDERS, data=BODIES[kind], headers=headers) as response:
             status, body = response.status, await response.read()
+            retry_after = response.headers.get("Retry-After")
     except HTTP_ERRORS as exc:
         result.errors[f"place: {type(exc).__name__}"] += 1
         return None
     elapsed = 1000 * (time.perf_counter() - start)  # to the last byte of the response, as before
     result.http_ms["place"].append(elapsed)
+    if status == 503 and retry_after is not None:
+        result.refused += 1
+        return None
     if status != 202:
         result.errors[f"place: HTTP {status}"] += 1
         return None
@@ -251,11 +261,23 @@ async def fetch_all(client: aiohttp.ClientSession, result: LoadResult,
             result.errors[f"saga: {placed.kind} ended {order['status']}"] += 1
 
 
-def client_for(url: str, api_key: str, concurrency: int) -> aiohttp.ClientSession:
+async def fetch_token(url: str, client_id: str, client_secret: str) -> str:
+    """An access token for an OAuth client (client_credentials), from the stack's token endpoint."""
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{url}/api/v1/auth/token", data={"grant_type": "client_credentials",
+                                              "client_id": client_id,
+                                              "client_secret": client_secret}) as response:
+        body = await response.json()
+        if response.status != 200:
+            raise RuntimeError(f"no token for {client_id}: {response.status} {body}")
+        return str(body["access_token"])
+
+
+def client_for(url: str, token: str, concurrency: int) -> aiohttp.ClientSession:
     """One session for the whole run (call it inside the event loop): at most ``concurrency`` + 8
     connections, kept alive between requests; no cookies; 30 s at most per request."""
     connector = aiohttp.TCPConnector(limit=concurrency + 8, keepalive_timeout=30.0)
     return aiohttp.ClientSession(base_url=url, connector=connector,
-                                 headers={"X-API-Key": api_key},
+                                 headers={"Authorization": f"Bearer {token}"},
                                  cookie_jar=aiohttp.DummyCookieJar(),
                                  timeout=aiohttp.ClientTimeout(total=30.0))

@@ -209,7 +209,8 @@ def run(rabbitmq_url: str, sagas: int = 3000, window: int = 64, timeout: float =
     ``framework="faststream"`` writes payment's and production's relays with FastStream
     instead (the driver stays aio-pika): the framework's own per-message cost, measured.
     """
-    url = fresh_vhost(rabbitmq_url, vhost)
+    # An empty vhost name: the caller made the URL's vhost fresh already (a broker in a container).
+    url = fresh_vhost(rabbitmq_url, vhost) if vhost else rabbitmq_url
     asyncio.run(declare(url))
     context = multiprocessing.get_context("spawn")
     relays = [context.Process(target=_relay_process, args=(url, name, framework), daemon=True,

@@ -26,13 +26,15 @@ PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "58500"))
 DB_SUFFIX = os.environ.get("BENCH_DB_SUFFIX", "_bench")
 VHOST = os.environ.get("BENCH_VHOST", "saga_bench")
 REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "9"))
-API_KEY = "bench-key-0123456789"
+# The operator console of the development accounts: it restocks, and places orders for the
+# customers it names (a token per run, from the stack's own token endpoint).
+CLIENT = ("ops-console", "ops-dev-secret")
 
 
 @dataclass(frozen=True)
 class Target:
     url: str
-    api_key: str
+    credentials: tuple[str, str]  # an OAuth client: client_id, client_secret
     run_dir: Path | None  # where the pid files are, for CPU per process
     rabbitmq_url: str  # the broker's URL (any vhost): the ceiling runs on its own
 
@@ -57,15 +59,21 @@ def bench_env(base: Mapping[str, str], *, replicas: int,
         **base,
         "GATEWAY_PORT": str(PORT_BASE + 80), "ORDER_HTTP_PORT": str(PORT_BASE + 1),
         "PAYMENT_HTTP_PORT": str(PORT_BASE + 2), "PRODUCTION_HTTP_PORT": str(PORT_BASE + 3),
+        "IDENTITY_HTTP_PORT": str(PORT_BASE + 4),
+        "IDENTITY_DATABASE_URL": _postgres_url(admin, f"identity{DB_SUFFIX}", "identity_svc"),
         "RABBITMQ_URL": _with_path(rabbitmq, "/" + VHOST),
         "POSTGRES_ADMIN_URL": admin,
         "ORDER_DATABASE_URL": _postgres_url(admin, f"orders{DB_SUFFIX}", "order_svc"),
         "PAYMENT_DATABASE_URL": _postgres_url(admin, f"payments{DB_SUFFIX}", "payment_svc"),
         "PRODUCTION_REDIS_URL": _with_path(redis_url, f"/{REDIS_DB}"),
         "PRODUCTION_PREPARATION_SECONDS": "0",
-        "GATEWAY_API_KEYS": API_KEY,
+        "IDENTITY_TOKEN_TTL_SECONDS": "7200",
+        # The benchmark is one client sending as fast as the stack takes: no limit in its way.
         "GATEWAY_RATE_LIMIT": "100000r/s",
         "GATEWAY_RATE_BURST": "100000",
+        "GATEWAY_LIST_RATE_LIMIT": "100000r/s",
+        "GATEWAY_LIST_RATE_BURST": "100000",
+        "GATEWAY_CONN_LIMIT": "10000",
         "LOG_LEVEL": base.get("LOG_LEVEL", "WARNING"),
         **{f"{service.upper()}_REPLICAS": str(replicas) for service in native.SERVICES},
         **extra,
@@ -84,7 +92,7 @@ def own_stack(run_dir: Path, *, replicas: int = 1,
     fresh_vhost(env["RABBITMQ_URL"], VHOST)  # nothing an earlier run left in a queue
     try:
         native.up(env, run_dir, timeout=120)
-        yield Target(f"http://127.0.0.1:{env['GATEWAY_PORT']}", API_KEY, run_dir,
+        yield Target(f"http://127.0.0.1:{env['GATEWAY_PORT']}", CLIENT, run_dir,
                      env["RABBITMQ_URL"])
     finally:
         native.down(run_dir)

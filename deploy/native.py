@@ -49,41 +49,63 @@ from urllib.parse import unquote, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "gateway" / "templates" / "gateway.conf.template"
+# The services of the saga (events, dead letters), and every service process the runner starts.
 SERVICES = ("order", "payment", "production")
+IDENTITY = "identity"
+ALL_SERVICES = (*SERVICES, IDENTITY)
 GATEWAY = "gateway"
-TEMPLATE_VARS = ("GATEWAY_PORT", "GATEWAY_API_KEYS", "GATEWAY_RATE_LIMIT", "GATEWAY_RATE_BURST",
-                 "ORDER_UPSTREAM_SERVERS", "PAYMENT_UPSTREAM_SERVERS",
-                 "PRODUCTION_UPSTREAM_SERVERS")
+# The shop page and operator view (plain files nginx serves; compose mounts the same folder).
+SITE_ROOT = REPO_ROOT / "gateway" / "site"
+TEMPLATE_VARS = ("GATEWAY_LISTEN", "GATEWAY_RATE_LIMIT", "GATEWAY_RATE_BURST", "GATEWAY_SITE_ROOT",
+                 "GATEWAY_LIST_RATE_LIMIT", "GATEWAY_LIST_RATE_BURST", "GATEWAY_CONN_LIMIT",
+                 "GATEWAY_CLIENT_TIMEOUT", "ORDER_UPSTREAM_SERVERS", "PAYMENT_UPSTREAM_SERVERS",
+                 "PRODUCTION_UPSTREAM_SERVERS", "IDENTITY_UPSTREAM_SERVERS")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
-DEV_API_KEY = "dev-key-change-me"
-# The key list is spliced into an nginx regex: only characters that are literal there.
-API_KEY = re.compile(r"[A-Za-z0-9_~-]+")
 RATE = re.compile(r"[1-9][0-9]*r/[sm]")
+# The gateway's limits: each variable, the shape nginx needs, an example of it.
+GATEWAY_KNOBS = (
+    ("GATEWAY_RATE_LIMIT", RATE, "30r/s or 600r/m"),
+    ("GATEWAY_RATE_BURST", re.compile(r"[0-9]+"), "60"),
+    ("GATEWAY_LIST_RATE_LIMIT", RATE, "5r/s or 300r/m"),
+    ("GATEWAY_LIST_RATE_BURST", re.compile(r"[0-9]+"), "10"),
+    ("GATEWAY_CONN_LIMIT", re.compile(r"[1-9][0-9]*"), "20"),
+    ("GATEWAY_CLIENT_TIMEOUT", re.compile(r"[1-9][0-9]*(?:ms|s|m)?"), "10s"),
+)
 # Passive circuit breaking: 3 failures within 10 s take a replica out for 10 s.
 UPSTREAM_SERVER_OPTIONS = "max_fails=3 fail_timeout=10s"
 REPLICA_PORT_STEP = 10
+DATABASE_URLS = ("ORDER_DATABASE_URL", "PAYMENT_DATABASE_URL", "IDENTITY_DATABASE_URL")
 
 # The defaults of docs/conventions.md that this runner itself reads.
 DEFAULTS = {
     "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672/",
     "ORDER_DATABASE_URL": "postgresql://order_svc:order_svc@127.0.0.1:5432/orders",
     "PAYMENT_DATABASE_URL": "postgresql://payment_svc:payment_svc@127.0.0.1:5432/payments",
+    "IDENTITY_DATABASE_URL": "postgresql://identity_svc:identity_svc@127.0.0.1:5432/identity",
     "POSTGRES_ADMIN_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
     "GATEWAY_PORT": "8080",
+    # Loopback unless set: the development accounts are on (IDENTITY_SEED_DEV_ACCOUNTS).
+    "GATEWAY_BIND": "127.0.0.1",
     "ORDER_HTTP_HOST": "127.0.0.1",
     "ORDER_HTTP_PORT": "8001",
     "PAYMENT_HTTP_HOST": "127.0.0.1",
     "PAYMENT_HTTP_PORT": "8002",
     "PRODUCTION_HTTP_HOST": "127.0.0.1",
     "PRODUCTION_HTTP_PORT": "8003",
+    "IDENTITY_HTTP_HOST": "127.0.0.1",
+    "IDENTITY_HTTP_PORT": "8004",
     "ORDER_REPLICAS": "1",
     "PAYMENT_REPLICAS": "1",
     "PRODUCTION_REPLICAS": "1",
-    # The development key: every deployment sets its own (README, "The gateway").
-    "GATEWAY_API_KEYS": DEV_API_KEY,
-    # Loose enough that a benchmark or load test from one machine never meets them.
-    "GATEWAY_RATE_LIMIT": "1000r/s",
-    "GATEWAY_RATE_BURST": "2000",
+    "IDENTITY_REPLICAS": "1",
+    # Per client address, sized to the stack's measured capacity (SECURITY.md, "Limits"): a
+    # benchmark or a test stack raises them for itself.
+    "GATEWAY_RATE_LIMIT": "30r/s",
+    "GATEWAY_RATE_BURST": "60",
+    "GATEWAY_LIST_RATE_LIMIT": "5r/s",
+    "GATEWAY_LIST_RATE_BURST": "10",
+    "GATEWAY_CONN_LIMIT": "20",
+    "GATEWAY_CLIENT_TIMEOUT": "10s",
 }
 
 
@@ -108,7 +130,11 @@ def stack_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     full = dict(os.environ if env is None else env)
     for name, value in DEFAULTS.items():
         full.setdefault(name, value)
-    for service in SERVICES:
+    bind = full["GATEWAY_BIND"]
+    full.setdefault("GATEWAY_LISTEN", f"{f'[{bind}]' if ':' in bind else bind}:"
+                                      f"{full['GATEWAY_PORT']}")
+    full.setdefault("GATEWAY_SITE_ROOT", str(SITE_ROOT))
+    for service in ALL_SERVICES:
         prefix = service.upper()
         full.setdefault(f"{prefix}_UPSTREAM", " ".join(r.address for r in replicas(service, full)))
         full.setdefault(f"{prefix}_UPSTREAM_SERVERS", "\n    ".join(
@@ -154,24 +180,45 @@ def replicas(service: str, env: Mapping[str, str]) -> list[Replica]:
     return [Replica(service, i, host, port + REPLICA_PORT_STEP * i) for i in range(int(raw))]
 
 
+def database_url(env: Mapping[str, str], name: str) -> str:
+    """A service's database URL as the service connects with it: with the password of
+    ``<NAME without _URL>_PASSWORD_FILE`` when one is set (sagakit.settings.DatabaseSettings)."""
+    from sagakit.settings import read_password_file, with_password
+
+    url = env[name]
+    if path := env.get(name.removesuffix("_URL") + "_PASSWORD_FILE"):
+        return with_password(url, read_password_file(path))
+    return url
+
+
+def development_credentials(env: Mapping[str, str]) -> list[str]:
+    """What in `env` is a credential anyone can read in this repository."""
+    found = []
+    if env.get("IDENTITY_SEED_DEV_ACCOUNTS", "true").lower() not in ("0", "false", "no"):
+        found.append("the development accounts (IDENTITY_SEED_DEV_ACCOUNTS=false turns them off)")
+    for name in DATABASE_URLS:
+        known = urlsplit(DEFAULTS[name]).password
+        if urlsplit(database_url(env, name)).password in (known, None, ""):
+            found.append(f"{name}'s development password (or none)")
+    if unquote(urlsplit(env["RABBITMQ_URL"]).password or "guest") == "guest":
+        found.append("RABBITMQ_URL's guest account")
+    return found
+
+
 def check_gateway_settings(env: Mapping[str, str]) -> None:
-    """Refuse API keys, rates and bursts nginx would misread, before anything starts."""
-    keys = env["GATEWAY_API_KEYS"].split("|")
-    for number, key in enumerate(keys, 1):
-        if not API_KEY.fullmatch(key):  # never echo a key, not even part of it
-            what = "is empty" if not key else "has other characters"
-            raise StackError(f"GATEWAY_API_KEYS: key {number} {what}; keys are |-separated "
-                             "and use only A-Z a-z 0-9 _ ~ - (e.g. python -c 'import secrets; "
-                             "print(secrets.token_urlsafe(32))')")
-    if not RATE.fullmatch(env["GATEWAY_RATE_LIMIT"]):
-        raise StackError("GATEWAY_RATE_LIMIT must read like 1000r/s or 600r/m, not "
-                         f"{env['GATEWAY_RATE_LIMIT']!r}")
-    if not re.fullmatch(r"[0-9]+", env["GATEWAY_RATE_BURST"]):
-        raise StackError("GATEWAY_RATE_BURST must be a whole number, not "
-                         f"{env['GATEWAY_RATE_BURST']!r}")
-    if DEV_API_KEY in keys:
-        _say(f"gateway: writes accept the development API key {DEV_API_KEY!r}; "
-             "set GATEWAY_API_KEYS before anyone else can reach this gateway")
+    """Refuse limits nginx would misread, and a public gateway with development credentials,
+    before anything starts.
+
+    On loopback (the default) the development credentials are safe and `make up` needs nothing
+    else; listening anywhere else (GATEWAY_BIND) needs real secrets, from the environment or
+    ``*_FILE`` files, and the runner refuses to start until every one is replaced."""
+    if env["GATEWAY_BIND"] not in LOCAL_HOSTS and (known := development_credentials(env)):
+        raise StackError(f"GATEWAY_BIND={env['GATEWAY_BIND']} would publish a stack reachable "
+                         f"with credentials anyone can read: {'; '.join(known)}. Set real "
+                         "secrets first (SECURITY.md), or keep GATEWAY_BIND=127.0.0.1")
+    for name, shape, example in GATEWAY_KNOBS:
+        if not shape.fullmatch(env[name]):
+            raise StackError(f"{name} must read like {example}, not {env[name]!r}")
 
 
 def resolve_run_dir(run_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -242,14 +289,14 @@ def _run_coroutine(factory: Callable[[], Any]) -> Any:
 
 def ensure_databases(env: Mapping[str, str]) -> None:
     """Create (or converge) each service's role and database from its URL; idempotent."""
-    databases = [Database.from_url(env[k]) for k in ("ORDER_DATABASE_URL", "PAYMENT_DATABASE_URL")]
+    databases = [Database.from_url(database_url(env, k)) for k in DATABASE_URLS]
     _run_coroutine(lambda: _ensure_databases(env["POSTGRES_ADMIN_URL"], databases))
 
 
 def drop_service_databases(env: Mapping[str, str]) -> None:
     """Drop the services' databases (connections closed by force): a fresh start for a test or
     benchmark stack. Never used by `up`/`down`; the roles stay."""
-    names = [Database.from_url(env[k]).name for k in ("ORDER_DATABASE_URL", "PAYMENT_DATABASE_URL")]
+    names = [Database.from_url(env[k]).name for k in DATABASE_URLS]
 
     async def drop() -> None:
         import asyncpg
@@ -400,13 +447,13 @@ def _start_service(replica: Replica, env: Mapping[str, str], run_dir: Path) -> N
     _say(f"{name}: started (pid {pid}) on {replica.address}, log {_log_file(run_dir, name)}")
 
 
-_PROCESS_NAME = re.compile(rf"(?:{GATEWAY}|(?:{'|'.join(SERVICES)})(?:-[2-9]|-[1-9][0-9]+)?)")
+_PROCESS_NAME = re.compile(rf"(?:{GATEWAY}|(?:{'|'.join(ALL_SERVICES)})(?:-[2-9]|-[1-9][0-9]+)?)")
 
 
 def process_sort_key(name: str) -> tuple[int, int]:
     """Gateway first, then each service's replicas in order."""
     service, _, number = name.partition("-")
-    rank = 0 if service == GATEWAY else 1 + SERVICES.index(service)
+    rank = 0 if service == GATEWAY else 1 + ALL_SERVICES.index(service)
     return rank, int(number or 1)
 
 
@@ -535,7 +582,7 @@ def _failure(run_dir: Path | None, name: str, problem: str) -> StackError:
 
 
 def wait_ready(gateway_port: int | str, *, run_dir: Path | None = None,
-               services: Iterable[str] = SERVICES, replicas: Iterable[Replica] = (),
+               services: Iterable[str] = ALL_SERVICES, replicas: Iterable[Replica] = (),
                timeout: float = 60.0, interval: float = 0.5) -> None:
     """Poll until every replica answers ready directly and every service through the gateway.
 
@@ -591,6 +638,25 @@ class _Probe:
 # --- The commands -----------------------------------------------------------------------------
 
 
+def ensure_keys(env: dict[str, str], run_dir: Path) -> None:
+    """The identity's signing keys and their public set, made once per run dir unless given.
+
+    ``IDENTITY_SIGNING_KEYS_FILE`` (private, the identity only) and ``AUTH_JWKS_FILE`` (public,
+    every service) point at them; set both to use keys of your own.
+    """
+    if not env.get("IDENTITY_SIGNING_KEYS_FILE") and not env.get("IDENTITY_SIGNING_KEYS"):
+        from identity import keys  # the installed project, as the services themselves
+
+        directory = run_dir / "keys"
+        if keys.init(directory):
+            _say(f"identity: made a signing key in {directory}")
+        env["IDENTITY_SIGNING_KEYS_FILE"] = str(directory / keys.PRIVATE)
+        env.setdefault("AUTH_JWKS_FILE", str(directory / keys.PUBLIC))
+    if not env.get("AUTH_JWKS_FILE") and not env.get("AUTH_JWKS"):
+        raise StackError("AUTH_JWKS_FILE (or AUTH_JWKS) must be set with IDENTITY_SIGNING_KEYS: "
+                         "the services verify tokens with the public key set")
+
+
 def prepare(env: Mapping[str, str] | None = None) -> None:
     """Create the databases, roles and broker vhost the services need (idempotent)."""
     full = stack_env(env)
@@ -609,7 +675,8 @@ def up(env: Mapping[str, str] | None = None, run_dir: str | os.PathLike[str] | N
     check_gateway_settings(full)
     path = resolve_run_dir(run_dir or full.get("SAGA_RUN_DIR"))
     (path / "logs").mkdir(parents=True, exist_ok=True)
-    wanted = [replica for service in SERVICES for replica in replicas(service, full)]
+    ensure_keys(full, path)
+    wanted = [replica for service in ALL_SERVICES for replica in replicas(service, full)]
     prepare(full)
     for replica in wanted:
         _start_service(replica, full, path)
@@ -623,6 +690,10 @@ def up(env: Mapping[str, str] | None = None, run_dir: str | os.PathLike[str] | N
         _stop(path, surplus)
     wait_ready(full["GATEWAY_PORT"], run_dir=path, replicas=wanted, timeout=timeout)
     _say(f"all ready: http://127.0.0.1:{full['GATEWAY_PORT']}/")
+    if full.get("IDENTITY_SEED_DEV_ACCOUNTS", "true").lower() not in ("0", "false", "no"):
+        _say("development accounts (README.md, \"Accounts\"): ana@example.com / "
+             "ana-dev-password, bob@example.com / bob-dev-password; operator client "
+             "ops-console / ops-dev-secret")
 
 
 def down(run_dir: str | os.PathLike[str] | None = None, *, timeout: float = 15.0) -> None:
@@ -682,7 +753,8 @@ def status(run_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]
     port = stack.get("gateway_port") or stack_env()["GATEWAY_PORT"]
     addresses: dict[str, str] = stack.get("replicas", {})
     rows = []
-    for name in sorted({GATEWAY, *SERVICES, *addresses, *recorded(path)}, key=process_sort_key):
+    for name in sorted({GATEWAY, *ALL_SERVICES, *addresses, *recorded(path)},
+                       key=process_sort_key):
         pid = read_pid(path, name)
         if name == GATEWAY:
             url = f"http://127.0.0.1:{port}/health"
@@ -717,7 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("status", aliases=["ps"], help="pid, alive and ready of each process")
     logs_cmd = commands.add_parser("logs", help="follow the logs (or print the last --lines)")
     logs_cmd.add_argument("names", nargs="*",
-                          help=f"any of {GATEWAY}, {', '.join(SERVICES)}, or a replica: order-2")
+                          help=f"any of {GATEWAY}, {', '.join(ALL_SERVICES)}, or a "
+                               "replica: order-2")
     logs_cmd.add_argument("--lines", "-n", type=int)
     args = parser.parse_args(argv)
 
@@ -737,7 +810,8 @@ def main(argv: list[str] | None = None) -> int:
             path = resolve_run_dir(args.run_dir)
             logged = [f.stem for f in (path / "logs").glob("*.log")
                       if _PROCESS_NAME.fullmatch(f.stem)]
-            names = args.names or sorted({GATEWAY, *SERVICES, *logged}, key=process_sort_key)
+            names = args.names or sorted({GATEWAY, *ALL_SERVICES, *logged},
+                                         key=process_sort_key)
             if unknown := [name for name in names if not _PROCESS_NAME.fullmatch(name)]:
                 parser.error(f"unknown process: {', '.join(sorted(unknown))}")
             _print_logs(path, names, args.lines)

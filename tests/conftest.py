@@ -40,6 +40,31 @@ TEST_VHOST = "saga_test"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--stack", choices=("native", "compose"), default=os.environ.get("SAGA_TEST_STACK",
+                                                                         "native"),
+        help="how the e2e and chaos tests start their stacks: native processes (default) or "
+             "docker compose (tests/stacks.py; `make test-compose`)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests this run cannot do are deselected: shown as such in the summary, never run, never a
+    silent skip of something it could check. Natively, what only compose can build (a broker
+    cluster, ``compose_only``); without ``CHAOS_FULL=1``, the chaos tests that restart the shared
+    servers (``full_chaos``: ``make test-chaos``, and CI's native and compose parts, run them)."""
+    def wanted(item: pytest.Item) -> bool:
+        if item.get_closest_marker("compose_only") and config.getoption("--stack") != "compose":
+            return False
+        return not (item.get_closest_marker("full_chaos")
+                    and os.environ.get("CHAOS_FULL", "") != "1")
+
+    kept = [item for item in items if wanted(item)]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _test_process_spans() -> InMemorySpanExporter:
     """A tracer for the tests' own process: sagakit code run here gets real trace ids."""
@@ -174,9 +199,9 @@ def _missing(what: str) -> NoReturn:
 
 
 def _from_containers() -> Iterator[Infra]:
-    from testcontainers.postgres import PostgresContainer
-    from testcontainers.rabbitmq import RabbitMqContainer
-    from testcontainers.redis import RedisContainer
+    from testcontainers.community.postgres import PostgresContainer
+    from testcontainers.community.rabbitmq import RabbitMqContainer
+    from testcontainers.community.redis import RedisContainer
 
     with (RabbitMqContainer("rabbitmq:3.13-management") as rabbit,
           PostgresContainer("postgres:16", username="postgres", password="postgres") as pg,

@@ -11,7 +11,8 @@ A handler either returns (its effect is committed: the delivery is acked), or ra
 the last one the message is parked in the service's dead-letter queue with the reason, the
 attempt count and its original headers. The copy is published with a publisher confirm before
 the original is acked, so a crash in between means a redelivery (which the inbox absorbs),
-never a loss.
+never a loss. A parked message expires after ``DEAD_LETTER_RETENTION_DAYS`` (a retention limit
+for whatever personal data it may hold).
 
 Every delivery is handled inside a CONSUMER span continuing the trace of the event's publish
 (:func:`sagakit.telemetry.consuming`); a failed handler marks it ERROR, and the counters of
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -88,10 +89,17 @@ def describe(exc: BaseException) -> str:
 class RetryPolicy:
     """Where a failed delivery goes next. One instance per service, shared by its subscribers."""
 
-    def __init__(self, broker: RabbitBroker, service: str, delays_ms: Sequence[int]) -> None:
+    def __init__(self, broker: RabbitBroker, service: str, delays_ms: Sequence[int],
+                 park_seconds: int | None = None) -> None:
         self.broker = broker
         self.service = service
         self.delays_ms = tuple(delays_ms)
+        # A parked message expires after this (the broker drops it): retention of what it holds.
+        self.park_seconds = park_seconds
+        # Called with the envelope of each delivery a handler consumed, before its ack: the
+        # event archive of a store whose inbox cannot archive it (sagakit.archive.RedisArchive).
+        # A failure there is retried like a handler's; the inbox makes the retry archive only.
+        self.on_consumed: Callable[[EventMeta], Awaitable[None]] | None = None
 
     @property
     def max_attempts(self) -> int:
@@ -116,7 +124,8 @@ class RetryPolicy:
                 "parked %s after %d attempt(s): %s", raw.message_id, attempt, reason,
                 extra={"event_id": raw.message_id, "queue": queue},
             )
-            await self._publish(raw, headers, topology.DEAD_LETTERS, self.service)
+            await self._publish(raw, headers, topology.DEAD_LETTERS, self.service,
+                                expiration=self.park_seconds)
             return "parked"
         # A store that is down is not the event's fault: keep retrying at the longest delay for as
         # long as the outage lasts, rather than parking every event that arrives meanwhile.
@@ -138,7 +147,8 @@ class RetryPolicy:
         return "retry"
 
     async def _publish(
-        self, raw: IncomingMessage, headers: dict[str, Any], exchange: Any, routing_key: str
+        self, raw: IncomingMessage, headers: dict[str, Any], exchange: Any, routing_key: str,
+        expiration: int | None = None,
     ) -> None:
         await self.broker.publish(
             raw.body,
@@ -150,6 +160,7 @@ class RetryPolicy:
             correlation_id=raw.correlation_id,
             message_type=raw.type,
             content_type=raw.content_type,
+            expiration=expiration,
         )
 
     def middleware(self) -> Any:
@@ -162,7 +173,8 @@ class RetryPolicy:
                 self.queue: str = self.context.get_local("handler_").queue.name
                 self.event_type = str((raw.headers or {}).get("ce-type") or raw.routing_key)
                 try:
-                    meta = EventMeta.from_headers(raw.headers or {}, raw.message_id)
+                    meta = EventMeta.from_headers(raw.headers or {}, raw.message_id,
+                                                  consumer=policy.service, body=raw.body)
                 except ValueError as exc:
                     _delivery.set(exc)
                 else:
@@ -184,6 +196,8 @@ class RetryPolicy:
 
             async def settle(self, exc: BaseException | None) -> bool:
                 if exc is None:
+                    exc = await self.consumed()
+                if exc is None:
                     metrics.EVENTS_CONSUMED.labels(self.event_type).inc()
                     return False
                 if not isinstance(exc, Exception) or isinstance(exc, HandlerException):
@@ -194,5 +208,15 @@ class RetryPolicy:
                 self.span.set_attribute("saga.outcome", outcome)
                 metrics.EVENTS_FAILED.labels(self.event_type, outcome).inc()
                 return True  # handled: the original delivery is acked
+
+            async def consumed(self) -> Exception | None:
+                meta = _delivery.get()
+                if policy.on_consumed is None or not isinstance(meta, EventMeta):
+                    return None
+                try:
+                    await policy.on_consumed(meta)
+                except Exception as exc:
+                    return exc
+                return None
 
         return DeliveryScope

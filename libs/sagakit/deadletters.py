@@ -13,6 +13,9 @@ in between leaves both copies; the consumer's inbox makes the second one harmles
 is exactly once in effect. Replaying all touches only the messages parked when it began, so a
 message that fails again and is re-parked is not replayed in a loop.
 
+Replays and discards are operator actions: each is recorded in the service's operator audit
+(:mod:`sagakit.audit`) with who asked and how it ended.
+
 Two listings at the same moment each see only what the other is not holding; they are meant for
 an operator, not for concurrent automation.
 """
@@ -23,7 +26,6 @@ import base64
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any
 
 import aio_pika
@@ -33,7 +35,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from sagakit import topology
-from sagakit.web import ApiError
+from sagakit.audit import Audit
+from sagakit.auth import allow
+from sagakit.envelope import jsonable
+from sagakit.web import ApiError, JsonRoute
 
 # Headers the retry and park path (and the broker's own dead-lettering) add; a replay drops
 # them so the message starts its attempts afresh, as if just published.
@@ -76,25 +81,11 @@ class DiscardOutcome(BaseModel):
     discarded: str
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
-
-
 def message_id(message: AbstractIncomingMessage) -> str:
     headers = message.headers or {}
     found = message.message_id or headers.get("ce-id")
     if found:
-        return str(_jsonable(found))
+        return str(jsonable(found))
     return "sha256:" + hashlib.sha256(message.body).hexdigest()[:32]
 
 
@@ -103,11 +94,11 @@ def original_queue(message: AbstractIncomingMessage) -> str | None:
     (a message the broker parked itself after ``x-delivery-limit``)."""
     headers = message.headers or {}
     found = headers.get("x-original-queue") or headers.get("x-first-death-queue")
-    return str(_jsonable(found)) if found else None
+    return str(jsonable(found)) if found else None
 
 
 def describe(message: AbstractIncomingMessage) -> ParkedMessage:
-    headers = _jsonable(dict(message.headers or {}))
+    headers = jsonable(dict(message.headers or {}))
     attempts = headers.get("x-attempts")
     return ParkedMessage(
         id=message_id(message),
@@ -221,32 +212,45 @@ def _not_parked(event_id: str) -> ApiError:
 Limit = Annotated[int, Query(ge=1, le=1000, description="messages to show at most")]
 
 
+# Operators only, reads included: parked bodies hold personal data (names, emails), and a replay
+# re-runs a saga step.
+OPS = allow("ops")
+
+
 def dead_letters_router(service: str, rabbitmq_url: str) -> APIRouter:
     """``/api/v1/ops/<service>/dead-letters``: list, replay one or all, discard one."""
     parked = ParkedQueue(rabbitmq_url, topology.dead_letter_queue(service).name)
-    router = APIRouter(prefix=f"/api/v1/ops/{service}/dead-letters", tags=["operations"])
+    router = APIRouter(prefix=f"/api/v1/ops/{service}/dead-letters", tags=["operations"],
+                       route_class=JsonRoute)
 
-    @router.get("", response_model=ParkedList, summary="Parked messages, oldest first")
+    @router.get("", response_model=ParkedList, summary="Parked messages, oldest first", **OPS)
     async def list_dead_letters(limit: Limit = 100) -> ParkedList:
         return await parked.list(limit)
 
     @router.post("/replay", response_model=ReplayOutcome,
-                 summary="Replay every message parked now to its original queue")
-    async def replay_all() -> ReplayOutcome:
-        return await parked.replay(None)
+                 summary="Replay every message parked now to its original queue", **OPS)
+    async def replay_all(audit: Audit) -> ReplayOutcome:
+        async with audit.action("dead_letter.replay_all", target=parked.queue) as noted:
+            outcome = await parked.replay(None)
+            noted.update(outcome.model_dump())
+        return outcome
 
     @router.post("/{event_id}/replay", response_model=ReplayOutcome,
                  summary="Replay one parked message to its original queue",
                  responses={404: {"description": "No such parked message"},
-                            409: {"description": "Its original queue is unknown or gone"}})
-    async def replay_one(event_id: str) -> ReplayOutcome:
-        return await parked.replay(event_id)
+                            409: {"description": "Its original queue is unknown or gone"}}, **OPS)
+    async def replay_one(event_id: str, audit: Audit) -> ReplayOutcome:
+        async with audit.action("dead_letter.replay", target=event_id,
+                                detail={"queue": parked.queue}):
+            return await parked.replay(event_id)
 
     @router.delete("/{event_id}", response_model=DiscardOutcome,
                    summary="Discard one parked message for good",
-                   responses={404: {"description": "No such parked message"}})
-    async def discard(event_id: str) -> DiscardOutcome:
-        return await parked.discard(event_id)
+                   responses={404: {"description": "No such parked message"}}, **OPS)
+    async def discard(event_id: str, audit: Audit) -> DiscardOutcome:
+        async with audit.action("dead_letter.discard", target=event_id,
+                                detail={"queue": parked.queue}):
+            return await parked.discard(event_id)
 
     return router
 
@@ -254,10 +258,11 @@ def dead_letters_router(service: str, rabbitmq_url: str) -> APIRouter:
 def unrouted_router(rabbitmq_url: str) -> APIRouter:
     """``/api/v1/ops/unrouted``: what was published with no queue bound for it (read only)."""
     unrouted = ParkedQueue(rabbitmq_url, topology.UNROUTED_QUEUE.name)
-    router = APIRouter(prefix="/api/v1/ops/unrouted", tags=["operations"])
+    router = APIRouter(prefix="/api/v1/ops/unrouted", tags=["operations"],
+                       route_class=JsonRoute)
 
     @router.get("", response_model=ParkedList,
-                summary="Messages no queue was bound for (saga.unrouted), oldest first")
+                summary="Messages no queue was bound for (saga.unrouted), oldest first", **OPS)
     async def list_unrouted(limit: Limit = 100) -> ParkedList:
         return await unrouted.list(limit)
 

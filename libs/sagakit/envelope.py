@@ -8,7 +8,8 @@ relay can publish it in the same trace later (see :mod:`sagakit.telemetry`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -20,6 +21,9 @@ from sagakit.events import Event
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
+# A CloudEvents extension attribute: the body holds personal data (see Event.personal), so the
+# event archive keeps this event's headers and never its body (sagakit.archive).
+PERSONAL_DATA = "ce-personaldata"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,7 @@ class OutgoingEvent:
             "ce-subject": subject,
             "ce-datacontenttype": CONTENT_TYPE,
             "ce-dataschema": event.dataschema(),
+            **({PERSONAL_DATA: "true"} if event.personal else {}),
             **telemetry.trace_headers(),
         }
         body = event.__pydantic_serializer__.to_json(event)
@@ -84,15 +89,23 @@ class OutgoingEvent:
 
 @dataclass(frozen=True, slots=True)
 class EventMeta:
-    """What a consumer knows of the delivery in hand, beyond its body."""
+    """What a consumer knows of the delivery in hand, beyond its parsed body.
+
+    ``consumer``, ``headers`` and ``body`` are what the event archive records of a consumed
+    event (:mod:`sagakit.archive`), in the transaction that records it in the inbox.
+    """
 
     id: UUID
     type: str
     subject: str
     attempt: int
+    consumer: str = ""
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    body: bytes = b""
 
     @classmethod
-    def from_headers(cls, headers: dict[str, Any], message_id: str | None) -> EventMeta:
+    def from_headers(cls, headers: dict[str, Any], message_id: str | None, *,
+                     consumer: str = "", body: bytes = b"") -> EventMeta:
         raw_id = headers.get("ce-id") or message_id
         if not raw_id:
             raise ValueError("event has no ce-id header and no message_id")
@@ -101,4 +114,22 @@ class EventMeta:
             type=str(headers.get("ce-type", "")),
             subject=str(headers.get("ce-subject", "")),
             attempt=int(headers.get("x-attempt", 1)),
+            consumer=consumer,
+            headers=headers,
+            body=body,
         )
+
+
+def jsonable(value: Any) -> Any:
+    """AMQP header values (bytes, datetimes, nested tables) as JSON values."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)

@@ -21,6 +21,13 @@ The saga, read top to bottom::
     payment.refunded       payment    -> order       the charge was reversed
     payment.voided         payment    -> order       nothing was charged, nothing will be
     payment.card_tokenized payment    -> order       a card token the order API may accept
+
+A customer's data (right of access and erasure), outside the saga; the subject is the customer:
+
+    customer.data_requested     identity -> order, payment, production   export what you hold
+    <service>.customer_data     order | payment | production -> identity  my part (personal)
+    customer.erasure_requested  identity -> order, payment, production   anonymise it
+    <service>.customer_erased   order | payment | production -> identity  done (counts only)
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
@@ -60,6 +67,14 @@ class EventType(StrEnum):
     PAYMENT_REFUNDED = "payment.refunded"
     PAYMENT_VOIDED = "payment.voided"
     CARD_TOKENIZED = "payment.card_tokenized"
+    CUSTOMER_DATA_REQUESTED = "customer.data_requested"
+    ORDER_CUSTOMER_DATA = "order.customer_data"
+    PAYMENT_CUSTOMER_DATA = "payment.customer_data"
+    PRODUCTION_CUSTOMER_DATA = "production.customer_data"
+    CUSTOMER_ERASURE_REQUESTED = "customer.erasure_requested"
+    ORDER_CUSTOMER_ERASED = "order.customer_erased"
+    PAYMENT_CUSTOMER_ERASED = "payment.customer_erased"
+    PRODUCTION_CUSTOMER_ERASED = "production.customer_erased"
 
 
 class Event(BaseModel):
@@ -69,6 +84,9 @@ class Event(BaseModel):
 
     type: ClassVar[EventType]
     version: ClassVar[int] = 1
+    # True for an event whose body carries personal data (a customer's data export): it is
+    # flagged in its headers and the event archive keeps its headers only (sagakit.archive).
+    personal: ClassVar[bool] = False
 
     @classmethod
     def dataschema(cls) -> str:
@@ -93,6 +111,9 @@ class OrderCreated(Event):
     currency: str
     payment_token: str
     lines: tuple[OrderLine, ...]
+    # Who placed it (the token's sub): payment charges a saved card only for its owner and
+    # shows the ledger to the owner only. Optional, so v1 events without it still parse.
+    owner: str | None = None
 
 
 class PaymentProcessed(Event):
@@ -214,6 +235,74 @@ class CardTokenized(Event):
     created_at: datetime
 
 
+class CustomerDataRequested(Event):
+    """Export what you hold about this customer. Published by identity (the data export)."""
+
+    type: ClassVar[EventType] = EventType.CUSTOMER_DATA_REQUESTED
+    export_id: UUID
+    customer_id: str = Field(description="the customer's id (their tokens' sub)")
+
+
+class CustomerData(Event):
+    """One service's part of a data export; consumed by identity, which assembles it.
+
+    The one kind of event that carries personal data (names, emails, card holders): flagged
+    ``personal``, so the event archive keeps its headers only.
+    """
+
+    personal: ClassVar[bool] = True
+    export_id: UUID
+    customer_id: str
+    service: str
+    data: dict[str, Any] = Field(description="what this service holds, as JSON")
+
+
+class OrderCustomerData(CustomerData):
+    type: ClassVar[EventType] = EventType.ORDER_CUSTOMER_DATA
+
+
+class PaymentCustomerData(CustomerData):
+    type: ClassVar[EventType] = EventType.PAYMENT_CUSTOMER_DATA
+
+
+class ProductionCustomerData(CustomerData):
+    type: ClassVar[EventType] = EventType.PRODUCTION_CUSTOMER_DATA
+
+
+class CustomerErasureRequested(Event):
+    """Anonymise this customer's personal data; keep orders, amounts, statuses and the ledger.
+
+    Published by identity. Each service confirms with its ``<service>.customer_erased``; the
+    order service first waits for the customer's sagas in flight to end.
+    """
+
+    type: ClassVar[EventType] = EventType.CUSTOMER_ERASURE_REQUESTED
+    erasure_id: UUID
+    customer_id: str
+
+
+class CustomerErased(Event):
+    """A service anonymised what it held of the customer (counts, no data)."""
+
+    erasure_id: UUID
+    customer_id: str
+    service: str
+    erased: dict[str, int] = Field(default_factory=dict,
+                                   description="rows or records anonymised, by kind")
+
+
+class OrderCustomerErased(CustomerErased):
+    type: ClassVar[EventType] = EventType.ORDER_CUSTOMER_ERASED
+
+
+class PaymentCustomerErased(CustomerErased):
+    type: ClassVar[EventType] = EventType.PAYMENT_CUSTOMER_ERASED
+
+
+class ProductionCustomerErased(CustomerErased):
+    type: ClassVar[EventType] = EventType.PRODUCTION_CUSTOMER_ERASED
+
+
 EVENT_MODELS: dict[EventType, type[Event]] = {
     model.type: model
     for model in (
@@ -231,5 +320,13 @@ EVENT_MODELS: dict[EventType, type[Event]] = {
         PaymentRefunded,
         PaymentVoided,
         CardTokenized,
+        CustomerDataRequested,
+        OrderCustomerData,
+        PaymentCustomerData,
+        ProductionCustomerData,
+        CustomerErasureRequested,
+        OrderCustomerErased,
+        PaymentCustomerErased,
+        ProductionCustomerErased,
     )
 }

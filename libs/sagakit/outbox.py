@@ -8,6 +8,8 @@ event twice, never zero times; consumers' inboxes make the second copy harmless.
 The relays do not poll in a tight loop: PostgreSQL wakes its relay with LISTEN/NOTIFY, Redis
 with a blocking stream read. A slow periodic sweep covers a missed notification.
 
+Confirmed events are archived in the step that forgets them (:mod:`sagakit.archive`).
+
 Each publish is a PRODUCER span in the trace the event was created in (its stored
 ``traceparent``), however late it happens; the relays' own reads and deletes are not traced.
 Each relay samples its backlog (events committed, not yet published) for ``/metrics``.
@@ -20,6 +22,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -28,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from sagakit import metrics, telemetry, topology
+from sagakit.archive import RedisArchive, published_insert
 from sagakit.envelope import OutgoingEvent
 from sagakit.postgres import row_to_event
 
@@ -127,11 +131,26 @@ class _Relay:
                     pass
 
 
+_TAKE_BATCH = (
+    "WITH sent AS (DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq"
+    " LIMIT $1 FOR UPDATE SKIP LOCKED)"
+    " RETURNING seq, event_id, event_type, subject, headers, body),"
+    f" archived AS ({published_insert('sent')})"
+    " SELECT * FROM sent"
+)
+
+
 class PostgresOutboxRelay(_Relay):
-    def __init__(self, pool: asyncpg.Pool, dsn: str, publisher: EventPublisher) -> None:
+    """``paused``: when given and true, the relay publishes nothing and the events wait in the
+    outbox (the order service's ``relay_paused`` fault switch, sagakit.faults); it is asked
+    before each batch, so every replica's relay stops within a sweep."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, publisher: EventPublisher,
+                 paused: Callable[[], Awaitable[bool]] | None = None) -> None:
         super().__init__(publisher)
         self.pool = pool
         self.dsn = dsn
+        self.paused = paused
         self._listener: asyncpg.Connection | None = None
 
     async def start(self) -> None:
@@ -149,15 +168,14 @@ class PostgresOutboxRelay(_Relay):
         await super()._wait_for_work()
 
     async def drain_once(self) -> int:
+        if self.paused is not None and await self.paused():
+            return 0
         # Take a batch (rows other relays hold are skipped), publish, and only then commit the
         # delete: if a publish is not confirmed the transaction rolls back and the rows stay.
+        # The same statement archives the batch (sagakit.archive), so the archive holds each
+        # event once, committed with its confirmed publish.
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT $1"
-                " FOR UPDATE SKIP LOCKED)"
-                " RETURNING seq, event_id, event_type, subject, headers, body",
-                self.batch_size,
-            )
+            rows = await conn.fetch(_TAKE_BATCH, self.batch_size)
             if not rows:
                 return 0
             rows = sorted(rows, key=lambda r: r["seq"])  # RETURNING keeps no order
@@ -187,9 +205,11 @@ class RedisStreamOutboxRelay(_Relay):
     # How often to look for what dead replicas left: a round trip per batch would be waste.
     claim_every_seconds = 5.0
 
-    def __init__(self, redis: Redis, publisher: EventPublisher, stream: str = "outbox") -> None:
+    def __init__(self, redis: Redis, publisher: EventPublisher, stream: str = "outbox",
+                 archive: RedisArchive | None = None) -> None:
         super().__init__(publisher)
         self.redis = redis
+        self.archive = archive
         self.stream = stream
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         # Entries this consumer read and did not confirm exist only after a failed publish, or
@@ -232,6 +252,8 @@ class RedisStreamOutboxRelay(_Relay):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.stream, self.group, *ids)
             pipe.xdel(self.stream, *ids)
+            if self.archive is not None:  # archived once, with the entries' removal
+                self.archive.add_published(pipe, events)
             await pipe.execute()
         self._own_pending = False
         return len(entries)

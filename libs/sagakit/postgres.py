@@ -1,4 +1,8 @@
-"""PostgreSQL plumbing shared by the order and payment services: pool, migrations, outbox, inbox."""
+"""PostgreSQL plumbing shared by the order and payment services: pool, migrations, outbox, inbox.
+
+A statement that records a consumed event in the inbox archives it too, in a CTE of the same
+statement (:func:`sagakit.archive.consumed_insert`); :func:`first_delivery` is the plain case.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
+from sagakit.archive import consumed_columns, consumed_insert
 from sagakit.envelope import EventMeta, OutgoingEvent
 
 log = logging.getLogger("sagakit.postgres")
@@ -106,11 +111,17 @@ async def first_delivery(conn: asyncpg.Connection, meta: EventMeta) -> bool:
 
     Call inside the transaction that applies the event, so effect and record commit together.
     """
-    status = await conn.execute(
-        "INSERT INTO inbox (event_id, event_type) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        meta.id, meta.type,
-    )
-    return status == "INSERT 0 1"
+    return bool(await conn.fetchval(_FIRST_DELIVERY, meta.id, meta.type,
+                                    *consumed_columns(meta)))
+
+
+# The inbox record and, for a first delivery only, its archive entry (sagakit.archive).
+_FIRST_DELIVERY = (
+    "WITH noted AS (INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
+    " ON CONFLICT DO NOTHING RETURNING event_id, event_type),"
+    f" archived AS ({consumed_insert(3, inbox='noted')})"
+    " SELECT count(*) FROM noted"
+)
 
 
 def row_to_event(row: asyncpg.Record) -> OutgoingEvent:

@@ -10,42 +10,67 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.specification import AsyncAPI
 
 from sagakit import logs, metrics, postgres, telemetry
+from sagakit.archive import PostgresArchive
+from sagakit.audit import PostgresAuditLog
 from sagakit.consuming import RetryPolicy, event_meta
+from sagakit.docs import asyncapi_html, docs_paths
+from sagakit.envelope import EventMeta
+from sagakit.events import CustomerDataRequested, CustomerErasureRequested, Event, EventType
 from sagakit.outbox import EventPublisher, PostgresOutboxRelay
 from sagakit.settings import ServiceSettings
-from sagakit.topology import ConsumerQueue, Topology, dead_letter_queue
+from sagakit.topology import EVENTS, ConsumerQueue, Topology, dead_letter_queue
 
-# How often the depth of the service's dead-letter queue is sampled for /metrics.
-DEAD_LETTERS_SAMPLE_SECONDS = 5.0
+# How often the depth of the service's dead-letter and consumer queues is sampled for /metrics.
+QUEUE_SAMPLE_SECONDS = 5.0
 
 
 class Messaging:
     """Everything a service needs to take part in the saga over RabbitMQ."""
 
     def __init__(
-        self, service: str, settings: ServiceSettings, queues: Sequence[ConsumerQueue]
+        self, service: str, settings: ServiceSettings, queues: Sequence[ConsumerQueue],
+        publishes: Sequence[type[Event]] = (),
     ) -> None:
         self.service = service
         self.broker = RabbitBroker(
-            settings.rabbitmq_url,
+            settings.rabbitmq_dsn,
             app_id=service,
             graceful_timeout=15.0,
             default_channel=Channel(prefetch_count=settings.prefetch),
             logger=logging.getLogger(f"{service}.broker"),
             log_level=logging.DEBUG,
         )
+        self.queues = tuple(queues)
         self.topology = Topology(service, queues, settings.retry_delays_ms)
-        self.retries = RetryPolicy(self.broker, service, settings.retry_delays_ms)
+        self.retries = RetryPolicy(self.broker, service, settings.retry_delays_ms,
+                                   settings.dead_letter_retention_days * 86_400)
         self.broker.add_middleware(self.retries.middleware())
         self.publisher = EventPublisher(self.broker)
+        self._document_publishers(publishes)
         self._sampler: asyncio.Task[None] | None = None
+
+    def _document_publishers(self, publishes: Sequence[type[Event]]) -> None:
+        """Put the events this service publishes into its AsyncAPI document.
+
+        They go out through the outbox relay (:class:`EventPublisher`), not through a FastStream
+        publisher object, so FastStream cannot see them; a declared publisher per event type
+        makes the document show both halves of the service's contract. It publishes nothing:
+        at start it only declares ``saga.events`` again, as the topology already did.
+        """
+        for event in publishes:
+            self.broker.publisher(
+                exchange=EVENTS, routing_key=str(event.type), schema=event, persist=True,
+                title=str(event.type), description=(event.__doc__ or "").strip(),
+            )
 
     def subscriber(self, queue: ConsumerQueue, description: str) -> Any:
         """A subscriber on ``queue``; register one handler per event type with :func:`on`."""
@@ -59,16 +84,26 @@ class Messaging:
         await self.broker.connect()
         await self.topology.declare(self.broker)
         await self.broker.start()
-        self._sampler = asyncio.create_task(self._sample_dead_letters(), name="dead-letters")
+        self._sampler = asyncio.create_task(self._sample_queues(), name="queue-depths")
 
-    async def _sample_dead_letters(self) -> None:
-        """Keep the dead-letter gauge current: a passive declare answers with the queue's depth."""
-        parked = RabbitQueue(dead_letter_queue(self.service).name, declare=False)  # passive
+    async def _depth(self, name: str) -> int:
+        """Messages ready in a queue: a passive declare answers with its depth."""
+        queue = await self.broker.declare_queue(RabbitQueue(name, declare=False))
+        return (await queue.declare()).message_count or 0
+
+    async def _sample_queues(self) -> None:
+        """Keep the dead-letter and consumer-lag gauges current.
+
+        Lag is what waits in each consumer queue, not yet delivered: the broker's own count,
+        the same for every replica (they share the queue), so no offset bookkeeping is needed.
+        """
         while True:
-            with contextlib.suppress(Exception):  # the broker is away: keep the last value
-                queue = await self.broker.declare_queue(parked)
-                metrics.DEAD_LETTERS.set((await queue.declare()).message_count or 0)
-            await asyncio.sleep(DEAD_LETTERS_SAMPLE_SECONDS)
+            with contextlib.suppress(Exception):  # the broker is away: keep the last values
+                metrics.DEAD_LETTERS.set(await self._depth(dead_letter_queue(self.service).name))
+                for consumer in self.queues:
+                    metrics.CONSUMER_LAG.labels(consumer.name).set(
+                        await self._depth(consumer.name))
+            await asyncio.sleep(QUEUE_SAMPLE_SECONDS)
 
     async def stop_consuming(self) -> None:
         """Take no more deliveries; in-flight handlers get ``graceful_timeout`` to finish.
@@ -96,12 +131,42 @@ class Messaging:
 __all__ = [
     "Messaging",
     "add_asyncapi_route",
+    "customer_queue",
     "database_ready",
     "event_meta",
+    "every",
     "of_type",
+    "postgres_archive",
     "postgres_lifespan",
     "serve",
+    "subscribe_customer_data",
 ]
+
+
+CustomerHandler = Callable[[Any, EventMeta], Awaitable[None]]
+
+
+def customer_queue(service: str) -> ConsumerQueue:
+    """The queue on which ``service`` takes the identity's requests about a customer's data."""
+    return ConsumerQueue(service, "identity",
+                         (EventType.CUSTOMER_DATA_REQUESTED, EventType.CUSTOMER_ERASURE_REQUESTED))
+
+
+def subscribe_customer_data(messaging: Messaging, service: str, *, export: CustomerHandler,
+                            erase: CustomerHandler) -> None:
+    """Answer the identity's requests: ``export`` announces the service's part of a customer's
+    data (``<service>.customer_data``), ``erase`` anonymises it (``<service>.customer_erased``).
+    Every service holding data about customers takes part the same way."""
+    customers = messaging.subscriber(customer_queue(service),
+                                     "A customer's data: export, erasure")
+
+    @customers(filter=of_type(EventType.CUSTOMER_DATA_REQUESTED))
+    async def on_data_requested(event: CustomerDataRequested) -> None:
+        await export(event, event_meta())
+
+    @customers(filter=of_type(EventType.CUSTOMER_ERASURE_REQUESTED))
+    async def on_erasure_requested(event: CustomerErasureRequested) -> None:
+        await erase(event, event_meta())
 
 
 def of_type(event_type: str) -> Callable[[Any], Awaitable[bool]]:
@@ -119,9 +184,19 @@ def of_type(event_type: str) -> Callable[[Any], Awaitable[bool]]:
 
 
 def add_asyncapi_route(app: FastAPI, service: str, messaging: Messaging) -> None:
-    @app.get(f"/docs/{service}/asyncapi.json", tags=["docs"], summary="AsyncAPI of the events")
+    paths = docs_paths(service)
+
+    @app.get(paths["asyncapi"], tags=["docs"], summary="AsyncAPI of the events",
+             openapi_extra={"security": []})
     async def asyncapi() -> dict[str, Any]:
         return messaging.asyncapi(f"{service} service events")
+
+    @app.get(paths["asyncapi_html"], tags=["docs"], response_class=HTMLResponse,
+             summary="The AsyncAPI document as a page: what the service consumes and publishes",
+             openapi_extra={"security": []})
+    async def asyncapi_page() -> HTMLResponse:
+        spec = messaging.asyncapi(f"{service} service events")
+        return HTMLResponse(asyncapi_html(spec, paths["asyncapi"]))
 
 
 def serve(app_path: str, settings: ServiceSettings, service: str) -> None:
@@ -143,23 +218,50 @@ def serve(app_path: str, settings: ServiceSettings, service: str) -> None:
     )
 
 
+Retention = Callable[[asyncpg.Pool, int], Awaitable[object]]
+
+
+def retention_sweep(pool: asyncpg.Pool, settings: Any,
+                    retention: Retention | None) -> Callable[[], Awaitable[None]]:
+    """One run of a PostgreSQL-backed service's retention sweep: its own personal data older
+    than ``PERSONAL_DATA_RETENTION_DAYS`` (``retention(pool, days)``), and its event archive
+    older than ``ARCHIVE_RETENTION_DAYS``."""
+    log = logging.getLogger("sagakit.retention")
+
+    async def sweep() -> None:
+        pruned = await PostgresArchive(pool).prune(settings.archive_retention_days)
+        if retention is not None:
+            await retention(pool, settings.personal_data_retention_days)
+        if pruned:
+            log.info("pruned %d archived events past the retention", pruned)
+
+    return sweep
+
+
 def postgres_lifespan(
     service: str, settings: Any, messaging: Messaging, migrations: Path,
+    relay_paused: Callable[[], Awaitable[bool]] | None = None,
+    retention: Retention | None = None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The lifecycle of a PostgreSQL-backed service (order, payment), in the order that loses
-    nothing: migrate, start consuming and relaying; on stop, stop consuming (in-flight handlers
-    finish), flush the outbox, then close the connections and flush telemetry."""
+    nothing: migrate, start consuming and relaying, and the retention sweep; on stop, stop
+    consuming (in-flight handlers finish), flush the outbox, then close the connections and
+    flush telemetry. ``relay_paused``: see :class:`sagakit.outbox.PostgresOutboxRelay`."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         telemetry.setup(service)
-        pool = await postgres.create_pool(settings.database_url, max_size=settings.db_pool_size)
+        pool = await postgres.create_pool(settings.database_dsn, max_size=settings.db_pool_size)
         await postgres.migrate(pool, [migrations])
         app.state.pool, app.state.settings = pool, settings
-        relay = PostgresOutboxRelay(pool, settings.database_url, messaging.publisher)
+        app.state.audit_log = PostgresAuditLog(pool, service)
+        relay = PostgresOutboxRelay(pool, settings.database_dsn, messaging.publisher,
+                                    relay_paused)
         await messaging.start()
         await relay.start()
         try:
-            yield
+            async with every(settings.retention_sweep_seconds,
+                             retention_sweep(pool, settings, retention), "retention"):
+                yield
         finally:
             await messaging.stop_consuming()  # first, letting in-flight handlers finish
             await relay.stop()  # then publish what they committed
@@ -168,6 +270,36 @@ def postgres_lifespan(
             telemetry.shutdown()  # last: flush the spans and logs of everything above
 
     return lifespan
+
+
+def postgres_archive(request: Request) -> PostgresArchive:
+    """A PostgreSQL-backed service's event archive (:func:`sagakit.archive.archive_router`)."""
+    return PostgresArchive(request.app.state.pool)
+
+
+@asynccontextmanager
+async def every(seconds: float, work: Callable[[], Awaitable[object]],
+                name: str) -> AsyncIterator[None]:
+    """Run ``work`` every ``seconds`` while the block runs (a sweeper); a failed run is logged
+    and the next one tries again, so a database away for a while stops nothing for good."""
+    log = logging.getLogger(f"sagakit.{name}")
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                with telemetry.untraced():
+                    await work()
+            except Exception as exc:
+                log.warning("%s failed: %s; trying again in %.0fs", name, exc, seconds)
+
+    task = asyncio.create_task(loop(), name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def database_ready(app: FastAPI) -> Callable[[], Awaitable[bool]]:

@@ -1,46 +1,186 @@
-"""The HTTP edge every service shares: the app factory, JSON errors, health, request context.
+"""The HTTP edge every service shares: the app factory, JSON errors, health, request context,
+and the input rules every service's models use.
 
 Errors are values at the edge: a service raises :class:`ApiError` (or lets FastAPI validation
 fail) and this module turns it into one JSON shape, ``{"type", "title", "status", "detail",
 "errors": [{"field", "message"}]}``, so a client always learns which field was wrong.
+
+Input hygiene, the same in every service: text a person typed is :data:`Text` (no control or
+format characters: no line breaks, bidi overrides or zero-width characters in a name); a JSON
+body is read by :class:`JsonRoute`, which refuses another media type (415), a key given twice
+and the non-JSON numbers ``NaN``/``Infinity`` (400 naming them) instead of guessing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import unicodedata
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from email.message import Message
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import AfterValidator, Field, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sagakit import logs, telemetry
 from sagakit.consuming import OUTAGE
+from sagakit.docs import add_swagger_ui, docs_paths
 
 log = logging.getLogger("sagakit.web")
 
 ReadinessCheck = Callable[[], Awaitable[Any]]
 
-# Free text a client sends: PostgreSQL text cannot hold NUL nor most control characters make sense
-# in a name, so they are refused at the edge (422 naming the field), not by the database (500).
-PLAIN_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+
+# --- Text a client sends -----------------------------------------------------------------------
+# Unicode categories no name, holder or other typed text needs, and each a way to forge what a
+# reader sees: Cc controls (NUL, which PostgreSQL text cannot hold, CR/LF that split a log line or
+# an email header), Cf format characters (bidi overrides that reverse what follows, zero-width
+# spaces and joiners that make two equal-looking names differ, the BOM, invisible tags), Cs lone
+# surrogates (not text at all), Zl/Zp line and paragraph separators.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _invisible_ranges(end: int = 0x10000) -> list[tuple[int, int]]:
+    """The code points below ``end`` in those categories, as (first, last) ranges."""
+    ranges: list[tuple[int, int]] = []
+    for code in range(end):
+        if unicodedata.category(chr(code)) in INVISIBLE_CATEGORIES:
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    return ranges
+
+
+# The same rule as a JSON Schema pattern, for the OpenAPI document (and the fuzzer reading it).
+# Only the Basic Multilingual Plane: a `\uXXXX` escape reads the same in ECMA-262, Python and
+# Rust regexes; the few format characters beyond it (tags) are refused by :func:`visible` alone.
+VISIBLE_TEXT = "^[^" + "".join(
+    f"\\u{low:04x}" + (f"-\\u{high:04x}" if high > low else "")
+    for low, high in _invisible_ranges()) + "]*$"
+
+
+def visible(value: str) -> str:
+    """``value`` unchanged, or ValueError naming the first control or format character in it."""
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in INVISIBLE_CATEGORIES:
+            name = unicodedata.name(char, unicodedata.category(char))
+            raise ValueError(f"U+{ord(char):04X} ({name}) at position {position}: control and "
+                             "format characters (line breaks, bidi controls, zero-width "
+                             "characters) are not allowed here")
+    return value
+
+
+class _SchemaPattern:
+    """Writes :data:`VISIBLE_TEXT` into the field's JSON Schema; :func:`visible` enforces it."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema.setdefault("pattern", VISIBLE_TEXT)
+        return json_schema
+
+
+# Text a person typed (a name, a card holder): use it for every such field of every model, with
+# Field(min_length=..., max_length=...) as the field needs. Checked in Python, by category, so the
+# rule is the same whatever regex engine pydantic uses.
+Text = Annotated[str, AfterValidator(visible), _SchemaPattern()]
+
+# An email address: the shape only (something@domain.tld, no spaces), and visible like Text.
+_ADDRESS_PART = r"[^@\s\x00-\x1f\x7f]+"
+EMAIL = rf"^{_ADDRESS_PART}@{_ADDRESS_PART}\.{_ADDRESS_PART}$"
+Email = Annotated[str, AfterValidator(visible), Field(max_length=254, pattern=EMAIL)]
+
+
+# --- JSON bodies -------------------------------------------------------------------------------
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ApiError(400, "Duplicate key", f"The key {key!r} is given twice in one JSON "
+                           "object; send it once.", field=key)
+        seen[key] = value
+    return seen
+
+
+def _no_constant(name: str) -> Any:
+    raise ApiError(400, "Not a JSON number", f"{name} is not a JSON number (RFC 8259); send a "
+                   "finite number.", field="body")
+
+
+def parse_json(body: bytes) -> Any:
+    """A JSON body, strictly: a repeated key or NaN/Infinity is an :class:`ApiError` (400).
+
+    Python's json module (and so Starlette's) keeps the last of two equal keys and reads NaN and
+    Infinity; two parsers (a proxy, a service) disagreeing on such a body is how a checked value
+    and a used value come apart, so neither is accepted. Malformed JSON is left to FastAPI's own
+    400 (:func:`_on_validation_error`).
+    """
+    return json.loads(body, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+
+
+def _is_json(content_type: str) -> bool:
+    message = Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json"))
+
+
+class JsonRoute(APIRoute):
+    """A route whose body (if it declares one) is JSON, read by :func:`parse_json`.
+
+    A body of another media type is 415 (FastAPI would try to validate its bytes: a 422 that
+    blames the fields); form routes and routes reading the request themselves (the OAuth token
+    endpoint) are left as they are. Every router of every service uses this class.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None or isinstance(self.body_field.field_info, params.Form):
+            return handler
+
+        async def strict_json(request: Request) -> Response:
+            if body := await request.body():
+                content_type = request.headers.get("content-type", "")
+                if not _is_json(content_type):
+                    raise ApiError(415, "Unsupported Media Type",
+                                   f"This endpoint takes application/json, not "
+                                   f"{content_type or 'a body without a Content-Type'}.",
+                                   field="Content-Type", headers={"Accept": "application/json"})
+                try:
+                    request._json = parse_json(body)  # what FastAPI's request.json() returns
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    pass  # FastAPI parses it again and answers its malformed-JSON 400
+            return await handler(request)
+
+        return strict_json
 
 
 class ApiError(Exception):
     """A client-facing error: its status, a title, and (when one input is to blame) the field."""
 
     def __init__(
-        self, status: int, title: str, detail: str, *, field: str | None = None, **extra: Any
+        self, status: int, title: str, detail: str, *, field: str | None = None,
+        headers: Mapping[str, str] | None = None, **extra: Any
     ) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail, self.field, self.extra = (
             status, title, detail, field, extra,
         )
+        self.headers = dict(headers or {})
 
 
 def problem(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None,
@@ -79,7 +219,9 @@ async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _on_api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
-    return problem(exc.status, exc.title, exc.detail, errors, **exc.extra)
+    response = problem(exc.status, exc.title, exc.detail, errors, **exc.extra)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -132,27 +274,39 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app with the shared docs paths, error shape, health, request context and
     tracing (a server span per request, continuing a caller's ``traceparent``)."""
+    paths = docs_paths(service)
     app = FastAPI(
+        # Strict JSON bodies (JsonRoute), and no redirect for a trailing slash: Starlette's is
+        # an absolute URL built from the client's Host header (the gateway redirects relatively).
+        redirect_slashes=False,
         title=title,
-        description=description,
+        description=f"{description}\n\nIts events (consumed and published): "
+        f"[AsyncAPI]({paths['asyncapi_html']}) ([JSON]({paths['asyncapi']})).",
         version="1.0.0",
         lifespan=lifespan,
-        docs_url=f"/docs/{service}",
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: add_swagger_ui's does not
         redoc_url=None,
-        openapi_url=f"/docs/{service}/openapi.json",
+        openapi_url=paths["openapi"],
     )
+    app.router.route_class = JsonRoute
+    add_swagger_ui(app, service)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
     app.add_middleware(RequestContext)
     telemetry.instrument_app(app)
+    from sagakit import auth  # here: auth builds on this module's ApiError
 
-    @app.get("/health/live", tags=["health"], summary="The process is up")
+    auth.document(app)
+
+    @app.get("/health/live", tags=["health"], summary="The process is up",
+             openapi_extra={"security": []})
     async def live() -> dict[str, str]:
         return {"status": "live", "service": service}
 
-    @app.get("/health/ready", tags=["health"], summary="Database and broker reachable")
+    @app.get("/health/ready", tags=["health"], summary="Database and broker reachable",
+             openapi_extra={"security": []})
     async def ready() -> JSONResponse:
         checks = readiness(app)
         with telemetry.untraced():  # probes come every few seconds: not worth a trace each

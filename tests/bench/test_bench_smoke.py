@@ -15,7 +15,8 @@ import pytest
 from bench.__main__ import arguments, run
 from bench.report import write
 from deploy.native import amqp_vhost
-from tests.e2e.conftest import API_KEY, RUN_DIR, Stack
+from tests.conftest import Infra
+from tests.e2e.conftest import RUN_DIR, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -24,21 +25,24 @@ FIELDS = {"started_at", "parameters", "machine", "orders", "accepted_per_s", "co
           "seconds"}
 
 
-def test_a_small_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
+def test_a_small_run_reports_every_figure(stack: Stack, infra: Infra, tmp_path: Path) -> None:
+    # The ceiling's own vhost, named after the stack's so side-by-side sessions never share it,
+    # made fresh where the broker is (this machine's rabbitmqctl, or inside the testcontainer).
+    ceiling_url = infra.fresh_vhost(f"{amqp_vhost(stack.rabbitmq_url)}_raw")
     args: argparse.Namespace = arguments([
-        "--url", stack.base_url, "--api-key", API_KEY, "--run-dir", str(RUN_DIR),
+        "--url", stack.base_url, "--run-dir", str(RUN_DIR),
         "--orders", "30", "--concurrency", "4", "--duration", "10", "--drain-timeout", "30",
         "--mix", "approve=3,decline=1,out_of_stock=1", "--ceiling-sagas", "100",
         "--ceiling-faststream",
-        # Its own vhost, named after the stack's, so side-by-side test sessions never share it.
-        "--ceiling-vhost", f"{amqp_vhost(stack.rabbitmq_url)}_raw",
+        "--ceiling-vhost", "",
         "--out", str(tmp_path), "--quiet",
     ])
-    report = run(args, rabbitmq_url=stack.rabbitmq_url)
+    report = run(args, rabbitmq_url=ceiling_url)
 
     assert FIELDS <= report.keys()
     assert report["error_count"] == 0, report["errors"]
     assert report["orders"]["placed"] == 30
+    assert report["orders"]["refused"] == 0  # far below capacity: admission control admits all
     assert report["orders"]["terminal"] == 30
     assert set(report["saga"]["outcomes"]) <= {"finished", "cancelled", "refunded"}
     for key in ("p50", "p95", "p99"):

@@ -1,5 +1,9 @@
 """A stack of its own for the chaos tests, a steady load through nginx, and the books to check.
 
+With ``--stack=compose`` the chaos stack is the compose project ``saga-chaos`` (gateway on
+``TEST_PORT_BASE`` + 10580), with the same replicas and knobs; a broker or database restart is
+``docker compose stop``/``start`` of its container.
+
 The chaos stack is isolated from the e2e one (both can live in one session): gateway and services
 at ``TEST_PORT_BASE`` + 500 (so 18580, 18501-18503 ...), databases ``*<TEST_DB_SUFFIX>_chaos``,
 the vhost ``<e2e vhost>_chaos`` and Redis database ``TEST_CHAOS_REDIS_DB`` (default 2). Three
@@ -32,47 +36,86 @@ import pytest
 import redis
 
 from deploy import native
+from tests.stacks import ComposeStack, NativeStack, stack_mode
+from tests.tokens import OPERATOR, bearer
 
 REPO = Path(__file__).resolve().parents[2]
 _BASE = int(os.environ.get("TEST_PORT_BASE", "18000")) + 500
 DB_SUFFIX = os.environ.get("TEST_DB_SUFFIX", "_test") + "_chaos"
 REDIS_DB = int(os.environ.get("TEST_CHAOS_REDIS_DB", "2"))
 RUN_DIR = REPO / ".run" / f"chaos{_BASE}"
-API_KEY = "chaos-key-0123456789"
 TERMINAL = {"finished", "cancelled", "refunded"}
 REPLICAS = {"order": 2, "payment": 3, "production": 2}
 # Long enough that an event waiting out a broker or database restart is retried, not parked.
 RETRY_DELAYS_MS = "[50, 200, 1000, 2000, 5000, 10000]"
 FULL = os.environ.get("CHAOS_FULL", "") == "1"
-full_only = pytest.mark.skipif(not FULL, reason="full chaos set: make test-chaos (CHAOS_FULL=1)")
+# Deselected (tests/conftest.py), not skipped, without CHAOS_FULL=1: a skip in CI reads as a check.
+full_only = pytest.mark.full_chaos
 
 BALANCES: list[dict[str, Any]] = []
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``database``: every database server of the run mode (tests/stacks.py ``databases``):
+    natively the one PostgreSQL cluster; in compose each service's own, Redis included."""
+    if "database" in metafunc.fixturenames:
+        compose = stack_mode(metafunc.config) == "compose"
+        metafunc.parametrize("database", ["order-db", "payment-db", "redis"] if compose
+                             else ["postgresql"])
+
+
 @dataclass
 class ChaosStack:
-    base_url: str
-    rabbitmq_url: str
-    env: dict[str, str]
+    """The chaos stack (native or compose: tests/stacks.py) and where its books are kept."""
+
+    stack: NativeStack | ComposeStack
     order_db: str
     payment_db: str
     redis_url: str
-    run_dir: Path = RUN_DIR
 
-    def pid(self, name: str) -> int:
-        pid = native.read_pid(self.run_dir, name)
-        assert pid is not None, f"{name} is not running"
-        return pid
+    @property
+    def base_url(self) -> str:
+        return self.stack.base_url
+
+    @property
+    def rabbitmq_url(self) -> str:
+        return self.stack.rabbitmq_url
 
     def restart_missing(self) -> None:
-        native.up(self.env, self.run_dir, timeout=90)
+        self.stack.restart_missing()
 
     def log(self, name: str) -> str:
-        return (self.run_dir / "logs" / f"{name}.log").read_text(errors="replace")
+        return self.stack.log(name)
+
+
+KNOBS = {
+    "PRODUCTION_PREPARATION_SECONDS": "0.02",
+    # Small pools: this stack shares PostgreSQL's 100 connections with the other test stack
+    # and the integration tests' services, replicas included.
+    "ORDER_DB_POOL_SIZE": "4",
+    "PAYMENT_DB_POOL_SIZE": "4",
+    "RETRY_DELAYS_MS": RETRY_DELAYS_MS,
+    "IDENTITY_TOKEN_TTL_SECONDS": "7200",
+    # The load is one client sending as fast as the stack takes: no gateway limit in its way.
+    "GATEWAY_RATE_LIMIT": "100000r/s",
+    "GATEWAY_RATE_BURST": "100000",
+    "GATEWAY_LIST_RATE_LIMIT": "100000r/s",
+    "GATEWAY_LIST_RATE_BURST": "100000",
+    "GATEWAY_CONN_LIMIT": "10000",
+}
 
 
 @pytest.fixture(scope="session")
-def chaos(infra) -> Iterator[ChaosStack]:
+def chaos(request: pytest.FixtureRequest) -> Iterator[ChaosStack]:
+    if stack_mode(request.config) == "compose":
+        compose = ComposeStack("saga-chaos", _BASE + 10000, KNOBS, REPLICAS).start()
+        try:
+            yield ChaosStack(compose, compose.postgres_url("order"),
+                             compose.postgres_url("payment"), compose.redis_url)
+        finally:
+            compose.stop()
+        return
+    infra = request.getfixturevalue("infra")
     native.down(RUN_DIR)
     vhost_url = infra.fresh_vhost(f"{infra.namespace}_chaos")
     redis_url = infra.redis_db(REDIS_DB)
@@ -84,32 +127,30 @@ def chaos(infra) -> Iterator[ChaosStack]:
         "SAGA_RUN_DIR": str(RUN_DIR),
         "GATEWAY_PORT": str(_BASE + 80), "ORDER_HTTP_PORT": str(_BASE + 1),
         "PAYMENT_HTTP_PORT": str(_BASE + 2), "PRODUCTION_HTTP_PORT": str(_BASE + 3),
+        "IDENTITY_HTTP_PORT": str(_BASE + 4),
+        "IDENTITY_DATABASE_URL": infra.postgres_url(f"identity{DB_SUFFIX}", "identity_svc",
+                                                    "identity_svc"),
         "RABBITMQ_URL": vhost_url,
         "POSTGRES_ADMIN_URL": infra.postgres_admin_url,
         "ORDER_DATABASE_URL": order_db, "PAYMENT_DATABASE_URL": payment_db,
         "PRODUCTION_REDIS_URL": redis_url,
-        "PRODUCTION_PREPARATION_SECONDS": "0.02",
-        # Small pools: this stack shares PostgreSQL's 100 connections with the other test stack
-        # and the integration tests' services, replicas included.
-        "ORDER_DB_POOL_SIZE": "4",
-        "PAYMENT_DB_POOL_SIZE": "4",
-        "RETRY_DELAYS_MS": RETRY_DELAYS_MS,
-        "GATEWAY_API_KEYS": API_KEY,
+        **KNOBS,
         **{f"{s.upper()}_REPLICAS": str(n) for s, n in REPLICAS.items()},
     }
     native.drop_service_databases(env)
     redis.Redis.from_url(redis_url).flushdb()
-    native.up(env, RUN_DIR, timeout=120)
+    running = NativeStack(f"http://127.0.0.1:{_BASE + 80}", vhost_url, env, RUN_DIR).start()
     try:
-        yield ChaosStack(f"http://127.0.0.1:{_BASE + 80}", vhost_url, env, order_db, payment_db,
-                         redis_url)
+        yield ChaosStack(running, order_db, payment_db, redis_url)
     finally:
-        native.down(RUN_DIR)
+        running.stop()
 
 
 @pytest.fixture(scope="session")
 def client(chaos: ChaosStack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=chaos.base_url, timeout=10, headers={"X-API-Key": API_KEY},
+    # The operator console: it places orders for the customers it names and reads every order.
+    with httpx.Client(base_url=chaos.base_url, timeout=10,
+                      headers=bearer(OPERATOR.token(chaos.base_url)),
                       limits=httpx.Limits(max_connections=32)) as http:
         for sku in ("burger-classic", "fries", "lemonade"):
             assert http.put(f"/api/v1/production/stock/{sku}",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from identity.settings import IdentitySettings
 from pydantic_settings import BaseSettings
 
 from deploy import native
@@ -33,8 +34,9 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "order": OrderSettings,
     "payment": PaymentSettings,
     "production": ProductionSettings,
+    "identity": IdentitySettings,
 }
-assert tuple(SETTINGS) == native.SERVICES
+assert tuple(SETTINGS) == native.ALL_SERVICES
 
 # $$ | ${NAME} | ${NAME:-default} / ${NAME-default} / ${NAME:?err} / ${NAME:+alt} | $NAME
 _VARIABLE = re.compile(

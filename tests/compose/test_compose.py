@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource
 
 from deploy import native
 from tests.compose.files import (
+    COMPOSE_FILE,
     REPO,
     SETTINGS,
     TEMPLATE,
@@ -39,13 +40,17 @@ NOT_IN_COMPOSE = {
     # already where compose publishes Jaeger and Seq (127.0.0.1:16686, :5380).
     "ORDER_JAEGER_UI_URL": "a browser link; the default is compose's published Jaeger port",
     "ORDER_SEQ_UI_URL": "a browser link; the default is compose's published Seq port",
+    # The key sets inline: compose gives them as files on volumes (AUTH_JWKS_FILE and
+    # IDENTITY_SIGNING_KEYS_FILE), made by the `keys` job.
+    "AUTH_JWKS": "compose gives the public key set as a file",
+    "IDENTITY_SIGNING_KEYS": "compose gives the signing keys as a file",
 }
 # Read by the OpenTelemetry SDK, not by the settings classes.
 TELEMETRY_ENV = {"OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT",
                  "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_RESOURCE_ATTRIBUTES"}
 # The only published ports: (host ip, host port, container port); "" = every interface.
 PUBLISHED = {
-    "gateway": {("", "8080", "8080")},
+    "gateway": {("127.0.0.1", "8080", "8080")},
     "jaeger": {("127.0.0.1", "16686", "16686")},
     "seq": {("127.0.0.1", "5380", "80")},
     "rabbitmq": {("127.0.0.1", "15672", "15672")},
@@ -53,9 +58,11 @@ PUBLISHED = {
 # Stateful containers and where each keeps its data (a named volume must be mounted there).
 DATA_DIRS = {"order-db": "/var/lib/postgresql/data", "payment-db": "/var/lib/postgresql/data",
              "redis": "/data", "rabbitmq": "/var/lib/rabbitmq", "seq": "/data"}
-# Variables the gateway template is about to read (API keys, rate limiting), with defaults.
-GATEWAY_ANNOUNCED = {"GATEWAY_API_KEYS": "dev-key-change-me", "GATEWAY_RATE_LIMIT": "1000r/s",
-                     "GATEWAY_RATE_BURST": "2000"}
+# The gateway's limits: compose's defaults are native mode's.
+GATEWAY_ANNOUNCED = {name: native.DEFAULTS[name] for name, _, _ in native.GATEWAY_KNOBS}
+# One-shot jobs: they run to completion before what depends on them starts (no healthcheck:
+# they are not meant to stay up).
+JOBS = {"keys"}
 
 
 def env_names(settings: type[BaseSettings]) -> dict[str, str]:
@@ -164,11 +171,21 @@ def test_service_values_mean_what_native_defaults_mean(
         ours, theirs = getattr(in_compose, field), getattr(native_defaults, field)
         if field == "http_host":
             assert ours == "0.0.0.0", f"{service} must listen on every interface in a container"
+        elif field.endswith("_file"):  # natively the runner's run dir; here a mounted volume
+            assert ours and ours.startswith(("/run/saga-keys/", "/run/saga-secrets/")), \
+                f"{service}.{field}: {ours!r}"
         elif field.endswith("_url"):
             a, b = urlsplit(ours), urlsplit(theirs)
-            assert (a.scheme, a.username, a.password, a.port, a.path) == \
-                   (b.scheme, b.username, b.password, b.port, b.path), f"{service}.{field}"
+            assert (a.scheme, a.port, a.path) == (b.scheme, b.port, b.path), f"{service}.{field}"
+            # The same role, except the broker's: natively the local broker's guest (which only
+            # answers on loopback), in compose an account of the stack's own.
+            assert a.username == ("saga" if field == "rabbitmq_url" else b.username), field
             assert a.hostname in services(), f"{service}.{field}: {a.hostname} is no service"
+            # Its password is the file's (the `keys` job's), none in the URL.
+            assert a.password is None, f"{service}.{field}"
+            password_file = field.removesuffix("_url") + "_password_file"
+            if password_file in settings.model_fields:
+                assert getattr(in_compose, password_file), f"{service}.{password_file}"
         else:
             assert ours == theirs, f"{service}.{field}: compose {ours!r}, native {theirs!r}"
 
@@ -183,17 +200,58 @@ def test_topology_is_literal_and_knobs_default_to_native() -> None:
     assert tuned["LOG_LEVEL"] == "DEBUG", "tuning knobs take the caller's environment"
 
 
+def _mount(service: str, volume: str) -> str:
+    """Where `service` mounts the named `volume` (read-only or not)."""
+    for spec in services()[service].get("volumes", []):
+        name, _, rest = spec.partition(":")
+        if name == volume:
+            return rest.removesuffix(":ro")
+    raise AssertionError(f"{service} does not mount {volume}")
+
+
 def test_each_database_url_names_a_postgres_of_its_own() -> None:
     seen = set()
-    for service in ("order", "payment"):
-        url = urlsplit(env_of(service)[f"{service.upper()}_DATABASE_URL"])
+    for service in ("order", "payment", "identity"):
+        env = env_of(service)
+        url = urlsplit(env[f"{service.upper()}_DATABASE_URL"])
         db = services()[url.hostname or ""]
         assert db["image"].startswith("postgres:"), f"{url.hostname} is not PostgreSQL"
         assert service_env(db) == {"POSTGRES_USER": url.username,
-                                   "POSTGRES_PASSWORD": url.password,
+                                   "POSTGRES_PASSWORD_FILE": "/run/saga-secrets/password",
                                    "POSTGRES_DB": url.path.lstrip("/")}, url.hostname
         assert url.hostname not in seen, "each service owns its database server"
         seen.add(url.hostname)
+        # The database and its service read the one password file the `keys` job writes, on a
+        # volume of that database's own: no other service mounts it.
+        secret = f"{url.hostname}-secret"
+        assert _mount(url.hostname or "", secret) == "/run/saga-secrets"
+        written = _mount("keys", secret)
+        assert env[f"{service.upper()}_DATABASE_PASSWORD_FILE"] == \
+               f"{_mount(service, secret)}/password" == f"{written}/password"
+        assert f"{written}/password" in " ".join(services()["keys"]["command"])
+        assert services()[url.hostname or ""]["depends_on"]["keys"]["condition"] == \
+               "service_completed_successfully"
+        others = [name for name in services() if name not in (service, url.hostname, "keys")]
+        assert not [name for name in others if secret in str(services()[name].get("volumes"))]
+
+
+def test_the_compose_file_holds_no_password() -> None:
+    """Passwords come from files the `keys` job generates, never a value written here."""
+    for line in COMPOSE_FILE.read_text().splitlines():
+        code = line.split("#", 1)[0]
+        assert not re.search(r"(?i)(PASSWORD|_PASS)\s*:\s*\S", code) or "_FILE" in code, line
+        assert not re.search(r"://[^/@\s:]+:[^@/\s]+@", code), line  # user:password@host
+    broker = services()["rabbitmq"]
+    assert "$$(cat /run/saga-secrets/password)" in " ".join(raw_compose()["services"][
+        "rabbitmq"]["command"])
+    assert _mount("rabbitmq", "rabbitmq-secret") == "/run/saga-secrets"
+    assert broker["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+    # Every service uses the broker, identity too (export and erasure go by events): each
+    # mounts the file its RABBITMQ_PASSWORD_FILE names.
+    for service in native.ALL_SERVICES:
+        assert env_of(service)["RABBITMQ_PASSWORD_FILE"] == \
+               f"{_mount(service, 'rabbitmq-secret')}/password"
+    assert "/run/saga-secrets/rabbitmq/password" in " ".join(services()["keys"]["command"])
 
 
 def test_redis_keeps_the_kitchen_with_append_only_persistence() -> None:
@@ -261,7 +319,7 @@ def test_the_template_renders_completely_with_compose_values() -> None:
     names = [n for n in env if allowed.search(n)]
     rendered = interpolate_only(TEMPLATE.read_text(), {n: env[n] for n in names})
     assert not re.findall(r"\$\{\w+\}", rendered)
-    assert f"listen {env['GATEWAY_PORT']};" in rendered
+    assert f"listen {env['GATEWAY_LISTEN']};" in rendered
     mounts = services()["gateway"]["volumes"]
     assert "./gateway/templates:/etc/nginx/templates:ro" in mounts
 
@@ -276,7 +334,8 @@ def interpolate_only(text: str, values: dict[str, str]) -> str:
 
 
 def test_every_container_has_a_healthcheck() -> None:
-    missing = sorted(name for name in services() if not has_healthcheck(name))
+    missing = sorted(name for name in services() if not has_healthcheck(name) and
+                     name not in JOBS)
     assert not missing, f"no healthcheck: {missing}"
 
 
@@ -285,6 +344,9 @@ def test_every_dependency_has_a_healthcheck_and_is_waited_for() -> None:
         depends_on = service.get("depends_on", {})
         assert isinstance(depends_on, dict), f"{name}: long depends_on syntax, with conditions"
         for target, how in depends_on.items():
+            if target in JOBS:
+                assert how["condition"] == "service_completed_successfully", f"{name} -> {target}"
+                continue
             assert target in services() and has_healthcheck(target), f"{name} -> {target}"
             optional = how.get("required") is False and how["condition"] == "service_started"
             assert how["condition"] == "service_healthy" or optional, f"{name} -> {target}"
@@ -334,7 +396,8 @@ def test_services_reach_the_collector_over_otlp_http() -> None:
 def test_make_drives_compose_in_compose_mode() -> None:
     import subprocess
 
-    expected = {"up": "docker compose up -d --build --wait", "down": "docker compose down",
+    expected = {"up": "docker compose up -d --build --wait",
+                "down": "docker compose -f docker-compose.yml -f docker-compose.ha.yml down",
                 "ps": "docker compose ps", "logs": "docker compose logs -f"}
     for target, command in expected.items():
         dry = subprocess.run(["make", "-n", target, "SAGA_MODE=compose"], cwd=REPO,
@@ -345,3 +408,16 @@ def test_make_drives_compose_in_compose_mode() -> None:
 def test_interpolation_follows_compose() -> None:
     assert interpolate("${A:-x}|${A-x}|$$A|${B}|$B", {"A": ""}) == "x||$A||"
     assert interpolate("${A:-[1, 2]}", {}) == "[1, 2]"
+
+
+def test_every_knob_a_test_stack_sets_reaches_compose() -> None:
+    """The e2e and chaos stacks set the same knobs in both modes: each one they set is passed on
+    by tests/stacks.py and read by docker-compose.yml, so a compose run never falls back to a
+    default the native run does not use."""
+    from tests.chaos.conftest import KNOBS as CHAOS_KNOBS
+    from tests.e2e.conftest import KNOBS as E2E_KNOBS
+    from tests.stacks import COMPOSE_KNOBS
+
+    assert not (set(E2E_KNOBS) | set(CHAOS_KNOBS)) - set(COMPOSE_KNOBS)
+    text = COMPOSE_FILE.read_text()
+    assert [k for k in COMPOSE_KNOBS if "${" + k not in text] == []

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
+import httpx
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -158,3 +159,94 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             pass  # quiet: pytest shows what matters
 
     return OtlpHandler
+
+
+# --- compose mode: the same questions, asked of Jaeger and Seq ------------------------------------
+
+_KINDS = {"server": SpanProto.SPAN_KIND_SERVER, "client": SpanProto.SPAN_KIND_CLIENT,
+          "producer": PRODUCER, "consumer": CONSUMER, "internal": SpanProto.SPAN_KIND_INTERNAL}
+_STATUS = {"OK": Status.STATUS_CODE_OK, "ERROR": ERROR}
+_NOT_ATTRIBUTES = {"span.kind", "otel.status_code", "otel.status_description", "error",
+                   "otel.scope.name", "otel.scope.version", "internal.span.format"}
+
+
+def span_from_jaeger(span: dict[str, Any], processes: dict[str, Any]) -> Span:
+    """One span of Jaeger's query API (its JSON model) as the receiver's :class:`Span`."""
+    tags = {t["key"]: t["value"] for t in span.get("tags") or []}
+    parents = [r["spanID"] for r in span.get("references") or [] if r["refType"] == "CHILD_OF"]
+    events = tuple(str(f["value"]) for log in span.get("logs") or []
+                   for f in log.get("fields") or [] if f["key"] == "event")
+    return Span(
+        service=processes[span["processID"]]["serviceName"],
+        trace_id=span["traceID"].rjust(32, "0"), span_id=span["spanID"].rjust(16, "0"),
+        parent_id=parents[0].rjust(16, "0") if parents else "",
+        name=span["operationName"], kind=_KINDS.get(str(tags.get("span.kind")), 0),
+        attributes={k: v for k, v in tags.items() if k not in _NOT_ATTRIBUTES},
+        status=_STATUS.get(str(tags.get("otel.status_code")), 0),
+        status_message=str(tags.get("otel.status_description", "")), events=events)
+
+
+def log_from_seq(event: dict[str, Any]) -> LogRecord:
+    """One event of Seq's API (``/api/events?render=true``) as the receiver's :class:`LogRecord`."""
+    resource = {p["Name"]: p["Value"] for p in event.get("Resource") or []}
+    return LogRecord(
+        service=str(resource.get("service.name", "")), trace_id=event.get("TraceId") or "",
+        span_id=event.get("SpanId") or "", body=str(event.get("RenderedMessage") or ""),
+        severity=str(event.get("Level") or ""),
+        attributes={p["Name"]: p["Value"] for p in event.get("Properties") or []})
+
+
+class QueryBackends:
+    """What the compose stack's collector delivered, read back from Jaeger's query API
+    (``/api/traces/{id}``) and Seq's events API: the receiver's interface, so the tracing tests
+    are the same functions in both run modes."""
+
+    SERVICES = ("order", "payment", "production")
+
+    def __init__(self, jaeger_url: str, seq_url: str) -> None:
+        self.jaeger = jaeger_url.rstrip("/")
+        self.seq = seq_url.rstrip("/")
+
+    def trace(self, trace_id: str) -> list[Span]:
+        response = httpx.get(f"{self.jaeger}/api/traces/{trace_id}", timeout=10)
+        if response.status_code == 404:
+            return []
+        response.raise_for_status()
+        return [span_from_jaeger(s, t["processes"]) for t in response.json()["data"] or []
+                for s in t["spans"]]
+
+    @property
+    def spans(self) -> list[Span]:
+        """Every span Jaeger holds of the three services (the last hour, up to 1500 traces)."""
+        found: dict[str, Span] = {}
+        for service in self.SERVICES:
+            response = httpx.get(f"{self.jaeger}/api/traces", timeout=30, params={
+                "service": service, "limit": 1500, "lookback": "1h"})
+            response.raise_for_status()
+            for trace in response.json()["data"] or []:
+                for span in trace["spans"]:
+                    found[span["spanID"]] = span_from_jaeger(span, trace["processes"])
+        return list(found.values())
+
+    def _events(self, filter_: str | None, count: int) -> list[LogRecord]:
+        params: dict[str, Any] = {"count": count, "render": "true"}
+        if filter_:
+            params["filter"] = filter_
+        response = httpx.get(f"{self.seq}/api/events", params=params, timeout=30)
+        response.raise_for_status()
+        return [log_from_seq(e) for e in response.json()]
+
+    def logs_of(self, trace_id: str) -> list[LogRecord]:
+        return self._events(f"@TraceId = '{trace_id}'", 1000)
+
+    @property
+    def logs(self) -> list[LogRecord]:
+        return self._events(None, 10000)
+
+    def wait_for(self, what: str, found: Callable[[], T | None], timeout: float = 30.0) -> T:
+        deadline = time.monotonic() + timeout
+        while not (result := found()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Jaeger/Seq never showed {what}")
+            time.sleep(0.3)
+        return result

@@ -1,15 +1,17 @@
 """Fuzzing the edge: schemathesis generates requests (valid and invalid) from each service's
-OpenAPI and sends them through the gateway with an API key. Nothing may answer 5xx, and every
-4xx is a JSON error body. Bounded (``FUZZ_EXAMPLES`` per operation) to stay well under a minute.
+OpenAPI and sends them through the gateway, once as each role: the operator, a customer and
+nobody (no token). Nothing may answer 5xx, and every 4xx is a JSON error body. Bounded
+(``FUZZ_EXAMPLES`` per operation) to stay around a minute.
 
 The operator endpoints (``/api/v1/ops``) are left out: replaying and discarding dead letters at
 random would disturb the other tests; ``test_dead_letters.py`` covers them. The kitchen's line
-and stock, which the fuzzer does change, are put back afterwards.
+and stock and the fault switches, which the fuzzer does change, are put back afterwards.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -19,16 +21,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.e2e.conftest import API_KEY, Stack
+from tests.e2e.conftest import Stack
+from tests.tokens import OPERATOR, Account, bearer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+FAULT_SWITCHES = ("/api/v1/payments/faults", "/api/v1/production/faults",
+                  "/api/v1/orders/faults")
 
 
 @pytest.fixture(scope="module")
 def kitchen_restored(client: httpx.Client) -> Iterator[None]:
     stock = client.get("/api/v1/production/stock").json()
     line = client.get("/api/v1/production/line").json()
+    faults = {path: client.get(path).json() for path in FAULT_SWITCHES}
     yield
+    for path, values in faults.items():
+        client.put(path, json={k: v for k, v in values.items()
+                               if k not in ("changed_by", "changed_at")})
     for row in stock:
         client.put(f"/api/v1/production/stock/{row['sku']}", json={"available": row["available"]})
     client.put("/api/v1/production/line", json=line)
@@ -39,8 +48,23 @@ def _schema(stack: Stack, service: str) -> schemathesis.BaseSchema:
     return schema.exclude(path_regex=r"^/api/v1/ops/")
 
 
-def check(case: schemathesis.Case, stack: Stack) -> None:
-    response = case.call(base_url=stack.base_url, headers={"X-API-Key": API_KEY}, timeout=10)
+@pytest.fixture(scope="module")
+def role_headers(stack: Stack) -> dict[str, dict[str, str]]:
+    # The customer is one of the fuzz's own: it may well call DELETE /api/v1/customers/me,
+    # which would erase Ana for every later test.
+    tag = uuid.uuid4().hex[:12]
+    email, password = f"fuzz.{tag}@example.com", f"fuzz-{tag}-password"
+    signed = httpx.post(f"{stack.base_url}/api/v1/customers", timeout=10, json={
+        "name": "Fuzz Customer", "email": email, "password": password})
+    assert signed.status_code == 201, signed.text
+    customer = Account("customer", {"grant_type": "password", "username": email,
+                                    "password": password})
+    return {"operator": bearer(OPERATOR.token(stack.base_url)),
+            "customer": bearer(customer.token(stack.base_url)), "anonymous": {}}
+
+
+def check(case: schemathesis.Case, stack: Stack, headers: dict[str, str]) -> None:
+    response = case.call(base_url=stack.base_url, headers=headers, timeout=10)
     where = f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
     assert response.status_code < 500, where
     if 400 <= response.status_code < 500:
@@ -55,8 +79,11 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 
 
-@pytest.mark.parametrize("service", ["order", "payment", "production"])
-def test_api_never_fails_on_any_input(service: str, stack: Stack, kitchen_restored: None) -> None:
+@pytest.mark.parametrize("role", ["operator", "customer", "anonymous"])
+@pytest.mark.parametrize("service", ["order", "payment", "production", "identity"])
+def test_api_never_fails_on_any_input(service: str, role: str, stack: Stack,
+                                      role_headers: dict[str, dict[str, str]],
+                                      kitchen_restored: None) -> None:
     # The schema is read from the running stack, so the cases are built here rather than by
     # schemathesis' pytest plugin (whose from_fixture does not work with pytest 9).
     operations = [result.ok() for result in _schema(stack, service).get_all_operations()]
@@ -66,7 +93,7 @@ def test_api_never_fails_on_any_input(service: str, stack: Stack, kitchen_restor
             @FUZZ
             @given(case=operation.as_strategy(generation_mode=mode))
             def fuzz(case: schemathesis.Case) -> None:
-                check(case, stack)
+                check(case, stack, role_headers[role])
 
             try:
                 fuzz()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 import uuid
 
-from deploy import native
-from tests.e2e.conftest import RUN_DIR, TERMINAL, gateway_log, place, wait_for
+from tests.e2e.conftest import TERMINAL, gateway_log, place, wait_for
+from tests.stacks import Stack
 
 
-def _get_products(client, count: int) -> dict[str, dict]:
+def _get_products(client, stack: Stack, count: int) -> dict[str, dict]:
     """`count` reads through the gateway; their access log lines, by request id."""
     ids = set()
     for _ in range(count):
@@ -19,7 +18,7 @@ def _get_products(client, count: int) -> dict[str, dict]:
         response = client.get("/api/v1/products", headers={"X-Request-ID": request_id})
         assert response.status_code == 200, response.text
         ids.add(request_id)
-    lines = gateway_log(ids)
+    lines = gateway_log(stack, ids)
     assert len(lines) == count
     return lines
 
@@ -30,34 +29,34 @@ def _served_by(lines: dict[str, dict]) -> set[str]:
 
 
 def test_a_dead_replica_is_skipped_without_a_client_error_then_rejoins(client, stack):
-    first, second = native.replicas("order", stack.env)
-    assert _served_by(_get_products(client, 10)) == {first.address, second.address}
+    first, second = stack.replicas("order")
+    assert _served_by(_get_products(client, stack, 10)) == {first.address, second.address}
 
-    pid = native.read_pid(RUN_DIR, second.name)
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while native.read_pid(RUN_DIR, second.name) is not None:
+    stack.kill(second.name, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while stack.running(second.name):
         assert time.monotonic() < deadline, f"{second.name} survived SIGKILL"
         time.sleep(0.05)
     try:
-        lines = _get_products(client, 30)  # each one asserted 200
+        lines = _get_products(client, stack, 30)  # each one asserted 200
         assert _served_by(lines) == {first.address}
-        # nginx did pick the dead replica, failed to connect, and asked the live one instead.
-        assert any(line["upstream"] == f"{second.address}, {first.address}"
-                   for line in lines.values())
+        # nginx did pick the dead replica, failed to connect, and asked the live one instead
+        # (in compose mode the gateway may already have dropped it: Docker's DNS forgets a
+        # stopped container and the upstream files follow within seconds).
+        assert stack.mode == "compose" or any(
+            line["upstream"] == f"{second.address}, {first.address}" for line in lines.values())
         # Writes too: a POST that never reached a service is safe to send elsewhere.
         order = place(client, [("fries", 1)])
         assert order.status_code == 202, order.text
         assert wait_for(client, order.json()["id"], TERMINAL)["status"] == "finished"
     finally:
-        native.up(stack.env, RUN_DIR, timeout=60)  # starts what is missing: the dead replica
+        stack.restart_missing()  # starts what is missing: the dead replica, and waits for it
 
-    assert native.read_pid(RUN_DIR, second.name) not in (None, pid)
-    rows = {row["name"]: row for row in native.status(RUN_DIR)}
-    assert rows[second.name]["alive"] and rows[second.name]["ready"]
+    assert stack.running(second.name)
+    # Compose gives a restarted container a new address, perhaps.
+    second = next(r for r in stack.replicas("order") if r.name == second.name)
     # Once its fail_timeout (10 s) is over, nginx sends it requests again.
     deadline = time.monotonic() + 30
-    while second.address not in _served_by(_get_products(client, 2)):
+    while second.address not in _served_by(_get_products(client, stack, 2)):
         assert time.monotonic() < deadline, f"{second.name} never rejoined the gateway's rotation"
         time.sleep(0.25)

@@ -17,13 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 import aio_pika
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy import native
-from tests.e2e.conftest import CUSTOMER, RUN_DIR, TERMINAL, Stack, place, set_stock, wait_for
+from tests.e2e.conftest import CUSTOMER, TERMINAL, place, set_stock, wait_for
 from tests.e2e.otlp import CONSUMER, ERROR, PRODUCER, SERVER, Receiver, Span
+from tests.stacks import Stack
 
 HAPPY = ["order.created", "payment.processed", "order.received", "production.queued",
          "production.started", "order.finished"]
@@ -147,7 +146,7 @@ def test_log_records_exported_over_otlp_carry_the_orders_trace(client, otlp):
     assert {r.attributes.get("order_id") for r in records} == {order["id"]}
 
 
-def test_no_log_line_holds_an_email_or_a_card_number(client, otlp):
+def test_no_log_line_holds_an_email_or_a_card_number(client, stack, otlp):
     card = client.post("/api/v1/payments/cards", json={
         "number": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2040, "cvc": "123",
         "holder": "Ana Souza"}).json()
@@ -156,9 +155,8 @@ def test_no_log_line_holds_an_email_or_a_card_number(client, otlp):
     otlp.wait_for("the order's log records", lambda: otlp.logs_of(order["trace_id"]))
 
     secrets = (CUSTOMER["email"], "4242424242424242", "4242 4242 4242 4242")
-    for log_file in sorted((RUN_DIR / "logs").glob("*.log")):
-        text = log_file.read_text(errors="replace")
-        assert not [s for s in secrets if s in text], log_file
+    for name, text in stack.service_logs().items():
+        assert not [s for s in secrets if s in text], name
     exported = repr([(r.body, r.attributes) for r in list(otlp.logs)])
     assert not [s for s in secrets if s in exported]
 
@@ -217,10 +215,8 @@ def samples(text: str, name: str, labels: dict[str, str]) -> float:
 def metric(stack: Stack, service: str, name: str, **labels: str) -> float:
     """A sample summed over the service's replicas, each scraped at its own ``/metrics``."""
     total = 0.0
-    for replica in native.replicas(service, stack.env):
-        response = httpx.get(f"http://{replica.address}/metrics", timeout=5)
-        assert response.status_code == 200, response.text
-        total += samples(response.text, name, labels)
+    for text in stack.metrics(service):
+        total += samples(text, name, labels)
     return total
 
 
@@ -265,3 +261,16 @@ def test_the_gateway_serves_each_services_metrics(client, service):
     assert response.headers["content-type"].startswith("text/plain")
     names = {f.name for f in text_string_to_metric_families(response.text)}
     assert {"saga_outbox_backlog", "saga_dead_letters", "saga_events_published"} <= names
+
+
+@pytest.mark.parametrize("service", ["order", "payment", "production"])
+def test_operators_read_each_services_metrics_through_the_api(client, ana, service):
+    """What the operator view charts: the same text, behind the ops scope, with consumer lag."""
+    response = client.get(f"/api/v1/ops/{service}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert {"saga_outbox_backlog", "saga_dead_letters", "saga_consumer_lag"} <= families.keys()
+    queues = {s.labels["queue"] for s in families["saga_consumer_lag"].samples}
+    assert queues and all(q.startswith(f"{service}.") for q in queues), queues
+    assert ana.get(f"/api/v1/ops/{service}/metrics").status_code == 403

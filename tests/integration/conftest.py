@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ import httpx
 import orjson
 import pytest
 from faststream.rabbit import RabbitBroker
+from identity import keys
+from identity.tokens import Signer
 
 from sagakit.envelope import OutgoingEvent
 from sagakit.outbox import EventPublisher
@@ -39,6 +43,20 @@ if TYPE_CHECKING:
 DEADLINE = 15.0  # seconds any awaited outcome may take
 
 Publish = Callable[[OutgoingEvent], Awaitable[None]]
+
+
+@functools.cache
+def signing() -> tuple[str, Signer]:
+    """A key set for this test session: its public file (the services' AUTH_JWKS_FILE) and a
+    signer standing in for the identity service, which the integration tests do not run."""
+    directory = Path(tempfile.mkdtemp(prefix="saga-keys-"))
+    keys.init(directory)
+    return str(directory / keys.PUBLIC), Signer(keys.load(directory), 3600)
+
+
+def operator_token() -> str:
+    """What the operator console would get: scope ops (every order, the kitchen, dead letters)."""
+    return str(signing()[1].issue("ops-console", ["ops"], "client")["access_token"])
 
 
 def free_port() -> int:
@@ -83,10 +101,13 @@ class ServiceProcess:
             "LOG_LEVEL": "INFO",  # the tests read the service's INFO lines
             f"{prefix}_HTTP_HOST": "127.0.0.1",
             f"{prefix}_HTTP_PORT": str(self.port),
+            "AUTH_JWKS_FILE": signing()[0],
             **env,
         }
         self.process: asyncio.subprocess.Process | None = None
-        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=10)
+        # As the operator: the API's authorization is the e2e tests' (tests/e2e/test_authz.py).
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=10,
+                                      headers={"Authorization": f"Bearer {operator_token()}"})
 
     async def start(self, timeout: float = 30.0) -> ServiceProcess:
         with self.log_path.open("ab") as log:

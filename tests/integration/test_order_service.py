@@ -199,6 +199,7 @@ async def test_a_placed_order_is_accepted_and_announced_at_menu_prices(
              "unit_price": burger["price"]},
             {"sku": "fries", "name": fries["name"], "quantity": 1, "unit_price": fries["price"]},
         ],
+        "owner": "ops-console",  # the token's sub: who placed it
     }
     headers = created.headers
     assert {k: headers[k] for k in ("ce-specversion", "ce-type", "ce-source", "ce-subject",

@@ -53,7 +53,7 @@ async def _new_order(pool: asyncpg.Pool) -> OrderRef:
     async with pool.acquire() as conn:
         row = await store.insert_order(
             conn, order_id=order_id, name="Ana", email="ana@example.com",
-            payment_token="tok_visa", currency="EUR", priced=priced, trace_id="0" * 32,
+            payment_token="tok_visa", currency="EUR", priced=priced, trace_id="0" * 32, owner="ana",
             announce=[created])
         assert row["status"] == Status.PENDING_PAYMENT and row["step_at"] is not None
         order, seen = await store.read(conn, order_id)

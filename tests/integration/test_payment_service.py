@@ -76,13 +76,18 @@ def outgoing(event: Event, order_id: UUID) -> OutgoingEvent:
     return OutgoingEvent.build(event, source="saga-shop/order", subject=str(order_id))
 
 
-def order_created(token: str, amount: str = "12.50") -> tuple[UUID, OutgoingEvent]:
+# The operator console owns the cards these tests tokenize (the service's HTTP client is it).
+OWNER = "ops-console"
+
+
+def order_created(token: str, amount: str = "12.50",
+                  owner: str | None = OWNER) -> tuple[UUID, OutgoingEvent]:
     order_id = uuid4()
     lines = (OrderLine(sku="burger-classic", name="Classic burger", quantity=1,
                        unit_price=Decimal("8.50")),
              OrderLine(sku="lemonade", name="Lemonade", quantity=1, unit_price=Decimal("4.00")))
     event = OrderCreated(order_id=order_id, amount=Decimal(amount), currency="EUR",
-                         payment_token=token, lines=lines)
+                         payment_token=token, lines=lines, owner=owner)
     return order_id, outgoing(event, order_id)
 
 
@@ -128,7 +133,7 @@ async def test_a_card_is_tokenized_announced_and_never_kept_in_full(
 
     stored = await db.fetchrow("SELECT * FROM cards WHERE token = $1", card["token"])
     assert set(stored.keys()) == {"token", "brand", "last4", "exp_month", "exp_year", "holder",
-                                  "decline_reason", "created_at"}
+                                  "decline_reason", "created_at", "owner"}
     assert not any(VISA in str(value) or str(value) == "987" for value in stored.values())
     log = service.log_path.read_text()
     assert VISA not in log and "4242 4242 4242 4242" not in log and '"987"' not in log
@@ -230,6 +235,18 @@ async def test_a_tokenized_card_is_charged_as_its_test_number_says(
 
     processed = await tap.next(E.PAYMENT_PROCESSED, order_id)
     assert (processed["outcome"], processed["reason"]) == (outcome, reason)
+
+
+@pytest.mark.parametrize("owner", ["someone-else", None])
+async def test_a_saved_card_pays_only_for_its_owners_orders(
+    http: httpx.AsyncClient, tap: EventTap, publish: Any, owner: str | None,
+) -> None:
+    order_id, created = order_created(await tokenize(http, VISA), owner=owner)
+
+    await publish(created)
+
+    processed = await tap.next(E.PAYMENT_PROCESSED, order_id)
+    assert (processed["outcome"], processed["reason"]) == ("declined", "card_not_yours")
 
 
 async def test_a_redelivered_order_created_charges_once(

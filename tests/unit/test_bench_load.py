@@ -23,7 +23,8 @@ class FakeGateway:
     """An order is listed open by the first poll after it was placed, and is terminal from the
     next poll on; ``ending`` forces the terminal status of every order."""
 
-    def __init__(self, *, fail_every: int = 0, ending: str | None = None) -> None:
+    def __init__(self, *, fail_every: int = 0, ending: str | None = None,
+                 busy_every: int = 0) -> None:
         self.orders: dict[str, dict[str, object]] = {}
         self.bodies: list[dict[str, object]] = []
         self.polls = 0
@@ -31,6 +32,7 @@ class FakeGateway:
         self.stock: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._fail_every = fail_every
+        self._busy_every = busy_every  # admission control's 503, with Retry-After
         self._ending = ending
 
     def app(self) -> web.Application:
@@ -43,7 +45,7 @@ class FakeGateway:
 
     @staticmethod
     def _authorised(request: web.Request) -> None:
-        if request.headers.get("X-API-Key") != API_KEY:
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
             raise web.HTTPUnauthorized()
 
     async def place(self, request: web.Request) -> web.Response:
@@ -51,6 +53,9 @@ class FakeGateway:
         number = next(self._ids)
         if self._fail_every and number % self._fail_every == 0:
             return web.json_response({"title": "boom"}, status=503)
+        if self._busy_every and number % self._busy_every == 0:
+            return web.json_response({"title": "Busy: the saga lags"}, status=503,
+                                     headers={"Retry-After": "2"})
         body = orjson.loads(await request.read())
         self.bodies.append(body)
         token = body["payment_token"]
@@ -143,6 +148,15 @@ async def test_a_refused_order_is_an_error_not_an_order() -> None:
     assert len(result.placed) == 16
     assert len(result.http_ms["place"]) == 20  # a refusal's latency counts too
     assert result.errors == {"place: HTTP 503": 4}
+
+
+async def test_admission_control_s_refusal_is_counted_apart_not_as_an_error() -> None:
+    gateway = FakeGateway(busy_every=4)
+    result = await _run(gateway, {"approve": 1}, orders=20)
+
+    assert len(result.placed) == 15
+    assert result.refused == 5
+    assert result.errors == {}
 
 
 async def test_an_order_ending_elsewhere_than_its_kind_must_is_an_error() -> None:

@@ -47,35 +47,78 @@ def test_a_bad_replica_count_is_refused(count):
         native.stack_env({"ORDER_REPLICAS": count})
 
 
-def test_the_defaults_are_the_development_key_and_limits_no_benchmark_meets():
+def test_the_gateway_listens_on_loopback_by_default():
     env = native.stack_env({})
-    assert env["GATEWAY_API_KEYS"] == "dev-key-change-me"
-    assert (env["GATEWAY_RATE_LIMIT"], env["GATEWAY_RATE_BURST"]) == ("1000r/s", "2000")
+    assert env["GATEWAY_LISTEN"] == "127.0.0.1:8080"
     native.check_gateway_settings(env)
+    assert native.stack_env({"GATEWAY_BIND": "::1"})["GATEWAY_LISTEN"] == "[::1]:8080"
+
+
+REAL_SECRETS = {
+    "IDENTITY_SEED_DEV_ACCOUNTS": "false",
+    "ORDER_DATABASE_URL": "postgresql://order_svc:Zq8-real@db.internal:5432/orders",
+    "PAYMENT_DATABASE_URL": "postgresql://payment_svc:Xk2-real@db.internal:5432/payments",
+    "IDENTITY_DATABASE_URL": "postgresql://identity_svc:Vw5-real@db.internal:5432/identity",
+    "RABBITMQ_URL": "amqp://saga:Rt7-real@broker.internal:5672/",
+}
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::", "192.0.2.10"])
+def test_a_public_gateway_needs_every_real_secret(bind):
+    native.check_gateway_settings(native.stack_env({"GATEWAY_BIND": bind, **REAL_SECRETS}))
+    for name, why in [("IDENTITY_SEED_DEV_ACCOUNTS", "development accounts"),
+                      ("ORDER_DATABASE_URL", "ORDER_DATABASE_URL"),
+                      ("PAYMENT_DATABASE_URL", "PAYMENT_DATABASE_URL"),
+                      ("IDENTITY_DATABASE_URL", "IDENTITY_DATABASE_URL"),
+                      ("RABBITMQ_URL", "guest")]:
+        some_missing = {k: v for k, v in REAL_SECRETS.items() if k != name}
+        with pytest.raises(native.StackError, match=why):
+            native.check_gateway_settings(native.stack_env({"GATEWAY_BIND": bind,
+                                                            **some_missing}))
+    with pytest.raises(native.StackError, match="IDENTITY_SEED_DEV_ACCOUNTS"):
+        native.check_gateway_settings(native.stack_env({"GATEWAY_BIND": bind}))
+
+
+def test_a_password_file_counts_as_a_real_secret(tmp_path):
+    secret = tmp_path / "order-db-password"
+    secret.write_text("from-a-file\n")
+    env = native.stack_env({"GATEWAY_BIND": "0.0.0.0", **REAL_SECRETS,
+                            "ORDER_DATABASE_URL": native.DEFAULTS["ORDER_DATABASE_URL"],
+                            "ORDER_DATABASE_PASSWORD_FILE": str(secret)})
+    native.check_gateway_settings(env)
+    assert native.database_url(env, "ORDER_DATABASE_URL") == \
+        "postgresql://order_svc:from-a-file@127.0.0.1:5432/orders"
 
 
 @pytest.mark.parametrize(("name", "value"), [
-    ("GATEWAY_API_KEYS", ""),
-    ("GATEWAY_API_KEYS", "good-key|"),
-    ("GATEWAY_API_KEYS", "good-key||other"),
-    ("GATEWAY_API_KEYS", "a.b"),  # a regex wildcard in nginx
-    ("GATEWAY_API_KEYS", "key+more"),
-    ("GATEWAY_API_KEYS", "with space"),
-    ("GATEWAY_API_KEYS", 'quote"d'),
     ("GATEWAY_RATE_LIMIT", "1000"),
     ("GATEWAY_RATE_LIMIT", "0r/s"),
     ("GATEWAY_RATE_LIMIT", "10r/h"),
     ("GATEWAY_RATE_BURST", "-1"),
     ("GATEWAY_RATE_BURST", "many"),
+    ("GATEWAY_LIST_RATE_LIMIT", "5"),
+    ("GATEWAY_LIST_RATE_BURST", "ten"),
+    ("GATEWAY_CONN_LIMIT", "0"),
+    ("GATEWAY_CLIENT_TIMEOUT", "forever"),
+    ("GATEWAY_CLIENT_TIMEOUT", "10s; return 200"),
 ])
 def test_gateway_settings_nginx_would_misread_are_refused(name, value):
     with pytest.raises(native.StackError, match=name):
         native.check_gateway_settings(native.stack_env({name: value}))
 
 
-def test_keys_of_the_allowed_characters_pass():
-    env = native.stack_env({"GATEWAY_API_KEYS": "Ab9_~-x|k2-7f3c9e1d8b6a4f2e0c5b7a9d1e3f5a7c"})
-    native.check_gateway_settings(env)
+def test_the_default_limits_are_sized_to_the_stack_and_rendered():
+    """Tens of requests a second per client, lists costed higher, /health counted too."""
+    rendered = native.render_template(native.TEMPLATE.read_text(), native.stack_env({}))
+    assert "zone=saga_per_client:10m rate=30r/s;" in rendered
+    assert "zone=saga_lists_per_client:10m rate=5r/s;" in rendered
+    assert "limit_req zone=saga_per_client burst=60 nodelay;" in rendered
+    assert "limit_req zone=saga_lists_per_client burst=10 nodelay;" in rendered
+    assert "limit_conn saga_conns_per_client 20;" in rendered
+    for timeout in ("client_header_timeout", "client_body_timeout", "send_timeout"):
+        assert f"{timeout} 10s;" in rendered
+    health = rendered[rendered.index("location = /health {"):]
+    assert "limit_req off" not in rendered and "limit_req" not in health.split("}")[0]
 
 
 def test_the_template_uses_exactly_the_variables_the_runner_renders():

@@ -61,3 +61,12 @@ async def test_a_store_outage_is_retried_for_as_long_as_it_lasts(policy, outage)
     retries, broker = policy
     assert await retries.reroute(delivery(40), "order.q", outage) == "retry"
     assert broker.published[-1]["headers"]["retry-delay-ms"] == "2000"  # the longest delay
+
+
+async def test_a_parked_message_expires_after_the_dead_letter_retention():
+    broker = RecordingBroker()
+    retries = RetryPolicy(broker, "order", (100,), park_seconds=30 * 86_400)  # type: ignore[arg-type]
+    assert await retries.reroute(delivery(1), "order.q", Poison("bad")) == "parked"
+    assert broker.published[-1]["expiration"] == 30 * 86_400
+    assert await retries.reroute(delivery(1), "order.q", RetryLater("x")) == "retry"
+    assert broker.published[-1]["expiration"] is None  # a retry is not a parked message

@@ -15,6 +15,8 @@ from decimal import Decimal
 from enum import StrEnum
 from uuid import UUID
 
+from pydantic import BaseModel, ConfigDict, Field
+
 
 class Status(StrEnum):
     PENDING_PAYMENT = "pending_payment"
@@ -56,6 +58,9 @@ TRANSITIONS: Mapping[tuple[Status, Trigger], Status] = {
     (S.CANCELLING, T.PAYMENT_VOIDED): S.CANCELLED,
 }
 TERMINAL = frozenset({S.FINISHED, S.CANCELLED, S.REFUNDED})
+# Orders waiting on a machine step (the payment, the kitchen's intake), not on a cook: what
+# admission control counts (order.app, sagakit.admission).
+WAITING_ON_A_STEP = (S.PENDING_PAYMENT, S.PAID)
 # The happy path in order; an event meant for a later step than the order has reached is early.
 HAPPY_PATH = (S.PENDING_PAYMENT, S.PAID, S.RECEIVED, S.IN_PRODUCTION, S.FINISHED)
 
@@ -185,3 +190,11 @@ class OrderRef:
     accepted_at: datetime
     version: int  # bumped by every change: a change applies only to the version it read
     cancel_requested: bool = False
+
+
+class OrderFaults(BaseModel):
+    """The order service's fault switch (sagakit.faults); the default is "off"."""
+
+    model_config = ConfigDict(extra="forbid")
+    relay_paused: bool = Field(False, description="the outbox relay publishes nothing: new "
+                               "orders wait in pending_payment, their events in the outbox")

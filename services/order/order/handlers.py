@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from order import service, store
+from order import customer_data, service, store
 from order.domain import Trigger
 from sagakit.events import (
     CardTokenized,
@@ -26,7 +26,13 @@ from sagakit.events import (
     ProductionQueued,
     ProductionStarted,
 )
-from sagakit.runtime import Messaging, event_meta, of_type
+from sagakit.runtime import (
+    Messaging,
+    customer_queue,
+    event_meta,
+    of_type,
+    subscribe_customer_data,
+)
 from sagakit.topology import ConsumerQueue
 
 E = EventType
@@ -39,12 +45,17 @@ PRODUCTION_EVENTS = ConsumerQueue(
     (E.PRODUCTION_QUEUED, E.PRODUCTION_STARTED, E.PRODUCTION_FAILED, E.ORDER_FINISHED,
      E.PRODUCTION_CANCELLED, E.PRODUCTION_CANCEL_REFUSED),
 )
-QUEUES = (PAYMENT_EVENTS, PRODUCTION_EVENTS)
+CUSTOMER_EVENTS = customer_queue("order")  # the identity's requests about a customer's data
+QUEUES = (PAYMENT_EVENTS, PRODUCTION_EVENTS, CUSTOMER_EVENTS)
 
 
 def register(messaging: Messaging, pool: Callable[[], asyncpg.Pool]) -> None:
     payments = messaging.subscriber(PAYMENT_EVENTS, "Payment outcomes for orders")
     kitchen = messaging.subscriber(PRODUCTION_EVENTS, "Kitchen progress of paid orders")
+    subscribe_customer_data(
+        messaging, "order", export=lambda event, meta: customer_data.export(pool(), event, meta),
+        erase=lambda event, meta: customer_data.request_erasure(pool(), event, meta),
+    )
 
     @payments(filter=of_type(E.PAYMENT_PROCESSED))
     async def on_payment_processed(event: PaymentProcessed) -> None:

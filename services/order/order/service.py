@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import orjson
 
-from order import metrics, store
+from order import metrics, store, webhooks
 from order.domain import (
     TERMINAL,
     CancelRoute,
@@ -49,6 +49,8 @@ from sagakit.postgres import first_delivery
 
 log = logging.getLogger("order.service")
 SOURCE = "saga-shop/order"
+# The events this service publishes (its AsyncAPI document lists them; see sagakit.runtime).
+PUBLISHES = (OrderCreated, OrderReceivedEvent, OrderCancellationRequested, OrderCancelled)
 
 
 class OrderNotFound(Exception):
@@ -126,6 +128,7 @@ MENU = Menu()
 async def place_order(
     pool: asyncpg.Pool, *, name: str, email: str, items: list[tuple[str, int]],
     payment_token: str, currency: str, idempotency_key: str | None, fingerprint: str,
+    owner: str | None = None, callback_url: str | None = None,
 ) -> tuple[UUID, asyncpg.Record | None]:
     """Create the order and its ``order.created`` event in one statement.
 
@@ -137,15 +140,18 @@ async def place_order(
     logs.order_id_var.set(str(order_id))
     created = _event(OrderCreated(
         order_id=order_id, amount=priced.total, currency=currency, payment_token=payment_token,
-        lines=tuple(OrderLine(sku=x.sku, name=x.name, quantity=x.quantity,
+        owner=owner, lines=tuple(OrderLine(sku=x.sku, name=x.name, quantity=x.quantity,
                               unit_price=x.unit_price) for x in priced.lines),
     ), order_id)
     new_order = functools.partial(
         store.insert_order, order_id=order_id, name=name, email=email,
         payment_token=payment_token, currency=currency, priced=priced,
-        trace_id=telemetry.trace_id(), announce=[created],
+        trace_id=telemetry.trace_id(), announce=[created], owner=owner,
+        callback_url=callback_url,
     )
     async with pool.acquire() as conn:
+        if callback_url:  # its deliveries are signed with the owner's secret: make it now
+            await webhooks.secret_of(conn, owner or "")
         if not idempotency_key:
             row = await new_order(conn)
         else:

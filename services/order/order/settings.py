@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from sagakit.settings import ServiceSettings
+from sagakit.settings import DatabaseSettings
 
 
-class OrderSettings(ServiceSettings):
+class OrderSettings(DatabaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORDER_", extra="ignore", populate_by_name=True)
 
     database_url: str = "postgresql://order_svc:order_svc@127.0.0.1:5432/orders"
@@ -16,6 +17,30 @@ class OrderSettings(ServiceSettings):
     currency: str = "EUR"
     # How long POST /orders waits for a just-created card token to be announced by payment.
     token_wait_seconds: float = 2.0
+    # GET /api/v1/orders/{id}/events: open streams one process serves at most (beyond: 503), and
+    # how often an idle stream sends a comment line so proxies and clients know it is alive.
+    max_event_streams: int = Field(200, ge=1)
+    event_stream_heartbeat_seconds: float = Field(15.0, gt=0)
     # Where people look at an order's trace and logs: the API links each order there.
     jaeger_ui_url: str = "http://localhost:16686"
     seq_ui_url: str = "http://localhost:5380"
+    # Webhooks (order.webhooks, order.callbacks). The allow-list of callback hosts, comma
+    # separated: `hooks.example.com`, `*.example.com`, `http://127.0.0.1` (plain http, for a
+    # receiver in development). Empty (the default): an order with a callback_url is refused.
+    webhook_allowed_hosts: str = Field("", validation_alias="WEBHOOK_ALLOWED_HOSTS")
+    # Attempts per delivery before it is parked for an operator; the first retry waits about
+    # this long, each next one twice as long (with jitter), at most the max; one attempt's
+    # timeout.
+    webhook_max_attempts: int = Field(8, ge=1, le=100, validation_alias="WEBHOOK_MAX_ATTEMPTS")
+    webhook_backoff_seconds: float = Field(2.0, gt=0, validation_alias="WEBHOOK_BACKOFF_SECONDS")
+    webhook_backoff_max_seconds: float = Field(
+        3600.0, gt=0, validation_alias="WEBHOOK_BACKOFF_MAX_SECONDS")
+    # Admission control (sagakit.admission): POST /orders answers 503 + Retry-After while more
+    # orders than this wait on a machine step (pending_payment or paid). The default is about
+    # 15 s of work at the rate measured on two cores (docs/performance.md): well above what a
+    # healthy stack ever holds (a closed loop of 32 holds at most 32), reached only when a hop
+    # falls behind or is down.
+    admission_max_waiting: int = Field(1000, ge=1)
+    admission_retry_after_seconds: int = Field(2, ge=1, le=300)
+    webhook_timeout_seconds: float = Field(
+        5.0, gt=0, le=30, validation_alias="WEBHOOK_TIMEOUT_SECONDS")

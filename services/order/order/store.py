@@ -16,6 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from order.domain import Line, OrderRef, PricedOrder, Product, Status
+from sagakit.archive import consumed_columns, consumed_insert
 from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.postgres import outbox_columns, outbox_insert
 
@@ -42,13 +43,21 @@ def _lines(raw: list[dict[str, Any]]) -> tuple[Line, ...]:
     )
 
 
+# A webhook delivery per timeline entry of an order that has a callback URL (order.webhooks):
+# part of the statement that writes the entry, so both commit or neither does.
+_HOOK = (" hook AS (INSERT INTO webhook_deliveries (id, order_id, timeline_seq, url)"
+         " SELECT gen_random_uuid(), step.order_id, step.seq, {source}.callback_url"
+         " FROM step, {source} WHERE {source}.callback_url IS NOT NULL),")
+
 _PLACE = (
     "WITH placed AS ("
     " INSERT INTO orders (id, status, customer_name, customer_email, payment_token, currency,"
-    " total, lines, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *),"
+    " total, lines, trace_id, owner, callback_url)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *),"
     " step AS (INSERT INTO order_timeline (order_id, status, trace_id)"
-    " SELECT id, status, trace_id FROM placed RETURNING at),"
-    " sent AS (" + outbox_insert(10, when="placed") + ")"
+    " SELECT id, status, trace_id FROM placed RETURNING seq, order_id, at),"
+    + _HOOK.format(source="placed") +
+    " sent AS (" + outbox_insert(12, when="placed") + ")"
     " SELECT placed.*, step.at AS step_at FROM placed, step"
 )
 
@@ -56,13 +65,15 @@ _PLACE = (
 async def insert_order(
     conn: asyncpg.Connection, *, order_id: UUID, name: str, email: str, payment_token: str,
     currency: str, priced: PricedOrder, trace_id: str, announce: Sequence[OutgoingEvent],
+    owner: str | None, callback_url: str | None = None,
 ) -> asyncpg.Record:
     """The new order, its first timeline entry and its events, in one statement (so one
     round trip and one commit); returns the order's row (as :func:`fetch` would) plus
     ``step_at``, the time of that first entry."""
     row: asyncpg.Record = await conn.fetchrow(
         _PLACE, order_id, Status.PENDING_PAYMENT, name, email, payment_token, currency,
-        priced.total, _lines_json(priced.lines), trace_id, *outbox_columns(announce),
+        priced.total, _lines_json(priced.lines), trace_id, owner, callback_url,
+        *outbox_columns(announce),
     )
     return row
 
@@ -86,18 +97,22 @@ async def read(
 
 
 # One statement, so it commits or not as a whole: the status (only if the order is still at
-# the version the caller decided on), its timeline entry, the consumed event in the inbox and
-# the events the step announces. Each CTE after ``moved`` inserts nothing when ``moved`` is
-# empty, i.e. when another step of the order committed first.
+# the version the caller decided on), its timeline entry (and its webhook delivery), the
+# consumed event in the inbox (and the event archive) and the events the step announces. Each
+# CTE after ``moved`` inserts nothing when ``moved`` is empty, i.e. when another step of the
+# order committed first.
 _TRANSITION = (
     "WITH moved AS ("
     " UPDATE orders SET status = $3, updated_at = now(),"
     " cancellation_reason = COALESCE(cancellation_reason, $4)"
-    " WHERE id = $1 AND version = $2 RETURNING id),"
+    " WHERE id = $1 AND version = $2 RETURNING id, callback_url),"
     " step AS (INSERT INTO order_timeline (order_id, status, reason, event_id, trace_id)"
-    " SELECT id, $3, $5, $6, $7 FROM moved),"
+    " SELECT id, $3, $5, $6, $7 FROM moved RETURNING seq, order_id),"
+    + _HOOK.format(source="moved") +
     " noted AS (INSERT INTO inbox (event_id, event_type)"
-    " SELECT $6, $8 FROM moved WHERE $8::text IS NOT NULL ON CONFLICT DO NOTHING),"
+    " SELECT $6, $8 FROM moved WHERE $8::text IS NOT NULL ON CONFLICT DO NOTHING"
+    " RETURNING event_id, event_type),"
+    " archived AS (" + consumed_insert(14, inbox="noted") + "),"
     " sent AS (" + outbox_insert(9, when="moved") + ")"
     " SELECT count(*) FROM moved"
 )
@@ -117,7 +132,7 @@ async def transition(
     moved = await conn.fetchval(
         _TRANSITION, order.id, order.version, status, reason if cancelling else None, reason,
         event.id if event else None, trace_id, event.type if event else None,
-        *outbox_columns(announce),
+        *outbox_columns(announce), *consumed_columns(event),
     )
     return bool(moved)
 
@@ -139,8 +154,14 @@ async def mark_cancel_requested(
                                     *outbox_columns(announce)))
 
 
-async def fetch(conn: asyncpg.Connection, order_id: UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
+async def fetch(conn: asyncpg.Connection, order_id: UUID,
+                owner: str | None = None) -> asyncpg.Record | None:
+    """The order; with ``owner``, only if that caller owns it (else None, as if it did not
+    exist: someone else's order is never confirmed to exist)."""
+    if owner is None:
+        return await conn.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
+    return await conn.fetchrow("SELECT * FROM orders WHERE id = $1 AND owner = $2",
+                               order_id, owner)
 
 
 async def timeline(conn: asyncpg.Connection, order_id: UUID) -> list[asyncpg.Record]:
@@ -151,18 +172,44 @@ async def timeline(conn: asyncpg.Connection, order_id: UUID) -> list[asyncpg.Rec
     )
 
 
+# Where a live follower (GET /api/v1/orders/{id}/events) learns of new entries: the trigger of
+# migrations/006_timeline_notify.sql NOTIFYs it with the order id when one commits.
+TIMELINE_CHANNEL = "order_timeline"
+
+
+async def timeline_after(
+    conn: asyncpg.Connection, order_id: UUID, after_seq: int
+) -> list[asyncpg.Record]:
+    """The order's timeline entries after ``after_seq`` (an entry's ``seq`` is its event id in
+    the live stream, so a client resuming with Last-Event-ID gets only what it missed)."""
+    return await conn.fetch(
+        "SELECT seq, status, reason, event_id, trace_id, at FROM order_timeline"
+        " WHERE order_id = $1 AND seq > $2 ORDER BY seq",
+        order_id, after_seq,
+    )
+
+
 async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:
     rows = await conn.fetch("SELECT status, count(*) AS n FROM orders GROUP BY status")
     return {r["status"]: r["n"] for r in rows}
 
 
+async def count_waiting(conn: asyncpg.Connection, statuses: Sequence[str]) -> int:
+    """Orders in ``statuses`` (an index scan of orders_status_idx: cheap at any size)."""
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM orders WHERE status = ANY($1::text[])", list(statuses)))
+
+
 async def recent(
-    conn: asyncpg.Connection, statuses: Sequence[str] | None, limit: int
+    conn: asyncpg.Connection, statuses: Sequence[str] | None, limit: int,
+    owner: str | None = None,
 ) -> list[asyncpg.Record]:
+    """Newest first; with ``owner``, only that caller's orders."""
     return await conn.fetch(
         "SELECT * FROM orders WHERE ($1::text[] IS NULL OR status = ANY($1))"
+        " AND ($3::text IS NULL OR owner = $3)"
         " ORDER BY created_at DESC LIMIT $2",
-        None if statuses is None else list(statuses), limit,
+        None if statuses is None else list(statuses), limit, owner,
     )
 
 

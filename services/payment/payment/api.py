@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt
 
 from payment import service, store
 from payment.domain import Card, InvalidCard
+from sagakit.auth import Caller, allow
 from sagakit.events import Money
-from sagakit.web import PLAIN_TEXT, ApiError
+from sagakit.web import ApiError, JsonRoute, Text
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=JsonRoute)
 
 
 class CardIn(BaseModel):
@@ -33,7 +34,7 @@ class CardIn(BaseModel):
     exp_month: StrictInt = Field(examples=[12], description="1 to 12")
     exp_year: StrictInt = Field(examples=[2030], description="four digits, not in the past")
     cvc: SecretStr = Field(examples=["123"], description="3 digits (4 for American Express)")
-    holder: str = Field(pattern=PLAIN_TEXT, examples=["Ana Souza"],
+    holder: Text = Field(examples=["Ana Souza"],
                         description="1 to 100 characters")
 
 
@@ -73,12 +74,15 @@ def _card_out(card: Card) -> CardOut:
     "/payments/cards", status_code=status.HTTP_201_CREATED, response_model=CardOut,
     tags=["cards"], summary="Tokenize a card; its token pays for orders",
     responses={422: {"description": "Invalid card; `errors` names the field"}},
+    **allow("orders", "ops"),
 )
-async def tokenize_card(body: CardIn, request: Request, response: Response) -> CardOut:
+async def tokenize_card(body: CardIn, request: Request, response: Response,
+                        caller: Caller) -> CardOut:
     try:
         card = await service.tokenize_card(
             _pool(request), number=body.number.get_secret_value(), exp_month=body.exp_month,
             exp_year=body.exp_year, cvc=body.cvc.get_secret_value(), holder=body.holder,
+            owner=caller.subject,
         )
     except InvalidCard as exc:
         raise ApiError(422, "Invalid card", exc.message, field=exc.field) from None
@@ -88,22 +92,25 @@ async def tokenize_card(body: CardIn, request: Request, response: Response) -> C
 
 @router.get("/payments/cards/{token}", response_model=CardOut, tags=["cards"],
             summary="A tokenized card: brand, last four digits and expiry",
-            responses={404: {"description": "No such token"}})
-async def get_card(token: str, request: Request) -> CardOut:
+            responses={404: {"description": "No such token (or not yours)"}},
+            **allow("orders", "ops"))
+async def get_card(token: str, request: Request, caller: Caller) -> CardOut:
     async with _pool(request).acquire() as conn:
-        card = await store.card(conn, token)
+        card = await store.card_of(conn, token, None if caller.is_operator else caller.subject)
     if card is None:
         raise ApiError(404, "Card not found", "no card with this token", field="token")
     return _card_out(card)
 
 
 @router.get("/payments", response_model=list[PaymentRecord], tags=["payments"],
-            summary="An order's ledger: its charge and any refund, oldest first")
+            summary="An order's ledger: its charge and any refund, oldest first (empty for an "
+            "order that is not yours)", **allow("orders", "ops"))
 async def list_payments(
-    request: Request, order_id: Annotated[UUID, Query(description="the order's id")],
+    request: Request, caller: Caller,
+    order_id: Annotated[UUID, Query(description="the order's id")],
 ) -> list[PaymentRecord]:
     async with _pool(request).acquire() as conn:
-        rows = await store.ledger(conn, order_id)
+        rows = await store.ledger(conn, order_id, None if caller.is_operator else caller.subject)
     return [PaymentRecord(id=r["id"], order_id=r["order_id"], kind=r["kind"], status=r["status"],
                           amount=r["amount"], currency=r["currency"], reason=r["reason"],
                           refund_of=r["refund_of"], created_at=r["created_at"]) for r in rows]

@@ -5,16 +5,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from payment import api, handlers
+import asyncpg
+
+from payment import api, customer_data, handlers, service
+from payment.domain import PaymentFaults
 from payment.settings import PaymentSettings
+from sagakit.archive import archive_router
+from sagakit.audit import audit_router
 from sagakit.deadletters import dead_letters_router
+from sagakit.faults import PostgresFaultStore, faults_router
 from sagakit.metrics import add_metrics_route
-from sagakit.runtime import Messaging, add_asyncapi_route, database_ready, postgres_lifespan
+from sagakit.runtime import (
+    Messaging,
+    add_asyncapi_route,
+    database_ready,
+    postgres_archive,
+    postgres_lifespan,
+)
 from sagakit.web import create_app
 
 SERVICE = "payment"
 settings = PaymentSettings()
-messaging = Messaging(SERVICE, settings, handlers.QUEUES)
+messaging = Messaging(SERVICE, settings, handlers.QUEUES,
+                      service.PUBLISHES + customer_data.PUBLISHES)
+
+
+def _pool() -> asyncpg.Pool:
+    pool: asyncpg.Pool = app.state.pool
+    return pool
+
+
+faults = PostgresFaultStore(_pool, PaymentFaults().model_dump())
 
 
 app = create_app(
@@ -24,11 +45,19 @@ app = create_app(
     "voided by events from the order service; an order's ledger is GET /api/v1/payments"
     "?order_id={id}. Card numbers and cvcs are never stored.",
     lifespan=postgres_lifespan(SERVICE, settings, messaging,
-                               Path(__file__).with_name("migrations")),
+                               Path(__file__).with_name("migrations"),
+                               retention=customer_data.anonymise_older_than),
     readiness=lambda app: {"database": database_ready(app), "broker": messaging.ready},
 )
+app.include_router(faults_router(
+    "/api/v1/payments", PaymentFaults, lambda request: faults,
+    "Payment's fault switches: `decline_rate` declines that share of charges as an ordinary "
+    "decline (reason `fault: decline_rate`, so the order is cancelled), `latency_ms` delays "
+    "every charge decision. Off (0) by default; every change is in /faults/history."))
 app.include_router(api.router)
-app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_url))
-handlers.register(messaging, lambda: app.state.pool)
+app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_dsn))
+app.include_router(audit_router(SERVICE))
+app.include_router(archive_router(SERVICE, postgres_archive))
+handlers.register(messaging, lambda: app.state.pool, faults)
 add_asyncapi_route(app, SERVICE, messaging)
-add_metrics_route(app)
+add_metrics_route(app, SERVICE)

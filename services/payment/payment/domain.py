@@ -14,6 +14,8 @@ from decimal import Decimal
 from enum import StrEnum
 from uuid import UUID
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from sagakit.events import TEST_CARD_TOKENS
 
 
@@ -31,6 +33,7 @@ DECLINING_TEST_NUMBERS: dict[str, str] = {
     "4000000000009995": "insufficient_funds",
 }
 UNKNOWN_TOKEN = "unknown_token"
+NOT_YOUR_CARD = "card_not_yours"
 MIN_DIGITS, MAX_DIGITS = 12, 19
 MAX_HOLDER = 100
 # How far ahead an expiry may lie; a later year is a typo, not a card.
@@ -59,6 +62,7 @@ class Card:
     exp_year: int
     holder: str
     decline_reason: str | None  # the issuer's answer to every charge on this card
+    owner: str | None = None  # who tokenized it; it pays only for that owner's orders
 
 
 def digits_of(number: str) -> str:
@@ -142,15 +146,44 @@ class Decision:
     reason: str | None = None
 
 
-def decide_charge(token: str, card: Card | None) -> Decision:
-    """The issuer's answer to a charge on ``token`` (``card`` is its card, if we tokenized it)."""
+def decide_charge(token: str, card: Card | None, order_owner: str | None = None) -> Decision:
+    """The issuer's answer to a charge on ``token`` (``card`` is its card, if we tokenized it).
+
+    A saved card pays only for its owner's orders: someone who learned another customer's token
+    gets a decline (and the order is cancelled), never a charge on that card.
+    """
     if token in TEST_CARD_TOKENS:
         reason = TEST_CARD_TOKENS[token]
+    elif card is not None and card.owner is not None and card.owner != order_owner:
+        reason = NOT_YOUR_CARD
     elif card is not None:
         reason = card.decline_reason
     else:
         reason = UNKNOWN_TOKEN
     return Decision(Outcome.APPROVED) if reason is None else Decision(Outcome.DECLINED, reason)
+
+
+MAX_FAULT_LATENCY_MS = 10_000
+FAULT_DECLINE = "fault: decline_rate"
+
+
+class PaymentFaults(BaseModel):
+    """The payment service's fault switches (sagakit.faults); the defaults are "off"."""
+
+    model_config = ConfigDict(extra="forbid")
+    decline_rate: float = Field(0.0, ge=0, le=1, description="share of charges the bank "
+                                "declines (reason `fault: decline_rate`), 0..1")
+    latency_ms: int = Field(0, ge=0, le=MAX_FAULT_LATENCY_MS,
+                            description="added to every charge decision, in milliseconds")
+
+
+def with_decline_fault(decision: Decision, roll: float, decline_rate: float) -> Decision:
+    """The decline-rate switch: an approval turns, with probability ``decline_rate`` (``roll``
+    is uniform in [0, 1)), into an ordinary decline, so the saga cancels the order as it does
+    for any declined card. A decline stays the issuer's own."""
+    if decision.outcome is Outcome.APPROVED and roll < decline_rate:
+        return Decision(Outcome.DECLINED, FAULT_DECLINE)
+    return decision
 
 
 def is_chargeable(amount: Decimal) -> bool:

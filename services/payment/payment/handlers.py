@@ -11,26 +11,39 @@ from collections.abc import Callable
 
 import asyncpg
 
-from payment import service
+from payment import customer_data, service
 from sagakit.events import EventType, OrderCancelled, OrderCreated
-from sagakit.runtime import Messaging, event_meta, of_type
+from sagakit.faults import FaultStore
+from sagakit.runtime import (
+    Messaging,
+    customer_queue,
+    event_meta,
+    of_type,
+    subscribe_customer_data,
+)
 from sagakit.topology import ConsumerQueue
 
 E = EventType
 ORDER_EVENTS = ConsumerQueue("payment", "order", (E.ORDER_CREATED, E.ORDER_CANCELLED))
-QUEUES = (ORDER_EVENTS,)
+CUSTOMER_EVENTS = customer_queue("payment")  # the identity's requests about a customer's data
+QUEUES = (ORDER_EVENTS, CUSTOMER_EVENTS)
 
 
-def register(messaging: Messaging, pool: Callable[[], asyncpg.Pool]) -> None:
+def register(messaging: Messaging, pool: Callable[[], asyncpg.Pool], faults: FaultStore) -> None:
     orders = messaging.subscriber(ORDER_EVENTS, "Orders to charge, and cancelled orders to "
                                                 "refund or void")
 
     @orders(filter=of_type(E.ORDER_CREATED))
     async def on_order_created(event: OrderCreated) -> None:
         """Charge the order once and announce payment.processed (approved or declined)."""
-        await service.charge_order(pool(), event, event_meta())
+        await service.charge_order(pool(), event, event_meta(), faults)
 
     @orders(filter=of_type(E.ORDER_CANCELLED))
     async def on_order_cancelled(event: OrderCancelled) -> None:
         """Announce payment.refunded if the order was charged, else payment.voided."""
         await service.refund_or_void(pool(), event, event_meta())
+
+    subscribe_customer_data(
+        messaging, "payment", export=lambda event, meta: customer_data.export(pool(), event, meta),
+        erase=lambda event, meta: customer_data.erase(pool(), event, meta),
+    )

@@ -8,7 +8,10 @@ created and cancelled events of one order apply one at a time and each exactly o
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
+import random
 import secrets
 from datetime import UTC, datetime
 from uuid import uuid4
@@ -24,6 +27,7 @@ from payment.domain import (
     is_chargeable,
     tokenize,
     void_reason,
+    with_decline_fault,
 )
 from sagakit.consuming import Poison
 from sagakit.envelope import EventMeta, OutgoingEvent
@@ -36,10 +40,13 @@ from sagakit.events import (
     PaymentRefunded,
     PaymentVoided,
 )
+from sagakit.faults import FaultStore
 from sagakit.postgres import add_to_outbox
 
 log = logging.getLogger("payment.service")
 SOURCE = "saga-shop/payment"
+# The events this service publishes (its AsyncAPI document lists them; see sagakit.runtime).
+PUBLISHES = (PaymentProcessed, PaymentRefunded, PaymentVoided, CardTokenized)
 
 
 def _event(event: Event, subject: object) -> OutgoingEvent:
@@ -52,6 +59,7 @@ def new_token() -> str:
 
 async def tokenize_card(
     pool: asyncpg.Pool, *, number: str, exp_month: int, exp_year: int, cvc: str, holder: str,
+    owner: str | None = None,
 ) -> Card:
     """Check and keep a card, and announce its token (the order API accepts only known tokens).
 
@@ -59,6 +67,7 @@ async def tokenize_card(
     """
     card = tokenize(new_token(), number=number, exp_month=exp_month, exp_year=exp_year, cvc=cvc,
                     holder=holder, today=datetime.now(UTC).date())
+    card = dataclasses.replace(card, owner=owner)
     async with pool.acquire() as conn, conn.transaction():
         created_at = await store.insert_card(conn, card)
         await add_to_outbox(conn, _event(CardTokenized(
@@ -70,17 +79,25 @@ async def tokenize_card(
     return card
 
 
-async def charge_order(pool: asyncpg.Pool, order: OrderCreated, meta: EventMeta) -> None:
-    """Charge a new order once, unless it was cancelled first; announce the decision."""
+async def charge_order(pool: asyncpg.Pool, order: OrderCreated, meta: EventMeta,
+                       faults: FaultStore) -> None:
+    """Charge a new order once, unless it was cancelled first; announce the decision.
+
+    The fault switches (a slow or declining bank) act here, before the decision is written,
+    so what they cause is an ordinary slow answer or an ordinary decline."""
     if not is_chargeable(order.amount):
         raise Poison(f"order.created with an amount that cannot be charged: {order.amount}")
+    switches = (await faults.read()).values
+    if switches["latency_ms"]:
+        await asyncio.sleep(switches["latency_ms"] / 1000)  # holding no lock or connection
     async with pool.acquire() as conn, conn.transaction():
         card = await store.lock_order_and_find_card(conn, order.order_id, order.payment_token)
-        decision = decide_charge(order.payment_token, card)
+        decision = with_decline_fault(decide_charge(order.payment_token, card, order.owner),
+                                      random.random(), switches["decline_rate"])
         charge = store.NewCharge(
             payment_id=uuid4(), order_id=order.order_id, outcome=decision.outcome,
             amount=order.amount, currency=order.currency, reason=decision.reason,
-            payment_token=order.payment_token,
+            payment_token=order.payment_token, owner=order.owner,
         )
         # Built before we know whether this delivery charges, so that the charge and its event
         # are written by one statement; it is simply not written if nothing is charged.

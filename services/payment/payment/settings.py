@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
-from sagakit.settings import ServiceSettings
+from sagakit.settings import DatabaseSettings
 
 
-class PaymentSettings(ServiceSettings):
+class PaymentSettings(DatabaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAYMENT_", extra="ignore", populate_by_name=True)
 
     database_url: str = "postgresql://payment_svc:payment_svc@127.0.0.1:5432/payments"

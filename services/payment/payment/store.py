@@ -21,11 +21,12 @@ from uuid import UUID
 import asyncpg
 
 from payment.domain import Brand, Card, Charge, Outcome
+from sagakit.archive import consumed_columns, consumed_insert
 from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.postgres import outbox_columns, outbox_insert
 
 # The columns of a card, in the order _card reads them.
-_CARD_COLUMNS = "token, brand, last4, exp_month, exp_year, holder, decline_reason"
+_CARD_COLUMNS = "token, brand, last4, exp_month, exp_year, holder, decline_reason, owner"
 # The columns of a charge and whether it was refunded, in the order _charge reads them.
 _CHARGE_COLUMNS = (
     "c.id, c.status, c.amount, c.currency, c.payment_token,"
@@ -43,10 +44,10 @@ async def lock_order(conn: asyncpg.Connection, order_id: UUID) -> None:
 
 async def insert_card(conn: asyncpg.Connection, card: Card) -> datetime:
     created_at: datetime = await conn.fetchval(
-        "INSERT INTO cards (token, brand, last4, exp_month, exp_year, holder, decline_reason)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING created_at",
+        "INSERT INTO cards (token, brand, last4, exp_month, exp_year, holder, decline_reason,"
+        " owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING created_at",
         card.token, card.brand, card.last4, card.exp_month, card.exp_year, card.holder,
-        card.decline_reason,
+        card.decline_reason, card.owner,
     )
     return created_at
 
@@ -55,7 +56,7 @@ def _card(row: asyncpg.Record) -> Card | None:
     if row["token"] is None:
         return None
     return Card(row["token"], Brand(row["brand"]), row["last4"], row["exp_month"],
-                row["exp_year"], row["holder"], row["decline_reason"])
+                row["exp_year"], row["holder"], row["decline_reason"], row["owner"])
 
 
 def _charge(row: asyncpg.Record) -> Charge | None:
@@ -99,6 +100,7 @@ class NewCharge:
     currency: str
     reason: str | None
     payment_token: str
+    owner: str | None = None  # the order's owner
 
 
 class NotCharged(StrEnum):
@@ -124,23 +126,25 @@ async def charge_once(
     row = await conn.fetchrow(
         "WITH delivery AS ("
         "  INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
-        "  ON CONFLICT DO NOTHING RETURNING event_id"
+        "  ON CONFLICT DO NOTHING RETURNING event_id, event_type"
+        f"), archived AS ({consumed_insert(16, inbox='delivery')}"
         "), state AS ("
         "  SELECT EXISTS (SELECT FROM delivery) AS first_delivery,"
         "   EXISTS (SELECT FROM order_cancellations WHERE order_id = $3) AS cancelled,"
         "   EXISTS (SELECT FROM payments WHERE order_id = $3 AND kind = 'charge') AS charged"
         "), charge AS ("
         "  INSERT INTO payments (id, order_id, kind, status, amount, currency, reason,"
-        "   payment_token)"
+        "   payment_token, owner)"
         "  SELECT $4::uuid, $3::uuid, 'charge', $5::text, $6::numeric, $7::text, $8::text,"
-        "   $9::text FROM state WHERE first_delivery AND NOT cancelled AND NOT charged"
+        "   $9::text, $10::text FROM state WHERE first_delivery AND NOT cancelled AND NOT charged"
         "  RETURNING id"
         # Only when the charge row was inserted: its RETURNING row is the condition (and the
         # outbox's row trigger wakes the relay only then).
-        f"), announced AS ({outbox_insert(10, when='charge')})"
+        f"), announced AS ({outbox_insert(11, when='charge')})"
         " SELECT first_delivery, cancelled, charged FROM state",
         meta.id, meta.type, charge.order_id, charge.payment_id, charge.outcome, charge.amount,
-        charge.currency, charge.reason, charge.payment_token, *outbox_columns([announce]),
+        charge.currency, charge.reason, charge.payment_token, charge.owner,
+        *outbox_columns([announce]), *consumed_columns(meta),
     )
     if not row["first_delivery"]:
         return NotCharged.DUPLICATE
@@ -165,7 +169,8 @@ async def record_cancellation(
     row = await conn.fetchrow(
         "WITH delivery AS ("
         "  INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
-        "  ON CONFLICT DO NOTHING RETURNING event_id"
+        "  ON CONFLICT DO NOTHING RETURNING event_id, event_type"
+        f"), archived AS ({consumed_insert(5, inbox='delivery')}"
         "), tombstone AS ("
         "  INSERT INTO order_cancellations (order_id, reason)"
         "  SELECT $3::uuid, $4::text FROM delivery"
@@ -173,7 +178,7 @@ async def record_cancellation(
         f") SELECT new.first_delivery, {_CHARGE_COLUMNS}"
         " FROM (SELECT EXISTS (SELECT FROM delivery) AS first_delivery) AS new"
         " LEFT JOIN payments c ON c.order_id = $3 AND c.kind = 'charge'",
-        meta.id, meta.type, order_id, reason,
+        meta.id, meta.type, order_id, reason, *consumed_columns(meta),
     )
     return row["first_delivery"], _charge(row)
 
@@ -194,10 +199,21 @@ async def refund(
     )
 
 
-async def ledger(conn: asyncpg.Connection, order_id: UUID) -> list[asyncpg.Record]:
-    """An order's charge and refund, oldest first."""
+async def ledger(conn: asyncpg.Connection, order_id: UUID,
+                 owner: str | None = None) -> list[asyncpg.Record]:
+    """An order's charge and refund, oldest first; with ``owner``, only if the order's charge
+    is that caller's (else nothing, as for an order never charged)."""
     return await conn.fetch(
         "SELECT id, order_id, kind, status, amount, currency, reason, refund_of, created_at"
-        " FROM payments WHERE order_id = $1 ORDER BY created_at, kind",
-        order_id,
+        " FROM payments WHERE order_id = $1 AND ($2::text IS NULL OR EXISTS ("
+        "  SELECT FROM payments c WHERE c.order_id = $1 AND c.kind = 'charge' AND c.owner = $2))"
+        " ORDER BY created_at, kind",
+        order_id, owner,
     )
+
+
+async def card_of(conn: asyncpg.Connection, token: str, owner: str | None) -> Card | None:
+    """The card of ``token``; with ``owner``, only that caller's card."""
+    row = await conn.fetchrow(f"SELECT {_CARD_COLUMNS} FROM cards WHERE token = $1"
+                              " AND ($2::text IS NULL OR owner = $2)", token, owner)
+    return None if row is None else _card(row)

@@ -1,4 +1,7 @@
-"""The production service's HTTP API: the kitchen view and the stock count. No business rules."""
+"""The production service's HTTP API: the kitchen view and the stock count. No business rules.
+
+A restock and a pause or resume of the line are operator actions, recorded in the operator
+audit (sagakit.audit)."""
 
 from __future__ import annotations
 
@@ -12,9 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from production import service
 from production.domain import Ticket, TicketStatus
 from production.store import ProductionStore
-from sagakit.web import ApiError
+from sagakit.audit import Audit
+from sagakit.auth import allow
+from sagakit.web import ApiError, JsonRoute
 
-router = APIRouter(prefix="/api/v1/production")
+# The kitchen, its stock and its tickets are the operators' (scope ops), reads included.
+OPS = allow("ops")
+router = APIRouter(prefix="/api/v1/production", route_class=JsonRoute)
 
 MAX_UNITS = 1_000_000
 Sku = Annotated[str, Path(min_length=1, max_length=64, examples=["burger-classic"])]
@@ -73,7 +80,7 @@ def _view(ticket: Ticket) -> TicketOut:
 
 
 @router.get("/stock", response_model=list[StockOut], tags=["stock"],
-            summary="Units available of every product, by sku")
+            summary="Units available of every product, by sku", **OPS)
 async def list_stock(request: Request) -> list[StockOut]:
     levels = await _store(request).stock_levels()
     return [StockOut(sku=sku, available=units) for sku, units in sorted(levels.items())]
@@ -81,7 +88,7 @@ async def list_stock(request: Request) -> list[StockOut]:
 
 @router.get("/stock/{sku}", response_model=StockOut, tags=["stock"],
             summary="Units available of one product",
-            responses={404: {"description": "The kitchen does not stock this sku"}})
+            responses={404: {"description": "The kitchen does not stock this sku"}}, **OPS)
 async def get_stock(sku: Sku, request: Request) -> StockOut:
     units = await _store(request).stock_of(sku)
     if units is None:
@@ -92,31 +99,33 @@ async def get_stock(sku: Sku, request: Request) -> StockOut:
 @router.put("/stock/{sku}", response_model=StockOut, tags=["stock"],
             summary="Restock: set the units available of a product after a count",
             responses={404: {"description": "The kitchen does not stock this sku"},
-                       422: {"description": "Invalid count; `errors` names the field"}})
-async def restock(sku: Sku, body: Restock, request: Request) -> StockOut:
-    try:
-        await service.restock(_store(request), sku, body.available)
-    except service.UnknownSku:
-        raise _unknown_sku(sku) from None
+                       422: {"description": "Invalid count; `errors` names the field"}}, **OPS)
+async def restock(sku: Sku, body: Restock, request: Request, audit: Audit) -> StockOut:
+    async with audit.action("stock.restock", target=sku, detail={"available": body.available}):
+        try:
+            await service.restock(_store(request), sku, body.available)
+        except service.UnknownSku:
+            raise _unknown_sku(sku) from None
     return StockOut(sku=sku, available=body.available)
 
 
 @router.get("/line", response_model=Line, tags=["kitchen"],
-            summary="Whether the kitchen line is paused")
+            summary="Whether the kitchen line is paused", **OPS)
 async def get_line(request: Request) -> Line:
     return Line(paused=await _store(request).line_paused())
 
 
 @router.put("/line", response_model=Line, tags=["kitchen"],
             summary="Pause the kitchen line, or let it run again",
-            responses={422: {"description": "Invalid body; `errors` names the field"}})
-async def set_line(body: Line, request: Request) -> Line:
-    await service.pause_line(_store(request), body.paused)
+            responses={422: {"description": "Invalid body; `errors` names the field"}}, **OPS)
+async def set_line(body: Line, request: Request, audit: Audit) -> Line:
+    async with audit.action("line.pause" if body.paused else "line.resume", target="line"):
+        await service.pause_line(_store(request), body.paused)
     return body
 
 
 @router.get("/queue", response_model=list[TicketOut], tags=["kitchen"],
-            summary="The kitchen view: tickets, newest first")
+            summary="The kitchen view: tickets, newest first", **OPS)
 async def list_queue(
     request: Request,
     status: Annotated[TicketStatus | None, Query(description="only tickets in this state")] = None,
@@ -127,7 +136,7 @@ async def list_queue(
 
 @router.get("/tickets/{ticket_id}", response_model=TicketOut, tags=["kitchen"],
             summary="One ticket: its lines and when it was queued, started, finished",
-            responses={404: {"description": "No such ticket"}})
+            responses={404: {"description": "No such ticket"}}, **OPS)
 async def get_ticket(ticket_id: UUID, request: Request) -> TicketOut:
     ticket = await _store(request).ticket(ticket_id)
     if ticket is None:

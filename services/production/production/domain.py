@@ -13,6 +13,8 @@ from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
+from pydantic import BaseModel, ConfigDict, Field
+
 
 class TicketStatus(StrEnum):
     QUEUED = "queued"  # stock reserved, waiting for a cook
@@ -95,3 +97,24 @@ def shortages(
 
 def failure_reason(short: Iterable[Shortage]) -> str:
     return "out of stock: " + ", ".join(s.sku for s in short)
+
+
+MAX_FAULT_SLOWNESS_MS = 10_000
+FAULT_FAILURE = "fault: failure_rate"
+
+
+class ProductionFaults(BaseModel):
+    """The kitchen's fault switches (sagakit.faults); the defaults are "off"."""
+
+    model_config = ConfigDict(extra="forbid")
+    failure_rate: float = Field(0.0, ge=0, le=1, description="share of paid orders the kitchen "
+                                "cannot make (reason `fault: failure_rate`: refunded), 0..1")
+    slowness_ms: int = Field(0, ge=0, le=MAX_FAULT_SLOWNESS_MS,
+                             description="added to the preparation of every ticket, in ms")
+
+
+def fails_by_fault(roll: float, failure_rate: float) -> bool:
+    """The failure-rate switch: with probability ``failure_rate`` (``roll`` uniform in [0, 1))
+    the kitchen reports an order it cannot make, the ordinary production.failed that the saga
+    compensates with a refund; nothing is reserved for it."""
+    return roll < failure_rate

@@ -10,10 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from production import service
+from production import customer_data, service
 from production.store import ProductionStore
 from sagakit.events import EventType, OrderCancellationRequested, OrderCancelled, OrderReceived
-from sagakit.runtime import Messaging, event_meta, of_type
+from sagakit.faults import FaultStore
+from sagakit.runtime import (
+    Messaging,
+    customer_queue,
+    event_meta,
+    of_type,
+    subscribe_customer_data,
+)
 from sagakit.topology import ConsumerQueue
 
 E = EventType
@@ -21,16 +28,18 @@ ORDER_EVENTS = ConsumerQueue(
     "production", "order",
     (E.ORDER_RECEIVED, E.ORDER_CANCELLATION_REQUESTED, E.ORDER_CANCELLED),
 )
-QUEUES = (ORDER_EVENTS,)
+CUSTOMER_EVENTS = customer_queue("production")  # the identity's requests about a customer's data
+QUEUES = (ORDER_EVENTS, CUSTOMER_EVENTS)
 
 
-def register(messaging: Messaging, store: Callable[[], ProductionStore]) -> None:
+def register(messaging: Messaging, store: Callable[[], ProductionStore],
+             faults: Callable[[], FaultStore]) -> None:
     orders = messaging.subscriber(ORDER_EVENTS, "Paid orders for the kitchen, and cancellations")
 
     @orders(filter=of_type(E.ORDER_RECEIVED))
     async def on_order_received(event: OrderReceived) -> None:
         """Reserve the stock and queue a ticket, or announce production.failed if stock is short."""
-        await service.receive_order(store(), event, event_meta())
+        await service.receive_order(store(), event, event_meta(), faults())
 
     @orders(filter=of_type(E.ORDER_CANCELLATION_REQUESTED))
     async def on_cancellation_requested(event: OrderCancellationRequested) -> None:
@@ -41,3 +50,9 @@ def register(messaging: Messaging, store: Callable[[], ProductionStore]) -> None
     async def on_order_cancelled(event: OrderCancelled) -> None:
         """Drop the order's ticket; stock comes back if no cook has started it."""
         await service.cancel_order(store(), event, event_meta())
+
+    subscribe_customer_data(
+        messaging, "production",
+        export=lambda event, meta: customer_data.export(store(), event, meta),
+        erase=lambda event, meta: customer_data.erase(store(), event, meta),
+    )

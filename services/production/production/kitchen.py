@@ -26,6 +26,7 @@ from uuid import UUID
 from production import service
 from production.store import KitchenEntry, ProductionStore
 from sagakit import logs, telemetry
+from sagakit.faults import FaultStore
 
 log = logging.getLogger("production.kitchen")
 
@@ -41,9 +42,10 @@ ATTEMPTS_PER_TICKET = 3
 class KitchenLine:
     def __init__(
         self, store: ProductionStore, *, cooks: int, preparation_seconds: float,
-        reclaim_seconds: float,
+        reclaim_seconds: float, faults: FaultStore,
     ) -> None:
         self.store = store
+        self.faults = faults  # slowness_ms: added to each ticket's preparation
         self.preparation_seconds = preparation_seconds
         # Never take a ticket from a cook who may still be making it.
         self.reclaim_idle_ms = int(max(reclaim_seconds, 3 * preparation_seconds) * 1000)
@@ -143,22 +145,25 @@ class KitchenLine:
         """Start, prepare and finish the ticket. Its entry leaves the stream with the finish
         (finish.lua), or at once when there is nothing to make; it stays pending when a stop
         comes while the line is paused, for the next cook to run to take over."""
-        outcome = await self._start(entry, ticket_id, order_id)
+        preparation = self.preparation_seconds + (
+            (await self.faults.read()).values["slowness_ms"] / 1000)
+        outcome = await self._start(entry, ticket_id, order_id, preparation)
         while outcome == "paused":  # hold the ticket, in its place, until the line runs
             if self._stopping:
                 return
             with telemetry.untraced():  # waiting is not cooking: no span per look
                 await self.store.keep(cook, entry)
                 await asyncio.sleep(PAUSE_POLL_SECONDS)
-                outcome = await self._start(entry, ticket_id, order_id)
+                outcome = await self._start(entry, ticket_id, order_id, preparation)
         if outcome in ("started", "resumed"):
-            await asyncio.sleep(self.preparation_seconds)
+            await asyncio.sleep(preparation)
             await service.finish_cooking(self.store, entry, ticket_id, order_id)
         elif outcome != "finished":  # cancelled or done already
             await self.store.done_with(entry)
 
-    async def _start(self, entry: KitchenEntry, ticket_id: UUID, order_id: UUID) -> str:
+    async def _start(self, entry: KitchenEntry, ticket_id: UUID, order_id: UUID,
+                     preparation: float) -> str:
         """Start the ticket; with no preparation time to wait, finish it in the same step."""
-        if self.preparation_seconds > 0:
+        if preparation > 0:
             return await service.start_cooking(self.store, ticket_id, order_id)
         return await service.cook_at_once(self.store, entry, ticket_id, order_id)

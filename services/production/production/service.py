@@ -9,10 +9,18 @@ decides there is nothing to announce.
 from __future__ import annotations
 
 import logging
+import random
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
-from production.domain import TicketLine, demand, failure_reason, shortages
+from production.domain import (
+    FAULT_FAILURE,
+    TicketLine,
+    demand,
+    fails_by_fault,
+    failure_reason,
+    shortages,
+)
 from production.store import KitchenEntry, ProductionStore
 from sagakit import telemetry
 from sagakit.envelope import EventMeta, OutgoingEvent
@@ -29,9 +37,13 @@ from sagakit.events import (
     ProductionQueued,
     ProductionStarted,
 )
+from sagakit.faults import FaultStore
 
 log = logging.getLogger("production.service")
 SOURCE = "saga-shop/production"
+# The events this service publishes (its AsyncAPI document lists them; see sagakit.runtime).
+PUBLISHES = (ProductionQueued, ProductionStarted, OrderFinished, ProductionFailed,
+             ProductionCancelled, ProductionCancelRefused)
 
 
 class UnknownSku(Exception):
@@ -53,8 +65,11 @@ def _traceparent() -> str:
     return telemetry.trace_headers().get("traceparent", "")
 
 
-async def receive_order(store: ProductionStore, event: OrderReceived, meta: EventMeta) -> str:
+async def receive_order(store: ProductionStore, event: OrderReceived, meta: EventMeta,
+                        faults: FaultStore) -> str:
     """Reserve the order's stock and queue its ticket, or announce why the kitchen cannot."""
+    if fails_by_fault(random.random(), (await faults.read()).values["failure_rate"]):
+        return await _fail(store, event, meta, FAULT_FAILURE)
     lines = tuple(TicketLine(x.sku, x.name, x.quantity) for x in event.lines)
     needed = demand(lines)
     ticket_id = uuid4()
@@ -71,14 +86,18 @@ async def receive_order(store: ProductionStore, event: OrderReceived, meta: Even
         return reservation.outcome
 
     missing = shortages(needed, reservation.levels)
-    failed = _event(ProductionFailed(
-        order_id=event.order_id, reason=failure_reason(missing),
-        missing=tuple(MissingStock(sku=s.sku, requested=s.requested, available=s.available)
-                      for s in missing),
-    ), event.order_id)
+    return await _fail(store, event, meta, failure_reason(missing), tuple(
+        MissingStock(sku=s.sku, requested=s.requested, available=s.available) for s in missing))
+
+
+async def _fail(store: ProductionStore, event: OrderReceived, meta: EventMeta, reason: str,
+                missing: tuple[MissingStock, ...] = ()) -> str:
+    """Announce that the kitchen cannot make the order (once: the inbox records the event)."""
+    failed = _event(ProductionFailed(order_id=event.order_id, reason=reason, missing=missing),
+                    event.order_id)
     outcome = await store.record_failure(event_id=meta.id, order_id=event.order_id,
                                          announcement=failed)
-    log.info("order.received: %s", outcome, extra={"reason": failure_reason(missing)})
+    log.info("order.received: %s", outcome, extra={"reason": reason})
     return outcome
 
 

@@ -116,6 +116,7 @@ class ProductionStore:
         self._cancel = _script(redis, "cancel")
         self._request_cancel = _script(redis, "request_cancel")
         self._restock = _script(redis, "restock")
+        self._answer = _script(redis, "answer")
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -209,6 +210,12 @@ class ProductionStore:
             args=[self.inbox_ttl, at.isoformat(), len(accepted_fields), *accepted_fields,
                   *_outbox_fields(refused)],
         )
+        return outcome
+
+    async def answer_once(self, event_id: UUID, announcement: OutgoingEvent) -> str:
+        """Announce ``announcement`` in answer to the consumed event ``event_id``, once."""
+        outcome: str = await self._answer(keys=[_inbox(event_id), OUTBOX],
+                                          args=[self.inbox_ttl, *_outbox_fields(announcement)])
         return outcome
 
     # --- the kitchen's steps -------------------------------------------------------------------

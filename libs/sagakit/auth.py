@@ -1,0 +1,241 @@
+"""Who is calling: every service verifies the bearer token itself, with the identity's public keys.
+
+The identity service (services/identity) signs short-lived JWT access tokens (EdDSA, Ed25519) with
+the newest key of its key set; every other service holds only the *public* half of that set, a
+JWKS document given by ``AUTH_JWKS`` (the JSON itself) or ``AUTH_JWKS_FILE`` (a path: a Docker
+secret, or the file ``make up`` writes in native mode). No service asks the identity service
+anything at request time: verifying a signature needs no network, so a call that bypasses the
+gateway (straight to 8001-8003) is checked exactly like one through it, and the identity service
+being down never stops an order already authorised.
+
+Rotation: a new key is added to the set (``python -m identity.keys rotate``), the identity signs
+with it, and a token whose ``kid`` this process does not know makes it re-read its key file (at
+most once every few seconds), so services follow a rotation without a restart. The old key stays
+in the set until the tokens it signed have expired, then is retired.
+
+Authorization is declared per route with :func:`allow`: the scopes that may call it (any one of
+them suffices), written into the OpenAPI document as the operation's ``security`` requirement, so
+the docs, the checks and the authorization-matrix test (tests/e2e/test_authz.py) read one source.
+Scopes: ``orders`` (a customer, or a machine client placing orders for the customers it names:
+their own orders, payments and cards) and ``ops`` (an operator: the kitchen, stock, every order,
+dead letters). Objects carry their owner (the token's ``sub``); a caller without ``ops`` sees
+only its own, and someone else's is a 404, never a 403 that would confirm it exists.
+
+Why hand-written rather than a framework: the whole of it is "verify an EdDSA JWT against a key
+set and compare scopes", which PyJWT does; what is here is the FastAPI wiring and the reload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlowPassword, OAuthFlows
+from fastapi.openapi.utils import get_openapi
+from fastapi.security import OAuth2
+
+from sagakit.web import ApiError
+
+ISSUER = "saga-shop-identity"
+AUDIENCE = "saga-shop"
+TOKEN_URL = "/api/v1/auth/token"
+SCOPES = {
+    "orders": "place orders and read your own orders, payments and cards",
+    "ops": "operate the shop: the kitchen line, stock, every order, dead letters and replay",
+}
+SCHEME = "OAuth2"
+# A token signed by a key this process does not know re-reads the key file, at most this often.
+RELOAD_SECONDS = 5.0
+# Verification tolerates this much clock difference between the identity and a service.
+LEEWAY_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The verified caller."""
+
+    subject: str  # the owner id written on what it creates
+    scopes: frozenset[str]
+    kind: str  # "customer" or "client"
+    email: str | None = None
+    name: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_operator(self) -> bool:
+        return "ops" in self.scopes
+
+    def owns(self, owner: str | None) -> bool:
+        """May this caller see an object owned by ``owner``? Operators see everything."""
+        return self.is_operator or (owner is not None and owner == self.subject)
+
+
+def read_secret(name: str, default: str | None = None,
+                environ: Mapping[str, str] | None = None) -> str | None:
+    """A secret from ``NAME`` or from the file ``NAME_FILE`` (Docker secrets), in both modes."""
+    env = os.environ if environ is None else environ
+    if path := env.get(f"{name}_FILE"):
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    return env.get(name, default)
+
+
+class KeySet:
+    """The identity's public keys (a JWKS), by ``kid``; re-read when an unknown ``kid`` shows up."""
+
+    def __init__(self, loader: Callable[[], str | None]) -> None:
+        self._loader = loader
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+        self._load()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KeySet:
+        return cls(lambda: read_secret("AUTH_JWKS", environ=environ))
+
+    def _load(self) -> None:
+        self._loaded_at = time.monotonic()
+        text = self._loader()
+        if not text:
+            self._keys = {}
+            return
+        keys = {}
+        for entry in json.loads(text).get("keys", []):
+            public = {k: v for k, v in entry.items() if k != "d"}  # never keep a private part
+            keys[str(entry["kid"])] = jwt.PyJWK(public)
+        self._keys = keys
+
+    def key(self, kid: str) -> jwt.PyJWK | None:
+        if kid not in self._keys and time.monotonic() - self._loaded_at > RELOAD_SECONDS:
+            with self._lock:
+                self._load()
+        return self._keys.get(kid)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def verify(token: str, keys: KeySet) -> Principal:
+    """The principal of a valid access token; :class:`ApiError` 401 for anything else."""
+    try:
+        header = jwt.get_unverified_header(token)
+        key = keys.key(str(header.get("kid", "")))
+        if key is None:
+            raise jwt.InvalidTokenError("signed by an unknown key")
+        claims = jwt.decode(token, key=key, algorithms=["EdDSA"], audience=AUDIENCE,
+                            issuer=ISSUER, leeway=LEEWAY_SECONDS,
+                            options={"require": ["exp", "iat", "sub", "iss", "aud"]})
+    except jwt.InvalidTokenError as exc:
+        raise unauthorized(f"The bearer token is not valid: {exc}.", error="invalid_token") \
+            from exc
+    return Principal(
+        subject=str(claims["sub"]),
+        scopes=frozenset(str(claims.get("scope", "")).split()),
+        kind=str(claims.get("kind", "client")),
+        email=claims.get("email"),
+        name=claims.get("name"),
+        claims=claims,
+    )
+
+
+def unauthorized(detail: str, *, error: str | None = None) -> ApiError:
+    challenge = "Bearer" + (f' error="{error}"' if error else "")
+    return ApiError(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+# The OpenAPI security scheme: both grants of the one token endpoint. auto_error=False: a missing
+# token is this module's JSON 401, not FastAPI's plain one.
+oauth2 = OAuth2(
+    flows=OAuthFlows(
+        password=OAuthFlowPassword(tokenUrl=TOKEN_URL, scopes=SCOPES),
+        clientCredentials=OAuthFlowClientCredentials(tokenUrl=TOKEN_URL, scopes=SCOPES),
+    ),
+    scheme_name=SCHEME,
+    description="Customers: grant_type=password (username = email). Operators and machine "
+    "clients: grant_type=client_credentials. Send the access token as Authorization: Bearer.",
+    auto_error=False,
+)
+
+
+def _keys(request: Request) -> KeySet:
+    keys = getattr(request.app.state, "auth_keys", None)
+    if keys is None:
+        keys = request.app.state.auth_keys = KeySet.from_env()
+    return keys  # type: ignore[no-any-return]
+
+
+async def principal(request: Request,
+                    authorization: Annotated[str | None, Depends(oauth2)]) -> Principal:
+    """The caller, verified; 401 without a valid bearer token."""
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    if not authorization:
+        raise unauthorized("This operation needs a bearer token: POST /api/v1/auth/token, then "
+                           "send Authorization: Bearer <access_token>.")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise unauthorized("Send the token as Authorization: Bearer <access_token>.",
+                           error="invalid_request")
+    found = verify(token.strip(), _keys(request))
+    request.state.principal = found
+    return found
+
+
+# The verified caller, for a handler that needs to know who: ``caller: Caller``.
+Caller = Annotated[Principal, Depends(principal)]
+
+
+def allow(*scopes: str) -> dict[str, Any]:
+    """Route keyword arguments declaring who may call: any one of ``scopes``; none = anyone.
+
+    ``@router.get("/x", **allow("orders", "ops"))``. The check runs as a dependency; the handler
+    takes ``caller: Caller`` when it needs to know who (cached per request).
+    """
+    unknown = set(scopes) - SCOPES.keys()
+    if unknown:
+        raise ValueError(f"unknown scopes {sorted(unknown)}")
+    if not scopes:
+        return {"openapi_extra": {"security": []}}
+
+    challenge = f'Bearer error="insufficient_scope" scope="{" ".join(scopes)}"'
+
+    async def check(caller: Caller) -> None:
+        if not caller.scopes & set(scopes):
+            raise ApiError(403, "Forbidden",
+                           f"This operation needs one of the scopes: {', '.join(scopes)}.",
+                           headers={"WWW-Authenticate": challenge})
+
+    return {"dependencies": [Depends(check)],
+            "openapi_extra": {"security": [{SCHEME: [s]} for s in scopes]}}
+
+
+def document(app: FastAPI) -> None:
+    """The app's OpenAPI with the OAuth2 scheme and, per operation, exactly who may call it.
+
+    FastAPI adds a scope-less ``{"OAuth2": []}`` for the token dependency itself; the
+    alternatives :func:`allow` wrote are the truth, so that entry is dropped where they exist.
+    """
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})[SCHEME] = (
+                oauth2.model.model_dump(mode="json", by_alias=True, exclude_none=True))
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    security = operation.get("security")
+                    if security and any(any(s.values()) for s in security):
+                        operation["security"] = [s for s in security if any(s.values())]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,248 @@
+"""Webhooks: each status of an order that names a ``callback_url`` is POSTed there, signed as
+the Standard Webhooks specification says (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>``), by the maintained
+``standardwebhooks`` package, so a receiver verifies it with the same library.
+
+Never slowing the saga: a delivery is a row written by the very statement that writes the
+timeline entry (order.store, transactional-outbox style); this sender, one per replica, claims
+due rows with ``FOR UPDATE SKIP LOCKED``, POSTs with a short timeout and records the outcome.
+A failed attempt (no answer, or not 2xx) is retried after an exponential delay with jitter;
+after ``WEBHOOK_MAX_ATTEMPTS`` the delivery is parked, where an operator lists and replays it
+(GET /api/v1/orders/webhooks/failed, POST .../{id}/replay).
+
+Order: an order's deliveries go one at a time, in timeline order (a delivery waits while an
+earlier one of its order is still pending), so a receiver sees pending_payment before paid.
+A parked delivery no longer holds the later ones back; a replayed one then arrives late.
+
+Secrets: one per owner (the token's subject), random, made on first use and readable by that
+owner alone at GET /api/v1/orders/webhook-secret; never logged, never in an order's JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import httpx
+import orjson
+from standardwebhooks.webhooks import Webhook
+
+from order.callbacks import CallbackPolicy, CallbackRefused
+from sagakit import telemetry
+
+log = logging.getLogger("order.webhooks")
+EVENT_TYPE = "order.status_changed"
+CHANNEL = "webhook_deliveries"
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+async def secret_of(conn: asyncpg.Connection, owner: str) -> str:
+    """The owner's signing secret, made on first use (concurrent first uses agree on one)."""
+    secret: str | None = await conn.fetchval(
+        "SELECT secret FROM webhook_secrets WHERE owner = $1", owner)
+    if secret is None:
+        await conn.execute("INSERT INTO webhook_secrets (owner, secret) VALUES ($1, $2)"
+                           " ON CONFLICT (owner) DO NOTHING", owner, new_secret())
+        secret = await conn.fetchval("SELECT secret FROM webhook_secrets WHERE owner = $1",
+                                     owner)
+    assert secret is not None
+    return secret
+
+
+def retry_delay(attempt: int, base: float, cap: float, roll: float) -> float:
+    """Seconds before attempt ``attempt + 1``: doubling from ``base``, at most ``cap``, and
+    "equal jitter" (half fixed, half random by ``roll`` in [0, 1)) so receivers that failed
+    together are not retried together."""
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return delay / 2 + roll * delay / 2
+
+
+def payload(row: asyncpg.Record) -> bytes:
+    """The body, the same bytes on every attempt (it is built from the same rows)."""
+    return orjson.dumps({
+        "type": EVENT_TYPE,
+        "timestamp": row["at"].isoformat(),
+        "data": {"order_id": str(row["order_id"]), "status": row["status"],
+                 "reason": row["reason"], "sequence": row["timeline_seq"]},
+    })
+
+
+def signed_headers(secret: str, delivery_id: UUID, body: bytes,
+                   now: datetime) -> dict[str, str]:
+    return {
+        "webhook-id": str(delivery_id),
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(str(delivery_id), now, body.decode()),
+    }
+
+
+# Claim: due, pending, and the first pending one of its order; the claim itself is a lease
+# (next_attempt_at moves past the attempt's timeout), so a sender that dies mid-POST leaves the
+# row to be tried again, and no transaction stays open during the POST.
+_CLAIM = """
+WITH due AS (
+    SELECT d.id FROM webhook_deliveries d
+    WHERE d.state = 'pending' AND d.next_attempt_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.order_id = d.order_id
+                      AND e.state = 'pending' AND e.timeline_seq < d.timeline_seq)
+    ORDER BY d.next_attempt_at LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED)
+UPDATE webhook_deliveries w
+SET attempts = w.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+FROM due, order_timeline t, orders o
+WHERE w.id = due.id AND t.seq = w.timeline_seq AND o.id = w.order_id
+RETURNING w.id, w.order_id, w.timeline_seq, w.url, w.attempts, t.status, t.reason, t.at,
+          coalesce(o.owner, '') AS owner,
+          (SELECT s.secret FROM webhook_secrets s WHERE s.owner = coalesce(o.owner, '')) AS secret
+"""
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    max_attempts: int
+    backoff_seconds: float
+    backoff_max_seconds: float
+    timeout_seconds: float
+    batch_size: int = 20
+    sweep_seconds: float = 0.5
+
+
+class WebhookSender:
+    """The background worker of one replica: claim, POST, record; woken by NOTIFY."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, policy: CallbackPolicy,
+                 settings: SenderSettings) -> None:
+        self.pool, self.dsn, self.policy, self.settings = pool, dsn, policy, settings
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._http = httpx.AsyncClient(timeout=settings.timeout_seconds, follow_redirects=False,
+                                       trust_env=False,
+                                       headers={"user-agent": "saga-shop-webhooks/1"})
+
+    async def start(self) -> None:
+        await self._listen()
+        self._task = asyncio.create_task(self._run(), name="webhook-sender")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+        await self._http.aclose()
+
+    async def _listen(self) -> None:
+        with contextlib.suppress(Exception):  # no listener: the sweep still finds the work
+            self._listener = await asyncpg.connect(self.dsn)
+            await self._listener.add_listener(CHANNEL, lambda *_: self._wake.set())
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        with telemetry.untraced():  # the sweeps are not traced
+            while True:
+                try:
+                    if await self.deliver_due() < self.settings.batch_size:
+                        await self._wait()
+                    backoff = 0.1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the database is away: the rows wait
+                    log.warning("webhook sender: %s; retrying in %.1fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+
+    async def _wait(self) -> None:
+        if self._listener is None or self._listener.is_closed():
+            await self._listen()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.settings.sweep_seconds)
+        self._wake.clear()
+
+    async def deliver_due(self) -> int:
+        """One batch: claim what is due and attempt each (concurrently); how many were due."""
+        lease = self.settings.timeout_seconds * 2 + 5
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(_CLAIM, self.settings.batch_size, lease)
+            # Placing the order made the owner's secret; an order from before webhooks had none.
+            keys = {r["owner"]: r["secret"] or await secret_of(conn, r["owner"]) for r in rows}
+        await asyncio.gather(*(self._attempt(row, keys[row["owner"]]) for row in rows))
+        return len(rows)
+
+    async def _attempt(self, row: asyncpg.Record, secret: str) -> None:
+        try:
+            error = await self._post(row, secret)
+        except CallbackRefused as exc:  # the allow-list changed, or DNS now points inside
+            await self._record(row["id"], "parked", f"refused: callback_url {exc}")
+            return
+        if error is None:
+            await self._record(row["id"], "delivered", None)
+        elif row["attempts"] >= self.settings.max_attempts:
+            log.warning("webhook %s parked after %d attempts: %s", row["id"], row["attempts"],
+                        error)
+            await self._record(row["id"], "parked", error)
+        else:
+            delay = retry_delay(row["attempts"], self.settings.backoff_seconds,
+                                self.settings.backoff_max_seconds, random.random())
+            await self._record(row["id"], "pending", error, retry_in=delay)
+
+    async def _post(self, row: asyncpg.Record, secret: str) -> str | None:
+        """POST once to the checked address; None on a 2xx, else what went wrong."""
+        target = await self.policy.target(row["url"])
+        body = payload(row)
+        headers = {**signed_headers(secret, row["id"], body, datetime.now(UTC)),
+                   "content-type": "application/json", "host": target.host_header}
+        extensions: dict[str, Any] = (
+            {"sni_hostname": target.host} if target.url.scheme == "https" else {})
+        try:
+            response = await self._http.post(target.connect_url, content=body, headers=headers,
+                                             extensions=extensions)
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"[:500]
+        if 200 <= response.status_code < 300:
+            return None
+        return f"HTTP {response.status_code}"
+
+    async def _record(self, delivery_id: UUID, state: str, error: str | None,
+                      retry_in: float = 0.0) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE webhook_deliveries SET state = $2, last_error = $3,"
+                " next_attempt_at = now() + make_interval(secs => $4),"
+                " delivered_at = CASE WHEN $2 = 'delivered' THEN now() END WHERE id = $1",
+                delivery_id, state, error, retry_in)
+
+
+# --- What operators see and do -------------------------------------------------------------------
+
+async def parked(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT d.id, d.order_id, d.url, d.attempts, d.last_error, d.created_at, t.status"
+        " FROM webhook_deliveries d JOIN order_timeline t ON t.seq = d.timeline_seq"
+        " WHERE d.state = 'parked' ORDER BY d.created_at DESC LIMIT $1", limit)
+
+
+async def replay(conn: asyncpg.Connection, delivery_id: UUID) -> bool:
+    """Make a parked delivery due again, with a fresh set of attempts; False if none such."""
+    async with conn.transaction():
+        found = await conn.fetchval(
+            "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
+            " next_attempt_at = now() WHERE id = $1 AND state = 'parked' RETURNING id",
+            delivery_id)
+        if found:
+            await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+    return found is not None

@@ -1,0 +1,81 @@
+"""HTTP edges of webhooks (order.webhooks) and of the order service's fault switch.
+
+These paths sit under /api/v1/orders/ like the orders themselves, so this router is included
+before order.api's: ``/orders/webhook-secret`` must not be taken for ``/orders/{order_id}``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+import asyncpg
+from fastapi import APIRouter, Query, Request, status
+from pydantic import BaseModel, Field
+
+from order import webhooks
+from sagakit.auth import Caller, allow
+from sagakit.web import ApiError
+
+router = APIRouter(prefix="/api/v1/orders", tags=["webhooks"])
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="`whsec_` + base64 of the HMAC-SHA256 key: verify each "
+                        "delivery with a Standard Webhooks library, e.g. "
+                        "`standardwebhooks.Webhook(secret).verify(body, headers)`")
+    event_type: str = Field(webhooks.EVENT_TYPE, description="the `type` of every payload")
+
+
+class ParkedDelivery(BaseModel):
+    id: UUID = Field(description="the delivery's webhook-id")
+    order_id: UUID
+    status: str = Field(description="the order status the delivery announces")
+    url: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+
+
+class Replayed(BaseModel):
+    id: UUID
+    detail: str
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+@router.get("/webhook-secret", response_model=WebhookSecret,
+            summary="Your webhook signing secret (the same for all your orders)",
+            **allow("orders", "ops"))
+async def webhook_secret(request: Request, caller: Caller) -> WebhookSecret:
+    async with _pool(request).acquire() as conn:
+        return WebhookSecret(secret=await webhooks.secret_of(conn, caller.subject))
+
+
+@router.get("/webhooks/failed", response_model=list[ParkedDelivery],
+            summary="Webhook deliveries parked after their last attempt, newest first",
+            **allow("ops"))
+async def parked_webhooks(
+    request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[ParkedDelivery]:
+    async with _pool(request).acquire() as conn:
+        rows = await webhooks.parked(conn, limit)
+    return [ParkedDelivery(**dict(r)) for r in rows]
+
+
+@router.post("/webhooks/failed/{delivery_id}/replay", response_model=Replayed,
+             status_code=status.HTTP_202_ACCEPTED,
+             summary="Send a parked webhook delivery again (same webhook-id, fresh attempts)",
+             responses={404: {"description": "No parked delivery with this id"}},
+             **allow("ops"))
+async def replay_webhook(delivery_id: UUID, request: Request) -> Replayed:
+    async with _pool(request).acquire() as conn:
+        if not await webhooks.replay(conn, delivery_id):
+            raise ApiError(404, "No such parked delivery",
+                           f"no parked webhook delivery with id {delivery_id}",
+                           field="delivery_id")
+    return Replayed(id=delivery_id, detail="due again: it is sent within a moment")

@@ -1,0 +1,86 @@
+"""Admission control through the gateway: while the saga lags, new orders are refused with 503,
+``Retry-After`` and JSON, before anything is written; once it catches up they are accepted again.
+
+The lag is made the way it happens in production, a hop that stops keeping up: the operator
+pauses the order service's outbox relay (its fault switch), so every new order waits in
+``pending_payment``. This stack's bound is low (``ORDER_ADMISSION_MAX_WAITING`` in conftest's
+KNOBS) so a test reaches it with a few dozen orders; the default is derived from measured
+capacity (order/settings.py, docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ADMISSION_BOUND, TERMINAL, wait_for
+
+pytestmark = pytest.mark.e2e
+RELAY = "/api/v1/orders/faults"
+# The customer is the token's: no `customer` in the body.
+ORDER = {"items": [{"sku": "burger-classic", "quantity": 1}], "payment_token": "tok_visa"}
+
+
+@pytest.fixture
+def relay_resumed_after(client: httpx.Client) -> Iterator[None]:
+    yield
+    assert client.put(RELAY, json={"relay_paused": False}).status_code == 200
+
+
+def waiting(client: httpx.Client) -> float:
+    """What admission control compares with its bound, from the order service's metrics."""
+    text = client.get("/api/v1/ops/order/metrics").text
+    line = next(x for x in text.splitlines() if x.startswith("saga_admission_waiting "))
+    return float(line.split()[1])
+
+
+def test_a_lagging_saga_refuses_new_orders_and_creates_none(client, signed_up, relay_resumed_after):
+    customer: httpx.Client = signed_up
+    before = waiting(client)
+    assert before < ADMISSION_BOUND - 5, "leftovers of earlier tests fill the bound"
+    assert client.put(RELAY, json={"relay_paused": True}).status_code == 200
+
+    accepted: list[str] = []
+    refused: httpx.Response | None = None
+    refused_key = ""
+    for _ in range(ADMISSION_BOUND * 4):
+        key = str(uuid.uuid4())
+        response = customer.post("/api/v1/orders", json=ORDER,
+                                 headers={"Idempotency-Key": key})
+        if response.status_code == 503:
+            refused, refused_key = response, key
+            break
+        assert response.status_code == 202, response.text
+        accepted.append(response.json()["id"])
+        time.sleep(0.01)
+    assert refused is not None, f"{len(accepted)} orders accepted with the relay paused"
+    # The sampler looks every 0.5 s: past the bound by at most what arrives meanwhile.
+    assert ADMISSION_BOUND - 5 <= before + len(accepted) <= ADMISSION_BOUND * 3
+
+    problem: dict[str, Any] = refused.json()
+    assert refused.headers["content-type"].startswith("application/")
+    assert problem["status"] == 503 and problem["bound"] == ADMISSION_BOUND
+    assert problem["waiting"] > ADMISSION_BOUND
+    assert "nothing was created" in problem["detail"]
+    assert int(refused.headers["Retry-After"]) >= 1
+    mine = customer.get("/api/v1/orders", params={"limit": 200}).json()
+    assert sorted(o["id"] for o in mine) == sorted(accepted)  # the refused one does not exist
+
+    # Caught up: the relay resumes, everything accepted ends, and the refused request, sent
+    # again with its key, is a new order (not a replay of one that was never made).
+    assert client.put(RELAY, json={"relay_paused": False}).status_code == 200
+    for order_id in accepted:
+        assert wait_for(customer, order_id, TERMINAL, timeout=60)["status"] == "finished"
+    deadline = time.monotonic() + 10
+    while waiting(client) > ADMISSION_BOUND and time.monotonic() < deadline:
+        time.sleep(0.2)
+    again = customer.post("/api/v1/orders", json=ORDER,
+                          headers={"Idempotency-Key": refused_key})
+    assert again.status_code == 202, again.text
+    assert "Idempotent-Replayed" not in again.headers
+    assert wait_for(customer, again.json()["id"], TERMINAL)["status"] == "finished"

@@ -1,0 +1,248 @@
+"""An order's live timeline against a real PostgreSQL: NOTIFY on commit, one listener per process
+fanning out by order id, resumption by Last-Event-ID; then the endpoint of ``python -m order``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from order import store
+from order.api import _follow
+from order.domain import OrderRef, Status
+from sagakit import postgres
+from sagakit.envelope import EventMeta
+from sagakit.notifications import NotificationFanout, TooManySubscribers
+from tests.conftest import Infra
+from tests.integration.conftest import ServiceProcess
+from tests.integration.test_order_store import MIGRATIONS, ROLE, _new_order
+
+
+@pytest.fixture(scope="module")
+def database_url(infra: Infra, own_name: str) -> str:
+    return infra.fresh_database(own_name, ROLE, ROLE)
+
+
+@pytest.fixture(scope="module")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await postgres.create_pool(database_url, max_size=4)
+    await postgres.migrate(created, [MIGRATIONS])
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+@pytest.fixture
+async def feed(database_url: str, pool: asyncpg.Pool) -> AsyncIterator[NotificationFanout]:
+    fanout = NotificationFanout(database_url, store.TIMELINE_CHANNEL, max_subscribers=3)
+    await fanout.start()
+    try:
+        yield fanout
+    finally:
+        await fanout.stop()
+
+
+async def _step(pool: asyncpg.Pool, order: OrderRef, status: Status) -> OrderRef:
+    async with pool.acquire() as conn:
+        assert await store.transition(
+            conn, order, status, reason=None, trace_id="0" * 32,
+            event=EventMeta(id=uuid4(), type="test.step", subject="", attempt=1))
+        moved, _ = await store.read(conn, order.id)
+    assert moved is not None
+    return moved
+
+
+def _events(chunks: list[bytes]) -> list[dict[str, str]]:
+    """The SSE events among ``chunks`` (comments and the ``retry`` field left out)."""
+    events = []
+    for block in b"".join(chunks).decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines()
+                      if line and not line.startswith(":") and ": " in line)
+        if "data" in fields:
+            events.append(fields)
+    return events
+
+
+async def test_a_committed_entry_wakes_only_the_subscribers_of_its_order(pool, feed):
+    mine, theirs = await _new_order(pool), await _new_order(pool)
+    first, second = feed.subscribe(str(mine.id)), feed.subscribe(str(mine.id))
+    other = feed.subscribe(str(theirs.id))
+    for subscription in (first, second, other):
+        subscription.clear()
+    await _step(pool, mine, Status.PAID)
+    assert await first.wait(5) and await second.wait(5)
+    assert not await other.wait(0.3)
+
+
+async def test_a_rolled_back_entry_wakes_nobody(pool, feed):
+    order = await _new_order(pool)
+    subscription = feed.subscribe(str(order.id))
+    subscription.clear()
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute("INSERT INTO order_timeline (order_id, status, trace_id)"
+                           " VALUES ($1, 'paid', $2)", order.id, "0" * 32)
+        await transaction.rollback()
+    assert not await subscription.wait(0.3)
+
+
+async def test_many_subscribers_share_one_listening_connection(pool, feed, database_url):
+    async def backends() -> int:
+        async with pool.acquire() as conn:
+            return int(await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"))
+
+    before = await backends()
+    subscriptions = [feed.subscribe(str(uuid4())) for _ in range(3)]
+    assert await backends() == before
+    with pytest.raises(TooManySubscribers):
+        feed.subscribe(str(uuid4()))
+    subscriptions[0].close()
+    subscriptions[0].close()  # closing twice frees one slot, not two
+    assert feed.subscribers == 2
+    feed.subscribe(str(uuid4()))
+
+
+async def test_the_stream_sends_each_entry_as_it_commits_and_ends_after_the_terminal_one(
+        pool, feed):
+    order = await _new_order(pool)
+    subscription = feed.subscribe(str(order.id))
+    chunks: list[bytes] = []
+    stream = _follow(pool, order.id, 0, False, subscription, heartbeat=0.2)
+
+    async def read_all() -> None:
+        async for chunk in stream:
+            chunks.append(chunk)
+
+    reader = asyncio.create_task(read_all())
+    await asyncio.sleep(0.5)  # idle: heartbeats only
+    assert [e["data"] for e in _events(chunks)] and b": heartbeat\n\n" in chunks
+    for status in (Status.PAID, Status.RECEIVED, Status.IN_PRODUCTION, Status.FINISHED):
+        order = await _step(pool, order, status)
+    await asyncio.wait_for(reader, 5)  # the stream ended by itself
+    events = _events(chunks)
+    assert [json.loads(e["data"])["status"] for e in events] == [
+        "pending_payment", "paid", "received", "in_production", "finished"]
+    ids = [int(e["id"]) for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert {e["event"] for e in events} == {"status"}
+    assert chunks[0].startswith(b"retry: ")
+
+
+async def test_resuming_with_a_last_event_id_sends_only_later_entries(pool, feed):
+    order = await _new_order(pool)
+    for status in (Status.PAID, Status.RECEIVED):
+        order = await _step(pool, order, status)
+    async with pool.acquire() as conn:
+        seqs = [r["seq"] for r in await store.timeline_after(conn, order.id, 0)]
+    assert len(seqs) == 3
+
+    async def resumed(after: int, ended: bool) -> list[dict[str, str]]:
+        subscription = feed.subscribe(str(order.id))
+        chunks = []
+        try:
+            async with asyncio.timeout(0.5 if not ended else 5):
+                async for chunk in _follow(pool, order.id, after, ended, subscription, 10):
+                    chunks.append(chunk)
+        except TimeoutError:
+            assert not ended, "a finished order's stream must end by itself"
+        finally:
+            subscription.close()
+        return _events(chunks)
+
+    later = await resumed(seqs[0], ended=False)
+    assert [int(e["id"]) for e in later] == seqs[1:]
+    assert [json.loads(e["data"])["status"] for e in later] == ["paid", "received"]
+    assert await resumed(seqs[-1], ended=False) == []
+    # After the end: resuming past the terminal entry ends at once, with nothing to send.
+    for status in (Status.IN_PRODUCTION, Status.FINISHED):
+        order = await _step(pool, order, status)
+    async with pool.acquire() as conn:
+        last = (await store.timeline_after(conn, order.id, 0))[-1]["seq"]
+    assert await resumed(last, ended=True) == []
+    assert [json.loads(e["data"])["status"] for e in await resumed(seqs[-1], ended=True)] == [
+        "in_production", "finished"]
+
+
+async def test_a_listener_that_lost_its_connection_listens_again_and_wakes_everyone(
+        pool, feed):
+    order = await _new_order(pool)
+    subscription = feed.subscribe(str(order.id))
+    subscription.clear()
+    feed.reconnect_seconds = 0.1
+    async with pool.acquire() as conn:  # what a database restart does to the listener
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+    assert await subscription.wait(5)  # woken on reconnecting: entries may have been missed
+    subscription.clear()
+    await _step(pool, order, Status.PAID)
+    assert await subscription.wait(5)
+
+
+# --- the endpoint, in the service process ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def service(rabbitmq_url: str, database_url: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
+    env = {
+        "ORDER_DATABASE_URL": database_url,
+        "RABBITMQ_URL": rabbitmq_url,
+        "ORDER_MAX_EVENT_STREAMS": "1",
+        "ORDER_EVENT_STREAM_HEARTBEAT_SECONDS": "0.2",
+    }
+    log_path: Path = tmp_path_factory.mktemp("order-events") / "service.log"
+    async with ServiceProcess("order", env, log_path) as running:
+        yield running
+
+
+async def test_the_endpoint_streams_heartbeats_caps_streams_and_answers_bad_input_in_json(
+        service, http):
+    placed = await http.post("/api/v1/orders", json={
+        "customer": {"name": "Ana", "email": "ana@example.com"},
+        "items": [{"sku": "fries", "quantity": 1}], "payment_token": "tok_visa"})
+    assert placed.status_code == 202, placed.text
+    url = f"/api/v1/orders/{placed.json()['id']}/events"
+    async with http.stream("GET", url) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        assert stream.headers["x-accel-buffering"] == "no"
+        # Read through one iterator held to the end of the block: an `async for` left by
+        # `break` drops its generator, whose finalizer (whenever the GC runs) closes the
+        # response, and with it this stream's slot.
+        chunks = stream.aiter_text()
+        seen = ""
+        async with asyncio.timeout(5):
+            while ": heartbeat" not in seen:
+                seen += await anext(chunks)
+        assert '"status":"pending_payment"' in seen
+        # The one slot is taken: a second stream is refused, in JSON, with Retry-After. (Bounded:
+        # were it wrongly accepted, the stream of an order that never ends would never end.)
+        async with asyncio.timeout(10):
+            busy = await http.get(url)
+        assert busy.status_code == 503 and busy.headers["retry-after"]
+        assert busy.json()["title"] == "Too many event streams"
+    # The slot is free again once the first client left.
+    async def reopened() -> bool:
+        async with asyncio.timeout(10), http.stream("GET", url) as again:
+            return again.status_code == 200
+    for _ in range(50):
+        if await reopened():
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the stream slot was not released when its client left")
+
+    missing = await http.get(f"/api/v1/orders/{uuid4()}/events")
+    assert missing.status_code == 404 and missing.json()["errors"][0]["field"] == "order_id"
+    bad = await http.get(url, headers={"Last-Event-ID": "yesterday"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "Last-Event-ID"

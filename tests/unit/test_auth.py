@@ -1,0 +1,113 @@
+"""Tokens, keys and passwords: what the identity signs is what every service accepts, only that."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from identity import keys
+from identity.tokens import Signer, check_password, hash_password
+
+from sagakit import auth
+from sagakit.web import ApiError
+
+
+def _key_set(directory: Path) -> auth.KeySet:
+    return auth.KeySet(lambda: (directory / keys.PUBLIC).read_text())
+
+
+def test_a_token_the_identity_signs_is_verified_with_the_public_set(tmp_path):
+    keys.init(tmp_path)
+    signer = Signer(keys.load(tmp_path), 900)
+    token = signer.issue("cust-1", ["orders"], "customer", email="ana@example.com", name="Ana")
+    assert token["token_type"] == "bearer" and token["expires_in"] == 900
+    caller = auth.verify(token["access_token"], _key_set(tmp_path))
+    assert caller.subject == "cust-1" and caller.scopes == {"orders"}
+    assert caller.kind == "customer" and caller.email == "ana@example.com"
+    assert not caller.is_operator and caller.owns("cust-1") and not caller.owns("cust-2")
+
+
+def test_the_public_set_holds_no_private_key(tmp_path):
+    keys.init(tmp_path)
+    public = json.loads((tmp_path / keys.PUBLIC).read_text())
+    assert public["keys"] and all("d" not in k for k in public["keys"])
+    assert oct((tmp_path / keys.PRIVATE).stat().st_mode & 0o777) == "0o600"
+
+
+def _claims(**overrides):
+    now = int(time.time())
+    return {"iss": auth.ISSUER, "aud": auth.AUDIENCE, "sub": "x", "iat": now, "exp": now + 60,
+            "scope": "ops", **overrides}
+
+
+@pytest.mark.parametrize("bad", [
+    {"exp": int(time.time()) - 3600},  # expired
+    {"aud": "someone-else"},
+    {"iss": "not-our-identity"},
+])
+def test_expired_or_foreign_tokens_are_401(tmp_path, bad):
+    keys.init(tmp_path)
+    newest = keys.load(tmp_path)["keys"][0]
+    token = jwt.encode(_claims(**bad), jwt.PyJWK(newest), algorithm="EdDSA",
+                       headers={"kid": newest["kid"]})
+    with pytest.raises(ApiError) as raised:
+        auth.verify(token, _key_set(tmp_path))
+    assert raised.value.status == 401
+    assert 'error="invalid_token"' in raised.value.headers["WWW-Authenticate"]
+
+
+def test_a_token_signed_by_another_key_or_none_is_401(tmp_path):
+    keys.init(tmp_path)
+    stranger = keys.new_key()
+    forged = jwt.encode(_claims(), jwt.PyJWK(stranger), algorithm="EdDSA",
+                        headers={"kid": keys.load(tmp_path)["keys"][0]["kid"]})
+    unsigned = jwt.encode(_claims(), None, algorithm="none")
+    for token in (forged, unsigned, "not.a.token"):
+        with pytest.raises(ApiError) as raised:
+            auth.verify(token, _key_set(tmp_path))
+        assert raised.value.status == 401
+
+
+def test_after_a_rotation_services_accept_the_new_key_without_a_restart(tmp_path, monkeypatch):
+    keys.init(tmp_path)
+    key_set = _key_set(tmp_path)
+    old = Signer(keys.load(tmp_path), 900).issue("a", ["orders"], "customer")["access_token"]
+    keys.rotate(tmp_path)
+    new = Signer(keys.load(tmp_path), 900).issue("a", ["orders"], "customer")["access_token"]
+    monkeypatch.setattr(auth, "RELOAD_SECONDS", 0.0)
+    assert auth.verify(new, key_set).subject == "a"  # an unknown kid re-reads the file
+    assert auth.verify(old, key_set).subject == "a"  # the old key stays until retired
+    keys.retire(tmp_path, jwt.get_unverified_header(old)["kid"])
+    key_set = _key_set(tmp_path)
+    with pytest.raises(ApiError):
+        auth.verify(old, key_set)
+    with pytest.raises(SystemExit):
+        keys.retire(tmp_path, jwt.get_unverified_header(new)["kid"])  # never the last one
+
+
+def test_secrets_come_from_the_variable_or_its_file(tmp_path):
+    secret = tmp_path / "s"
+    secret.write_text("from-a-file\n")
+    assert auth.read_secret("X", environ={"X": "plain"}) == "plain"
+    assert auth.read_secret("X", environ={"X": "plain", "X_FILE": str(secret)}) == "from-a-file"
+    assert auth.read_secret("X", "dflt", environ={}) == "dflt"
+
+
+def test_passwords_are_argon2id_and_checked_in_constant_shape():
+    hashed = asyncio.run(hash_password("correct horse"))
+    assert hashed.startswith("$argon2id$")
+    assert asyncio.run(check_password(hashed, "correct horse"))
+    assert not asyncio.run(check_password(hashed, "wrong"))
+    assert not asyncio.run(check_password(None, "anything"))  # unknown account
+
+
+def test_allow_declares_the_openapi_security_and_refuses_unknown_scopes():
+    assert auth.allow() == {"openapi_extra": {"security": []}}
+    declared = auth.allow("orders", "ops")
+    assert declared["openapi_extra"]["security"] == [{"OAuth2": ["orders"]}, {"OAuth2": ["ops"]}]
+    with pytest.raises(ValueError):
+        auth.allow("admin")

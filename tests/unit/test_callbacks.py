@@ -1,0 +1,85 @@
+"""The webhook SSRF guard (order.callbacks) and the retry schedule (order.webhooks): pure."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from order import callbacks
+from order.callbacks import CallbackPolicy, CallbackRefused, is_public
+from order.webhooks import retry_delay, signed_headers
+
+POLICY = CallbackPolicy.from_setting("hooks.example.com, *.partner.test http://127.0.0.1")
+
+
+def target(url: str, addresses: list[str], monkeypatch: pytest.MonkeyPatch) -> callbacks.Target:
+    async def resolve(host: str, port: int) -> list[str]:
+        return addresses
+
+    monkeypatch.setattr(callbacks, "_resolve", resolve)
+    return asyncio.run(POLICY.target(url))
+
+
+@pytest.mark.parametrize("url,why", [
+    ("https://evil.example.org/x", "not on the webhook allow-list"),
+    ("http://hooks.example.com/x", "must use https"),
+    ("ftp://hooks.example.com/x", "absolute http"),
+    ("https://u:p@hooks.example.com/x", "user info"),
+    ("hooks.example.com/x", "absolute http"),
+    ("https://hooks.example.com:99999/x", "not a valid URL"),
+    ("https://example.com.evil.org/", "not on the webhook allow-list"),
+    ("https://" + "a" * 3000, "at most"),
+])
+def test_urls_are_checked_before_any_lookup(url, why):
+    with pytest.raises(CallbackRefused, match=why):
+        POLICY.entry_for(url)
+
+
+def test_an_empty_allow_list_refuses_every_webhook():
+    with pytest.raises(CallbackRefused, match="not enabled"):
+        CallbackPolicy.from_setting("").entry_for("https://hooks.example.com/")
+
+
+def test_a_wildcard_host_must_resolve_to_public_addresses(monkeypatch):
+    assert target("https://a.partner.test/h", ["93.184.215.14"], monkeypatch).address \
+        == "93.184.215.14"
+    for inside in ("10.1.2.3", "127.0.0.1", "169.254.169.254", "::1", "::ffff:10.0.0.1",
+                   "fd00::1", "100.64.0.1"):
+        with pytest.raises(CallbackRefused, match="non-public"):
+            target("https://a.partner.test/h", ["93.184.215.14", inside], monkeypatch)
+
+
+def test_a_host_named_exactly_may_be_internal_and_plain_http(monkeypatch):
+    checked = target("http://127.0.0.1:9000/hook?x=1", ["127.0.0.1"], monkeypatch)
+    assert checked.connect_url == "http://127.0.0.1:9000/hook?x=1"
+    assert checked.host_header == "127.0.0.1:9000"
+
+
+def test_the_delivery_connects_to_the_checked_address_with_the_original_host(monkeypatch):
+    checked = target("https://hooks.example.com/h", ["2606:2800::1"], monkeypatch)
+    assert checked.connect_url == "https://[2606:2800::1]:443/h"
+    assert checked.host_header == "hooks.example.com"
+
+
+def test_public_addresses():
+    assert is_public("8.8.8.8") and is_public("2001:4860:4860::8888")
+    assert not any(is_public(a) for a in ("192.168.1.1", "0.0.0.0", "224.0.0.1", "fe80::1"))
+
+
+def test_retries_back_off_exponentially_with_bounded_jitter():
+    low = [retry_delay(n, 2.0, 60.0, 0.0) for n in range(1, 8)]
+    high = [retry_delay(n, 2.0, 60.0, 0.999999) for n in range(1, 8)]
+    assert low == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert [round(h) for h in high] == [2, 4, 8, 16, 32, 60, 60]
+
+
+def test_signatures_verify_with_the_standard_webhooks_library():
+    key = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = b'{"type":"order.status_changed"}'
+    headers = signed_headers(key, uuid4(), body, datetime.now(UTC))
+    assert headers["webhook-signature"].startswith("v1,")
+    assert Webhook(key).verify(body, headers) == {"type": "order.status_changed"}

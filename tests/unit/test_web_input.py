@@ -1,0 +1,195 @@
+"""The shared input rules (sagakit.web): visible text only, strict JSON bodies, JSON media types.
+
+Each runs against a small app made by the same ``create_app`` every service uses, through an
+in-process ASGI transport: no server, milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI, Form
+from pydantic import BaseModel, ConfigDict, Field
+
+from sagakit.web import VISIBLE_TEXT, Email, JsonRoute, Text, create_app, parse_json, visible
+
+
+@asynccontextmanager
+async def _no_lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    yield
+
+
+class Person(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Text = Field(min_length=1, max_length=50)
+    email: Email
+    score: float = 0.0
+
+
+def _app() -> FastAPI:
+    app = create_app("probe", title="probe", description="probe", lifespan=_no_lifespan,
+                     readiness=lambda _app: {})
+    router = APIRouter(prefix="/api", route_class=JsonRoute)
+
+    @router.post("/people")
+    async def add(person: Person) -> Person:
+        return person
+
+    @router.post("/login")
+    async def login(username: str = Form()) -> dict[str, str]:
+        return {"username": username}
+
+    app.include_router(router)
+
+    @app.post("/direct")  # a route on the app itself: create_app makes it a JsonRoute too
+    async def direct(person: Person) -> Person:
+        return person
+
+    return app
+
+
+APP = _app()
+
+
+async def _post(path: str, content: bytes | str, content_type: str | None = "application/json",
+                ) -> httpx.Response:
+    transport = httpx.ASGITransport(app=APP, raise_app_exceptions=False)
+    headers = {"content-type": content_type} if content_type else {}
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        return await client.post(path, content=content, headers=headers)
+
+
+def _fields(response: httpx.Response) -> list[str]:
+    return [e["field"] for e in response.json().get("errors", [])]
+
+
+GOOD = '{"name": "Ana Souza", "email": "ana@example.com"}'
+
+
+async def test_a_good_body_passes() -> None:
+    response = await _post("/api/people", GOOD)
+    assert response.status_code == 200, response.text
+    assert response.json()["name"] == "Ana Souza"
+
+
+# --- Visible text --------------------------------------------------------------------------------
+
+INVISIBLE = {
+    "NUL": "\u0000", "CR": "\r", "LF": "\n", "TAB": "\t", "DEL": "\u007f", "C1 NEL": "\u0085",
+    "soft hyphen": "\u00ad", "right-to-left override": "\u202e", "left-to-right mark": "\u200e",
+    "right-to-left isolate": "\u2067", "arabic letter mark": "\u061c",
+    "zero-width space": "\u200b", "zero-width joiner": "\u200d", "word joiner": "\u2060",
+    "byte order mark": "\ufeff", "line separator": "\u2028", "paragraph separator": "\u2029",
+    "tag character": "\U000e0041",
+}
+
+
+@pytest.mark.parametrize("char", INVISIBLE.values(), ids=INVISIBLE.keys())
+async def test_control_and_format_characters_in_a_name_are_422_naming_the_field(char: str) -> None:
+    # ensure_ascii: each as a \u escape (a pair of them beyond the BMP), as a client sends it.
+    body = json.dumps({"name": f"Ana{char}Souza", "email": "ana@example.com"}, ensure_ascii=True)
+    response = await _post("/api/people", body)
+    assert response.status_code == 422, response.text
+    assert _fields(response) == ["name"]
+    assert f"U+{ord(char):04X}" in response.json()["errors"][0]["message"]
+
+
+async def test_a_lone_surrogate_is_refused() -> None:
+    response = await _post("/api/people", GOOD.replace("Ana Souza", "Ana\\ud800"))
+    assert response.status_code == 422, response.text
+    assert _fields(response) == ["name"]
+
+
+async def test_an_invisible_character_in_an_email_is_refused_too() -> None:
+    response = await _post("/api/people", GOOD.replace("ana@", "ana\\u200b@"))
+    assert response.status_code == 422 and _fields(response) == ["email"]
+
+
+@pytest.mark.parametrize("name", ["Ana Souza", "José Ñúñez", "Zoë O'Brien-Łukasz", "山田太郎",
+                                  "محمد", "Ἀλέξανδρος", "Ana 😀"])
+def test_letters_of_every_script_are_visible(name: str) -> None:
+    assert visible(name) == name
+    assert re.fullmatch(VISIBLE_TEXT, name)
+
+
+def test_the_documented_pattern_refuses_what_the_validator_refuses_in_the_bmp() -> None:
+    pattern = re.compile(VISIBLE_TEXT)
+    for char in INVISIBLE.values():
+        if ord(char) <= 0xFFFF:
+            assert not pattern.fullmatch(f"a{char}b"), f"U+{ord(char):04X}"
+            with pytest.raises(ValueError):
+                visible(f"a{char}b")
+
+
+def test_the_openapi_document_carries_the_pattern() -> None:
+    schema = APP.openapi()["components"]["schemas"]["Person-Input"]["properties"]
+    assert schema["name"]["pattern"] == VISIBLE_TEXT
+    assert schema["name"]["maxLength"] == 50
+
+
+# --- Strict JSON -----------------------------------------------------------------------------
+
+
+async def test_a_duplicate_key_is_400_naming_the_key() -> None:
+    response = await _post("/api/people", '{"name": "Ana", "name": "Eve", '
+                                          '"email": "ana@example.com"}')
+    assert response.status_code == 400, response.text
+    assert _fields(response) == ["name"]
+    assert response.json()["title"] == "Duplicate key"
+
+
+async def test_a_duplicate_key_in_a_nested_object_is_400_too() -> None:
+    with pytest.raises(Exception, match="'sku'"):
+        parse_json(b'{"items": [{"sku": "a", "sku": "b"}]}')
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+async def test_nan_and_infinity_are_not_json_numbers(constant: str) -> None:
+    response = await _post("/api/people", GOOD[:-1] + f', "score": {constant}}}')
+    assert response.status_code == 400, response.text
+    assert _fields(response) == ["body"]
+    assert constant.lstrip("-") in response.json()["detail"]
+
+
+async def test_malformed_json_stays_a_400_naming_the_body() -> None:
+    response = await _post("/api/people", '{"name": ')
+    assert response.status_code == 400 and _fields(response) == ["body"]
+
+
+# --- Media types -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/xml",
+                                          None])
+async def test_a_json_endpoint_refuses_other_media_types_with_415(content_type: str | None,
+                                                                   ) -> None:
+    for path in ("/api/people", "/direct"):
+        response = await _post(path, GOOD, content_type)
+        assert response.status_code == 415, (path, response.text)
+        assert _fields(response) == ["Content-Type"]
+        assert response.headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "application/merge-patch+json"])
+async def test_json_media_types_are_accepted(content_type: str) -> None:
+    assert (await _post("/api/people", GOOD, content_type)).status_code == 200
+
+
+async def test_a_form_endpoint_stays_a_form_endpoint() -> None:
+    response = await _post("/api/login", "username=ana", "application/x-www-form-urlencoded")
+    assert response.status_code == 200 and response.json() == {"username": "ana"}
+
+
+async def test_no_redirect_is_built_from_the_host_header() -> None:
+    transport = httpx.ASGITransport(app=APP, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://evil.example") as client:
+        response = await client.get("/health/live/")
+    assert response.status_code == 404
+    assert "location" not in response.headers
