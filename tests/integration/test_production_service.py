@@ -26,11 +26,24 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from production.domain import Step, TicketStatus, next_status, releases_stock
+from production.domain import (
+    CancelAnswer,
+    Step,
+    TicketStatus,
+    answer_cancel_request,
+    next_status,
+    releases_stock,
+)
 from production.store import KitchenEntry, ProductionStore
 from sagakit import telemetry
 from sagakit.envelope import OutgoingEvent
-from sagakit.events import OrderCancelled, OrderLine, OrderReceived
+from sagakit.events import (
+    OrderCancelled,
+    OrderLine,
+    OrderReceived,
+    ProductionCancelled,
+    ProductionCancelRefused,
+)
 from tests.conftest import Infra
 from tests.integration.conftest import Announced, EventTap, Publish, ServiceProcess, until
 
@@ -620,6 +633,54 @@ async def test_the_scripts_follow_the_transition_table(
         if added:
             await redis.xdel("outbox", *(entry_id for entry_id, _ in added))
         await redis.xdel("kitchen", kitchen_entry)
+        await redis.hdel("stock", sku)
+        await redis.delete(*keys)
+        for state in TicketStatus:
+            await redis.zrem(f"tickets:{state}", str(ticket_id))
+
+
+@pytest.mark.parametrize("status", [None, *TicketStatus])
+async def test_a_cancel_request_is_answered_as_the_kitchens_rule_says(
+    redis: Redis, status: TicketStatus | None
+) -> None:
+    """request_cancel.lua, for a ticket in each state (or none yet), does what
+    domain.answer_cancel_request says: the same answer, the matching event in the outbox, stock
+    back only for a released ticket, the ticket cancelled only when the answer grants it."""
+    store = ProductionStore(redis, inbox_ttl_seconds=60)
+    order_id, ticket_id, sku = uuid4(), uuid4(), f"test-sku-{uuid4()}"
+    keys = [f"ticket:{ticket_id}", f"order-ticket:{order_id}", f"cancelled:{order_id}"]
+    await redis.hset("stock", sku, 7)
+    if status is not None:
+        await _seed_ticket(redis, ticket_id, order_id, status, sku, 3)
+    last = await redis.xrevrange("outbox", count=1)
+    accepted = OutgoingEvent.build(ProductionCancelled(order_id=order_id, ticket_id=ticket_id),
+                                   source="test", subject=str(order_id))
+    refused = OutgoingEvent.build(ProductionCancelRefused(
+        order_id=order_id, ticket_id=ticket_id, reason="started"), source="test",
+        subject=str(order_id))
+    try:
+        outcome = await store.request_cancel(event_id=uuid4(), order_id=order_id,
+                                             at=datetime.now(UTC), accepted=accepted,
+                                             refused=refused)
+        expected = answer_cancel_request(status)
+        assert CancelAnswer(outcome) is expected
+        added: Any = await redis.xrange("outbox", min=f"({last[0][0]!s}" if last else "-")
+        announced = [fields["id"] for _, fields in added if fields["subject"] == str(order_id)]
+        granted = expected is not CancelAnswer.REFUSED
+        assert announced == [str((accepted if granted else refused).id)]
+        given_back = expected is CancelAnswer.RELEASED
+        assert await redis.hget("stock", sku) == ("10" if given_back else "7")
+        if status is not None:
+            after = TicketStatus(str(await redis.hget(keys[0], "status")))
+            assert after is (TicketStatus.CANCELLED if granted else status)
+        # a granted request leaves the tombstone a late order.received must find
+        assert bool(await redis.exists(keys[2])) == (
+            expected in (CancelAnswer.NO_TICKET, CancelAnswer.RELEASED))
+    finally:
+        added = await redis.xrange("outbox", min=f"({last[0][0]!s}" if last else "-")
+        mine = [entry_id for entry_id, fields in added if fields["subject"] == str(order_id)]
+        if mine:
+            await redis.xdel("outbox", *mine)
         await redis.hdel("stock", sku)
         await redis.delete(*keys)
         for state in TicketStatus:

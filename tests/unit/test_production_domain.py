@@ -114,3 +114,13 @@ def test_default_stock_covers_the_order_services_menu() -> None:
         "burger-classic", "burger-veggie", "pizza-margherita", "salad-caesar", "fries",
         "lemonade", "brownie",
     }
+
+
+def test_a_customers_cancel_is_granted_only_before_a_cook_touches_the_ticket():
+    from production.domain import CancelAnswer, answer_cancel_request
+
+    assert answer_cancel_request(None) is CancelAnswer.NO_TICKET
+    assert answer_cancel_request(TicketStatus.QUEUED) is CancelAnswer.RELEASED
+    assert answer_cancel_request(TicketStatus.CANCELLED) is CancelAnswer.ALREADY_CANCELLED
+    assert answer_cancel_request(TicketStatus.IN_PROGRESS) is CancelAnswer.REFUSED
+    assert answer_cancel_request(TicketStatus.DONE) is CancelAnswer.REFUSED

@@ -1,9 +1,14 @@
 """The order and its saga state machine: pure rules, no I/O.
 
-The transition table below *is* the saga as the order service sees it. Each event the order
-reacts to is a trigger; a trigger either moves the order (and says which events to announce),
-arrives too early (its precondition is not met yet: retry it later), or is stale (the order has
-moved past it: acknowledge and ignore).
+The transition table below *is* the saga as the order service sees it: every step, and every
+event a step causes. Each event the order reacts to is a trigger; a trigger either moves the
+order (and the table says which events to announce), arrives too early (its precondition is not
+met yet: retry it later), or is stale (the order has moved past it: acknowledge and ignore).
+
+:func:`decide` turns an order and a trigger into a :class:`Decision` (the verdict, the status
+after, the events to announce); :func:`decide_cancel` does the same for a customer's cancel.
+The service layer (order.service) only loads the order, asks, and saves what was decided, in one
+transaction with the outbox.
 """
 
 from __future__ import annotations
@@ -16,6 +21,14 @@ from enum import StrEnum
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from sagakit.events import (
+    Event,
+    OrderCancellationRequested,
+    OrderCancelled,
+    OrderLine,
+    OrderReceived,
+)
 
 
 class Status(StrEnum):
@@ -42,20 +55,34 @@ class Trigger(StrEnum):
     PAYMENT_VOIDED = "payment voided"
 
 
-S, T = Status, Trigger
-TRANSITIONS: Mapping[tuple[Status, Trigger], Status] = {
-    (S.PENDING_PAYMENT, T.PAYMENT_APPROVED): S.PAID,
-    (S.PENDING_PAYMENT, T.PAYMENT_DECLINED): S.CANCELLED,
-    (S.PENDING_PAYMENT, T.CUSTOMER_CANCELLED): S.CANCELLING,
-    (S.PAID, T.PRODUCTION_QUEUED): S.RECEIVED,
-    (S.PAID, T.PRODUCTION_FAILED): S.CANCELLING,
-    (S.PAID, T.PRODUCTION_CANCELLED): S.CANCELLING,
-    (S.RECEIVED, T.PRODUCTION_STARTED): S.IN_PRODUCTION,
-    (S.RECEIVED, T.PRODUCTION_FAILED): S.CANCELLING,
-    (S.RECEIVED, T.PRODUCTION_CANCELLED): S.CANCELLING,
-    (S.IN_PRODUCTION, T.PRODUCTION_FINISHED): S.FINISHED,
-    (S.CANCELLING, T.PAYMENT_REFUNDED): S.REFUNDED,
-    (S.CANCELLING, T.PAYMENT_VOIDED): S.CANCELLED,
+class Emit(StrEnum):
+    """What a step announces (the events themselves are built by :func:`decide`)."""
+
+    TICKET = "order.received"  # the kitchen gets the order's ticket
+    COMPENSATE_FOR_CUSTOMER = "order.cancelled, requested by the customer"  # refund or void
+    COMPENSATE_FOR_KITCHEN = "order.cancelled, requested by production"  # refund or void
+
+
+@dataclass(frozen=True)
+class Step:
+    to: Status
+    emits: tuple[Emit, ...] = ()
+
+
+S, T, E = Status, Trigger, Emit
+TRANSITIONS: Mapping[tuple[Status, Trigger], Step] = {
+    (S.PENDING_PAYMENT, T.PAYMENT_APPROVED): Step(S.PAID, (E.TICKET,)),
+    (S.PENDING_PAYMENT, T.PAYMENT_DECLINED): Step(S.CANCELLED),  # nothing was charged
+    (S.PENDING_PAYMENT, T.CUSTOMER_CANCELLED): Step(S.CANCELLING, (E.COMPENSATE_FOR_CUSTOMER,)),
+    (S.PAID, T.PRODUCTION_QUEUED): Step(S.RECEIVED),
+    (S.PAID, T.PRODUCTION_FAILED): Step(S.CANCELLING, (E.COMPENSATE_FOR_KITCHEN,)),
+    (S.PAID, T.PRODUCTION_CANCELLED): Step(S.CANCELLING, (E.COMPENSATE_FOR_CUSTOMER,)),
+    (S.RECEIVED, T.PRODUCTION_STARTED): Step(S.IN_PRODUCTION),
+    (S.RECEIVED, T.PRODUCTION_FAILED): Step(S.CANCELLING, (E.COMPENSATE_FOR_KITCHEN,)),
+    (S.RECEIVED, T.PRODUCTION_CANCELLED): Step(S.CANCELLING, (E.COMPENSATE_FOR_CUSTOMER,)),
+    (S.IN_PRODUCTION, T.PRODUCTION_FINISHED): Step(S.FINISHED),
+    (S.CANCELLING, T.PAYMENT_REFUNDED): Step(S.REFUNDED),
+    (S.CANCELLING, T.PAYMENT_VOIDED): Step(S.CANCELLED),
 }
 TERMINAL = frozenset({S.FINISHED, S.CANCELLED, S.REFUNDED})
 # Orders waiting on a machine step (the payment, the kitchen's intake), not on a cook: what
@@ -90,7 +117,7 @@ class IllegalTransition(Exception):
 
 def next_status(status: Status, trigger: Trigger) -> Status:
     try:
-        return TRANSITIONS[(status, trigger)]
+        return TRANSITIONS[(status, trigger)].to
     except KeyError:
         raise IllegalTransition(status, trigger) from None
 
@@ -113,6 +140,73 @@ def cancel_route(status: Status, *, already_requested: bool = False) -> CancelRo
 
 def can_customer_cancel(status: Status) -> bool:
     return cancel_route(status) is not CancelRoute.REFUSE
+
+
+CUSTOMER_REASON = "cancelled by the customer"
+# The reason a step records (timeline, order.cancelled) when its event brings none of its own.
+REASONS: Mapping[Trigger, str] = {
+    T.CUSTOMER_CANCELLED: CUSTOMER_REASON,
+    T.PRODUCTION_CANCELLED: CUSTOMER_REASON,  # the kitchen dropped it on the customer's request
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a trigger does to an order: the verdict, the status after, the events to announce
+    and the reason recorded with the step.
+
+    Only an ``APPLY`` decision changes anything; its events are written to the outbox in the
+    same transaction as the status (order.store.transition).
+    """
+
+    verdict: Verdict
+    status: Status
+    events: tuple[Event, ...] = ()
+    reason: str | None = None
+
+
+def decide(order: OrderRef, trigger: Trigger, reason: str | None = None) -> Decision:
+    """The saga's rule for one event: judge it against the order, and if it applies, the next
+    status and the events the table says the step announces."""
+    verdict = judge(order.status, trigger)
+    if verdict is not Verdict.APPLY:
+        return Decision(verdict, order.status)
+    step = TRANSITIONS[(order.status, trigger)]
+    reason = reason or REASONS.get(trigger)
+    return Decision(verdict, step.to,
+                    tuple(_announce(emit, order, trigger, reason) for emit in step.emits), reason)
+
+
+def _announce(emit: Emit, order: OrderRef, trigger: Trigger, reason: str | None) -> Event:
+    if emit is Emit.TICKET:
+        return OrderReceived(order_id=order.id, lines=order_lines(order.lines))
+    return OrderCancelled(
+        order_id=order.id, reason=reason or str(trigger),
+        requested_by="customer" if emit is Emit.COMPENSATE_FOR_CUSTOMER else "production",
+    )
+
+
+@dataclass(frozen=True)
+class CancelDecision:
+    """A customer's cancel: its route, the order's status after, the events to announce."""
+
+    route: CancelRoute
+    status: Status
+    events: tuple[Event, ...] = ()
+
+
+def decide_cancel(order: OrderRef) -> CancelDecision:
+    """Before payment the cancel takes effect at once (and compensation is asked for); once
+    paid, the kitchen is asked first (order.cancellation_requested) and the order stays as it
+    is until it answers; a second request, or a later status, is refused."""
+    route = cancel_route(order.status, already_requested=order.cancel_requested)
+    if route is CancelRoute.NOW:
+        now = decide(order, Trigger.CUSTOMER_CANCELLED)
+        return CancelDecision(route, now.status, now.events)
+    if route is CancelRoute.ASK_KITCHEN:
+        return CancelDecision(route, order.status, (
+            OrderCancellationRequested(order_id=order.id, reason=CUSTOMER_REASON),))
+    return CancelDecision(route, order.status)
 
 
 # --- pricing: the menu sets prices, never the client ---------------------------------------
@@ -138,6 +232,12 @@ class Line:
     @property
     def total(self) -> Decimal:
         return self.unit_price * self.quantity
+
+
+def order_lines(lines: Iterable[Line]) -> tuple[OrderLine, ...]:
+    """An order's lines as the event contract carries them."""
+    return tuple(OrderLine(sku=x.sku, name=x.name, quantity=x.quantity, unit_price=x.unit_price)
+                 for x in lines)
 
 
 @dataclass(frozen=True)

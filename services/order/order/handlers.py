@@ -108,7 +108,7 @@ def register(messaging: Messaging, pool: Callable[[], asyncpg.Pool]) -> None:
     async def on_production_cancelled(event: ProductionCancelled) -> None:
         """The kitchen dropped the ticket the customer asked to cancel: now compensate."""
         await service.advance(pool(), event.order_id, Trigger.PRODUCTION_CANCELLED,
-                              event_meta(), service.CUSTOMER_REASON)
+                              event_meta())
 
     @kitchen(filter=of_type(E.PRODUCTION_CANCEL_REFUSED))
     async def on_cancel_refused(event: ProductionCancelRefused) -> None:

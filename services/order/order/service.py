@@ -2,8 +2,9 @@
 
 Each change is one atomic write in which the order changes, its timeline grows and the events
 it causes are written to the outbox; nothing is published directly. A saga step reads the order,
-lets order.domain decide, and writes the decision only if the order is still as it was read
-(optimistic concurrency, see order.store.transition); otherwise it reads and decides again.
+lets order.domain decide (the next status and the events to announce), and writes the decision
+only if the order is still as it was read (optimistic concurrency, see order.store.transition);
+otherwise it reads and decides again. Nothing here chooses a status or an event.
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ import orjson
 
 from order import metrics, store, webhooks
 from order.domain import (
+    CUSTOMER_REASON,
     TERMINAL,
     CancelRoute,
-    OrderRef,
     Product,
     Status,
     Trigger,
     Verdict,
-    cancel_route,
-    judge,
-    next_status,
+    decide,
+    decide_cancel,
+    order_lines,
     price,
 )
 from sagakit import logs, telemetry
@@ -41,16 +42,15 @@ from sagakit.events import (
     OrderCancellationRequested,
     OrderCancelled,
     OrderCreated,
-    OrderLine,
+    OrderReceived,
 )
-from sagakit.events import OrderReceived as OrderReceivedEvent
 from sagakit.ordering import InArrivalOrder
 from sagakit.postgres import first_delivery
 
 log = logging.getLogger("order.service")
 SOURCE = "saga-shop/order"
 # The events this service publishes (its AsyncAPI document lists them; see sagakit.runtime).
-PUBLISHES = (OrderCreated, OrderReceivedEvent, OrderCancellationRequested, OrderCancelled)
+PUBLISHES = (OrderCreated, OrderReceived, OrderCancellationRequested, OrderCancelled)
 
 
 class OrderNotFound(Exception):
@@ -77,9 +77,9 @@ def _event(event: Event, order_id: UUID) -> OutgoingEvent:
     return OutgoingEvent.build(event, source=SOURCE, subject=str(order_id))
 
 
-def _lines(order: OrderRef) -> tuple[OrderLine, ...]:
-    return tuple(OrderLine(sku=x.sku, name=x.name, quantity=x.quantity, unit_price=x.unit_price)
-                 for x in order.lines)
+def _outgoing(events: tuple[Event, ...], order_id: UUID) -> list[OutgoingEvent]:
+    """What the domain decided to announce, as envelopes for the outbox."""
+    return [_event(event, order_id) for event in events]
 
 
 async def ensure_token_known(pool: asyncpg.Pool, token: str, wait_seconds: float) -> None:
@@ -140,8 +140,7 @@ async def place_order(
     logs.order_id_var.set(str(order_id))
     created = _event(OrderCreated(
         order_id=order_id, amount=priced.total, currency=currency, payment_token=payment_token,
-        owner=owner, lines=tuple(OrderLine(sku=x.sku, name=x.name, quantity=x.quantity,
-                              unit_price=x.unit_price) for x in priced.lines),
+        owner=owner, lines=order_lines(priced.lines),
     ), order_id)
     new_order = functools.partial(
         store.insert_order, order_id=order_id, name=name, email=email,
@@ -185,23 +184,6 @@ def _replay(existing: asyncpg.Record, fingerprint: str) -> UUID:
     return order_id
 
 
-def _announcements(order: OrderRef, new: Status, trigger: Trigger,
-                   reason: str | None) -> list[OutgoingEvent]:
-    """The events a step announces: paid goes to the kitchen, cancelling asks for a refund."""
-    if new is Status.PAID:
-        return [_event(OrderReceivedEvent(order_id=order.id, lines=_lines(order)), order.id)]
-    if new is Status.CANCELLING:
-        by_customer = trigger in (Trigger.CUSTOMER_CANCELLED, Trigger.PRODUCTION_CANCELLED)
-        return [_event(OrderCancelled(
-            order_id=order.id, reason=reason or str(trigger),
-            requested_by="customer" if by_customer else "production",
-        ), order.id)]
-    return []
-
-
-CUSTOMER_REASON = "cancelled by the customer"
-
-
 async def cancel_order(pool: asyncpg.Pool, order_id: UUID) -> Status:
     """The customer's cancel. Before payment it takes effect at once; once paid, the kitchen is
     asked first and compensation (the refund) follows only if it drops the ticket. Returns the
@@ -212,26 +194,20 @@ async def cancel_order(pool: asyncpg.Pool, order_id: UUID) -> Status:
             order, _ = await store.read(conn, order_id)
             if order is None:
                 raise OrderNotFound(order_id)
-            route = cancel_route(order.status, already_requested=order.cancel_requested)
-            if route is CancelRoute.NOW:
-                trigger = Trigger.CUSTOMER_CANCELLED
-                new = next_status(order.status, trigger)
-                if await store.transition(
-                    conn, order, new, reason=CUSTOMER_REASON, event=None,
-                    trace_id=telemetry.trace_id(),
-                    announce=_announcements(order, new, trigger, CUSTOMER_REASON),
-                ):
-                    log.info("order %s -> %s (%s)", order.status, new, trigger)
-                    return new
-            elif route is CancelRoute.ASK_KITCHEN:
-                if await store.mark_cancel_requested(conn, order, [_event(
-                    OrderCancellationRequested(order_id=order.id, reason=CUSTOMER_REASON),
-                    order.id,
-                )]):
-                    log.info("cancellation requested from the kitchen")
-                    return order.status
-            else:
+            decision = decide_cancel(order)
+            if decision.route is CancelRoute.REFUSE:
                 raise CannotCancel(order.status, already_requested=order.cancel_requested)
+            announce = _outgoing(decision.events, order.id)
+            if decision.route is CancelRoute.NOW:
+                if await store.transition(conn, order, decision.status, reason=CUSTOMER_REASON,
+                                          event=None, trace_id=telemetry.trace_id(),
+                                          announce=announce):
+                    log.info("order %s -> %s (%s)", order.status, decision.status,
+                             Trigger.CUSTOMER_CANCELLED)
+                    return decision.status
+            elif await store.mark_cancel_requested(conn, order, announce):
+                log.info("cancellation requested from the kitchen")
+                return decision.status
 
 
 async def note_cancel_refused(pool: asyncpg.Pool, order_id: UUID, reason: str,
@@ -278,18 +254,17 @@ async def _advance_once(
             if seen:
                 log.info("duplicate %s ignored", meta.type)
                 return
-            verdict = judge(order.status, trigger)
-            if verdict is Verdict.EARLY:
+            decision = decide(order, trigger, reason)
+            if decision.verdict is Verdict.EARLY:
                 raise RetryLater(f"'{trigger}' arrived while the order is {order.status}")
-            if verdict is Verdict.STALE:
+            if decision.verdict is Verdict.STALE:
                 log.info("'%s' ignored: the order is already %s", trigger, order.status)
                 return
-            new = next_status(order.status, trigger)
             if await store.transition(
-                conn, order, new, reason=reason, event=meta, trace_id=telemetry.trace_id(),
-                announce=_announcements(order, new, trigger, reason),
+                conn, order, decision.status, reason=decision.reason, event=meta,
+                trace_id=telemetry.trace_id(), announce=_outgoing(decision.events, order.id),
             ):
                 break
-    log.info("order %s -> %s (%s)", order.status, new, trigger)
-    if new in TERMINAL:  # committed: this order's saga is over
-        metrics.saga_ended(new, order.accepted_at)
+    log.info("order %s -> %s (%s)", order.status, decision.status, trigger)
+    if decision.status in TERMINAL:  # committed: this order's saga is over
+        metrics.saga_ended(decision.status, order.accepted_at)

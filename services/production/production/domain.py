@@ -49,6 +49,29 @@ def releases_stock(status: TicketStatus) -> bool:
     return status is S.QUEUED
 
 
+class CancelAnswer(StrEnum):
+    """The kitchen's answer when the customer asks to cancel a paid order
+    (order.cancellation_requested; request_cancel.lua applies it atomically with the kitchen's
+    own steps). Every answer but ``REFUSED`` is announced as production.cancelled."""
+
+    NO_TICKET = "no_ticket"  # not arrived yet: a tombstone keeps a late order.received out
+    RELEASED = "released"  # queued, no cook has it: dropped, its stock given back
+    ALREADY_CANCELLED = "already_cancelled"
+    REFUSED = "refused"  # a cook has it, or it is done: the order goes on to finished
+
+
+def answer_cancel_request(status: TicketStatus | None) -> CancelAnswer:
+    """A customer's cancel is granted only while no cook has touched the ticket (``status`` is
+    None when the order has no ticket yet): refunding food being made would give it away."""
+    if status is None:
+        return CancelAnswer.NO_TICKET
+    if status is S.CANCELLED:
+        return CancelAnswer.ALREADY_CANCELLED
+    if releases_stock(status) and next_status(status, Step.CANCEL) is S.CANCELLED:
+        return CancelAnswer.RELEASED
+    return CancelAnswer.REFUSED
+
+
 @dataclass(frozen=True)
 class TicketLine:
     sku: str

@@ -1,7 +1,8 @@
 -- The customer asks to cancel a paid order: the kitchen decides, atomically with its own steps
 -- (start.lua takes only a queued ticket). A ticket no cook has started is dropped and gives its
 -- stock back; no ticket yet leaves a tombstone so a late order.received queues nothing; a ticket
--- in progress or done is not cancelled. Either way the answer goes to the outbox.
+-- in progress or done is not cancelled. Either way the answer goes to the outbox. The rule is
+-- production.domain.answer_cancel_request; a test holds this script to it.
 --
 -- KEYS: 1 inbox:<event id>  2 cancelled:<order id>  3 order-ticket:<order id>  4 stock
 --       5 tickets:queued  6 tickets:cancelled  7 outbox
