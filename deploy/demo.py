@@ -133,7 +133,7 @@ def run(scenario: Scenario, number: int, customer: Api) -> bool:
         if scenario.on_status is not None:
             scenario.on_status(order_id, final)
     order = customer.call("GET", f"/api/v1/orders/{order_id}")
-    ok = final == order["status"] == scenario.status
+    ok: bool = final == order["status"] == scenario.status
     why = f": {order['cancellation_reason']}" if order.get("cancellation_reason") else ""
     print(f"    outcome {scenario.outcome}: {order['status']}{why}"
           + ("" if ok else f"  (EXPECTED {scenario.status})"))

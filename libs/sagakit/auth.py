@@ -169,7 +169,7 @@ def _keys(request: Request) -> KeySet:
     keys = getattr(request.app.state, "auth_keys", None)
     if keys is None:
         keys = request.app.state.auth_keys = KeySet.from_env()
-    return keys  # type: ignore[no-any-return]
+    return keys
 
 
 async def principal(request: Request,

@@ -88,7 +88,8 @@ def setup(service: str) -> None:
     disabled = {name.strip() for name in
                 os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
     if "asyncpg" not in disabled:
-        AsyncPGInstrumentor().instrument()
+        # The asyncpg instrumentation's __init__ is unannotated (opentelemetry-python-contrib).
+        AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
     if "redis" not in disabled:
         RedisInstrumentor().instrument()
 
