@@ -16,7 +16,8 @@ from bench.__main__ import arguments, run
 from bench.report import write
 from deploy.native import amqp_vhost
 from tests.conftest import Infra
-from tests.e2e.conftest import RUN_DIR, Stack
+from tests.e2e.conftest import RUN_DIR
+from tests.stacks import Stack
 
 pytestmark = pytest.mark.e2e
 
