@@ -53,7 +53,7 @@ _log_handler: logging.Handler | None = None
 
 def setup(service: str) -> None:
     """Trace this process as ``service`` (``OTEL_SERVICE_NAME`` wins) and export when asked."""
-    global _log_handler
+    global _log_handler  # noqa: PLW0603  # one handler per process, as the providers
     if _providers:
         return  # once per process: OpenTelemetry's global providers cannot be replaced
     if os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") != "http/protobuf":
@@ -96,7 +96,7 @@ def setup(service: str) -> None:
 
 def shutdown() -> None:
     """Flush what is still buffered and stop exporting (the end of the service's lifespan)."""
-    global _log_handler
+    global _log_handler  # noqa: PLW0603  # one handler per process, as the providers
     if _log_handler is not None:
         logging.getLogger().removeHandler(_log_handler)
         _log_handler = None

@@ -114,7 +114,7 @@ KNOBS = {
 def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     if stack_mode(request.config) == "compose":
         compose = ComposeStack("saga-e2e", COMPOSE_PORT_BASE, KNOBS,
-                               {s: REPLICAS for s in native.SERVICES})
+                               dict.fromkeys(native.SERVICES, REPLICAS))
         compose.start()
         try:
             yield compose

@@ -15,9 +15,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from identity import handlers as identity_handlers
 from redis.asyncio import Redis
 
+from identity import handlers as identity_handlers
 from order import handlers as order_handlers
 from payment import handlers as payment_handlers
 from production import handlers as production_handlers
@@ -96,7 +96,7 @@ def _redis_text(url: str) -> str:
                     "string": redis.get, "hash": redis.hgetall,
                     "list": lambda k: redis.lrange(k, 0, -1), "set": redis.smembers,
                     "zset": lambda k: redis.zrange(k, 0, -1),
-                    "stream": lambda k: redis.xrange(k)}
+                    "stream": redis.xrange}
                 read = readers[kind]
                 parts.append(f"{key} {await read(key)}")
         finally:

@@ -106,7 +106,7 @@ def test_a_paused_relay_holds_new_orders_until_resumed(client):
     assert wait_for(client, order_id, TERMINAL)["status"] == "finished"
 
 
-@pytest.mark.parametrize("path,body,field", [
+@pytest.mark.parametrize(("path", "body", "field"), [
     ("/api/v1/payments/faults", {"decline_rate": 1.5}, "decline_rate"),
     ("/api/v1/payments/faults", {"decline_rate": -0.1}, "decline_rate"),
     ("/api/v1/payments/faults", {"latency_ms": -1}, "latency_ms"),

@@ -10,15 +10,15 @@ from typing import Any
 
 import jwt
 import pytest
+
 from identity import keys
 from identity.tokens import Signer, check_password, hash_password
-
 from sagakit import auth
 from sagakit.web import ApiError
 
 
 def _key_set(directory: Path) -> auth.KeySet:
-    return auth.KeySet(lambda: (directory / keys.PUBLIC).read_text())
+    return auth.KeySet((directory / keys.PUBLIC).read_text)
 
 
 def test_a_token_the_identity_signs_is_verified_with_the_public_set(tmp_path):
@@ -110,5 +110,5 @@ def test_allow_declares_the_openapi_security_and_refuses_unknown_scopes():
     assert auth.allow() == {"openapi_extra": {"security": []}}
     declared = auth.allow("orders", "ops")
     assert declared["openapi_extra"]["security"] == [{"OAuth2": ["orders"]}, {"OAuth2": ["ops"]}]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown scopes"):
         auth.allow("admin")
