@@ -12,9 +12,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SAGA_MODE ?= auto
 PYTEST_ARGS ?=
-# Where mypy looks: the shared library, each service package and the runner.
+# Where mypy looks (strict: [tool.mypy] in pyproject.toml): the shared library, each service
+# package, the runner, the benchmark and the tests.
 MYPY_PATHS ?= libs/sagakit services/order/order services/payment/payment \
-              services/production/production deploy bench
+              services/production/production services/identity/identity deploy bench tests
 
 # Prints "compose" or "native"; a client without an engine (or without compose) means native.
 MODE := $(shell if [ "$(SAGA_MODE)" != auto ]; then echo "$(SAGA_MODE)"; \

@@ -27,7 +27,7 @@ def _stat(pid: int) -> tuple[str, int, float] | None:
 
 
 def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
 
 def machine_busy_seconds() -> tuple[float, float]:

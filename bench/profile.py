@@ -70,8 +70,12 @@ def top_functions(path: Path, count: int = 15) -> dict[str, Any]:
         own[frames[-1]] += n
         for frame in set(frames):
             total[frame] += n
-    share = (lambda c: {k: round(100 * v / samples, 1) for k, v in c.most_common(count)}
-             ) if samples else (lambda c: {})
+
+    def share(counts: Counter[str]) -> dict[str, float]:
+        if not samples:
+            return {}
+        return {k: round(100 * v / samples, 1) for k, v in counts.most_common(count)}
+
     return {"samples": samples, "self_percent": share(own), "total_percent": share(total)}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -147,10 +148,8 @@ async def _relay_faststream(url: str, name: str) -> None:
 
 def _relay_process(url: str, name: str, framework: str = "aio-pika") -> None:
     relay = _relay_faststream if framework == "faststream" else _relay
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(relay(url, name))
-    except KeyboardInterrupt:
-        pass
 
 
 async def _drive(url: str, sagas: int, window: int, timeout: float) -> dict[str, Any]:
@@ -183,10 +182,8 @@ async def _drive(url: str, sagas: int, window: int, timeout: float) -> dict[str,
         order_id = str(uuid.uuid4())
         started[order_id] = time.monotonic()
         _spawn(exchange.publish(_message(order_id, "order.created"), "order.created"))
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), max(1.0, timeout - (time.monotonic() - begin)))
-    except TimeoutError:
-        pass
     elapsed = time.monotonic() - begin
     await connection.close()
     latencies.sort()

@@ -79,7 +79,7 @@ def _series(starts: list[float], ends: list[tuple[float, float]]) -> list[dict[s
     if not starts:
         return []
     origin = min(starts)
-    seconds = int(max([s for s in starts] + [e for e, _ in ends]) - origin) + 1
+    seconds = int(max(list(starts) + [e for e, _ in ends]) - origin) + 1
     accepted = Counter(int(s - origin) for s in starts)
     done: dict[int, list[float]] = {}
     for end, latency in ends:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import json
 import os
@@ -406,9 +407,9 @@ def _group_members(pgid: int) -> list[int]:
             del _children[pid]
     members = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
-            if stat[1] == pgid and stat[0] != "Z":
-                members.append(int(entry.name))
+        if (entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None
+                and stat[1] == pgid and stat[0] != "Z"):
+            members.append(int(entry.name))
     return members
 
 
@@ -733,10 +734,8 @@ def _stop(path: Path, names: list[str], *, timeout: float = 15.0) -> dict[str, i
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def status(run_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:

@@ -225,7 +225,7 @@ class ComposeStack:
         files = [arg for path in (*COMPOSE_FILES, *self.extra_files) for arg in ("-f", str(path))]
         done = subprocess.run(["docker", "compose", "-p", self.project, *files, *args],
                               env=self.env, cwd=REPO, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, check=False)
         if check and done.returncode != 0:
             raise RuntimeError(f"docker compose {' '.join(args)} failed ({done.returncode}):\n"
                                f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -284,7 +284,8 @@ class ComposeStack:
 
     def running(self, name: str) -> bool:
         done = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name],
-                              env=self.env, capture_output=True, text=True, timeout=60)
+                              env=self.env, capture_output=True, text=True, timeout=60,
+                              check=False)
         return done.stdout.strip() == "true"
 
     def restart_missing(self) -> None:
@@ -293,7 +294,7 @@ class ComposeStack:
 
     def log(self, name: str) -> str:
         done = subprocess.run(["docker", "logs", name], env=self.env, capture_output=True,
-                              text=True, timeout=60)
+                              text=True, timeout=60, check=False)
         return done.stdout + done.stderr
 
     def log_tail(self, name: str, lines: int = 30) -> str:
@@ -325,7 +326,7 @@ class ComposeStack:
 
     def exec(self, service: str, *argv: str) -> str:
         done = subprocess.run(["docker", "exec", self.container(service), *argv], env=self.env,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} in {service} failed ({done.returncode}):\n"
                                f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -354,6 +355,7 @@ def _run(argv: list[str], env: Mapping[str, str] | None = None) -> None:
 
 def docker_answers() -> bool:
     try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+        done = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=10)
+        return done.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False

@@ -129,7 +129,7 @@ def _archived(direction: str, publisher: str, consumer: str | None, event_id: An
               body: bytes | str | None) -> ArchivedEvent:
     return ArchivedEvent(
         event_id=event_id, event_type=event_type, subject=subject,
-        direction=direction,  # type: ignore[arg-type]
+        direction=direction,
         publisher=publisher, consumer=consumer, at=at, trace_id=_trace_id(headers),
         headers=headers, body=None if body is None else orjson.loads(body),
         body_withheld=body is None,

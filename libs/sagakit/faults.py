@@ -135,7 +135,7 @@ class RedisFaultStore:
                     if new == current.values:
                         return current
                     at = datetime.now(UTC)
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                     pipe.hset(self.key, mapping={"value": json.dumps(new), "changed_by": who,
                                                  "changed_at": at.isoformat()})
                     pipe.rpush(self.history_key, FaultChange(

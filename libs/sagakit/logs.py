@@ -53,9 +53,8 @@ class JsonFormatter(logging.Formatter):
             "span_id": trace.format_span_id(span.span_id) if span.is_valid else None,
             **work_ids(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and not key.startswith("_"):
-                line[key] = value
+        line.update({key: value for key, value in record.__dict__.items()
+                     if key not in _RESERVED and not key.startswith("_")})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return orjson.dumps({k: v for k, v in line.items() if v is not None}, default=str).decode()

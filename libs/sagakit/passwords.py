@@ -14,7 +14,6 @@ into that database, its service and this job.
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ def ensure(path: Path) -> bool:
     tmp.write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
     # Readable by the other users of this volume (the database image reads it as its own
     # user): the volume, mounted into those containers only, is the boundary.
-    os.chmod(tmp, 0o644)
+    tmp.chmod(0o644)
     tmp.replace(path)
     return True
 

@@ -8,15 +8,17 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import asyncpg
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from faststream.middlewares import AckPolicy
-from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
+from faststream.rabbit import Channel, RabbitBroker, RabbitMessage, RabbitQueue
+from faststream.rabbit.subscriber import RabbitSubscriber
 from faststream.specification import AsyncAPI
+from pydantic import BaseModel
 
 from sagakit import logs, metrics, postgres, telemetry
 from sagakit.archive import PostgresArchive
@@ -31,6 +33,35 @@ from sagakit.topology import EVENTS, ConsumerQueue, Topology, dead_letter_queue
 
 # How often the depth of the service's dead-letter and consumer queues is sampled for /metrics.
 QUEUE_SAMPLE_SECONDS = 5.0
+
+
+Body = TypeVar("Body", bound=BaseModel)
+# A consumer: one coroutine taking the delivery's body, validated into its model (an Event).
+Handler: TypeAlias = Callable[[Body], Awaitable[None]]
+# Which deliveries a handler takes (:func:`of_type`): awaited with each incoming message.
+MessageFilter: TypeAlias = Callable[[RabbitMessage], Awaitable[bool]]
+
+
+class Registers(Protocol):
+    """The decorator ``@subscription(filter=...)`` gives: it registers the handler and returns
+    it unchanged, so the handler keeps its own type (``(OrderCreated) -> Awaitable[None]``)."""
+
+    def __call__(self, handler: Handler[Body], /) -> Handler[Body]: ...
+
+
+class Subscription:
+    """The subscriber on one consumer queue: one handler per event type, each chosen by its
+    filter. A typed face on FastStream's subscriber, whose decorator mypy cannot see through."""
+
+    def __init__(self, subscriber: RabbitSubscriber) -> None:
+        self._subscriber = subscriber
+
+    def __call__(self, *, filter: MessageFilter) -> Registers:
+        def register(handler: Handler[Body]) -> Handler[Body]:
+            self._subscriber(handler, filter=filter)
+            return handler
+
+        return register
 
 
 class Messaging:
@@ -72,13 +103,14 @@ class Messaging:
                 title=str(event.type), description=(event.__doc__ or "").strip(),
             )
 
-    def subscriber(self, queue: ConsumerQueue, description: str) -> Any:
-        """A subscriber on ``queue``; register one handler per event type with :func:`on`."""
-        return self.broker.subscriber(
+    def subscriber(self, queue: ConsumerQueue, description: str) -> Subscription:
+        """A subscriber on ``queue``; register one handler per event type with
+        ``@subscription(filter=of_type(...))``."""
+        return Subscription(self.broker.subscriber(
             queue.declaration(),
             ack_policy=AckPolicy.NACK_ON_ERROR,  # ack after commit; nack only if rerouting failed
             description=description,
-        )
+        ))
 
     async def start(self) -> None:
         await self.broker.connect()
@@ -129,7 +161,11 @@ class Messaging:
 
 
 __all__ = [
+    "Handler",
+    "MessageFilter",
     "Messaging",
+    "Registers",
+    "Subscription",
     "add_asyncapi_route",
     "customer_queue",
     "database_ready",
@@ -143,7 +179,8 @@ __all__ = [
 ]
 
 
-CustomerHandler = Callable[[Any, EventMeta], Awaitable[None]]
+Exports = Callable[[CustomerDataRequested, EventMeta], Awaitable[None]]
+Erases = Callable[[CustomerErasureRequested, EventMeta], Awaitable[None]]
 
 
 def customer_queue(service: str) -> ConsumerQueue:
@@ -152,8 +189,8 @@ def customer_queue(service: str) -> ConsumerQueue:
                          (EventType.CUSTOMER_DATA_REQUESTED, EventType.CUSTOMER_ERASURE_REQUESTED))
 
 
-def subscribe_customer_data(messaging: Messaging, service: str, *, export: CustomerHandler,
-                            erase: CustomerHandler) -> None:
+def subscribe_customer_data(messaging: Messaging, service: str, *, export: Exports,
+                            erase: Erases) -> None:
     """Answer the identity's requests: ``export`` announces the service's part of a customer's
     data (``<service>.customer_data``), ``erase`` anonymises it (``<service>.customer_erased``).
     Every service holding data about customers takes part the same way."""
@@ -169,14 +206,14 @@ def subscribe_customer_data(messaging: Messaging, service: str, *, export: Custo
         await erase(event, event_meta())
 
 
-def of_type(event_type: str) -> Callable[[Any], Awaitable[bool]]:
+def of_type(event_type: str) -> MessageFilter:
     """A FastStream filter routing a delivery to the handler of its CloudEvents type.
 
     A coroutine function on purpose: FastStream runs a plain function filter in a worker thread
     (anyio's ``run_in_threadpool``), a thread hop per handler tried for every delivery.
     """
 
-    async def matches(message: Any) -> bool:
+    async def matches(message: RabbitMessage) -> bool:
         return bool(message.headers.get("ce-type") == event_type)
 
     matches.__name__ = f"of_type_{event_type.replace('.', '_')}"

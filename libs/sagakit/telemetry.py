@@ -53,7 +53,7 @@ _log_handler: logging.Handler | None = None
 
 def setup(service: str) -> None:
     """Trace this process as ``service`` (``OTEL_SERVICE_NAME`` wins) and export when asked."""
-    global _log_handler
+    global _log_handler  # noqa: PLW0603  # one handler per process, as the providers
     if _providers:
         return  # once per process: OpenTelemetry's global providers cannot be replaced
     if os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") != "http/protobuf":
@@ -88,14 +88,15 @@ def setup(service: str) -> None:
     disabled = {name.strip() for name in
                 os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
     if "asyncpg" not in disabled:
-        AsyncPGInstrumentor().instrument()
+        # The asyncpg instrumentation's __init__ is unannotated (opentelemetry-python-contrib).
+        AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
     if "redis" not in disabled:
         RedisInstrumentor().instrument()
 
 
 def shutdown() -> None:
     """Flush what is still buffered and stop exporting (the end of the service's lifespan)."""
-    global _log_handler
+    global _log_handler  # noqa: PLW0603  # one handler per process, as the providers
     if _log_handler is not None:
         logging.getLogger().removeHandler(_log_handler)
         _log_handler = None

@@ -14,6 +14,7 @@ and the non-JSON numbers ``NaN``/``Infinity`` (400 naming them) instead of guess
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import unicodedata
@@ -160,10 +161,10 @@ class JsonRoute(APIRoute):
                                    f"This endpoint takes application/json, not "
                                    f"{content_type or 'a body without a Content-Type'}.",
                                    field="Content-Type", headers={"Accept": "application/json"})
-                try:
-                    request._json = parse_json(body)  # what FastAPI's request.json() returns
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    pass  # FastAPI parses it again and answers its malformed-JSON 400
+                # What FastAPI's request.json() returns; if the body is no JSON, FastAPI parses it
+                # again and answers its malformed-JSON 400.
+                with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+                    request._json = parse_json(body)
             return await handler(request)
 
         return strict_json
@@ -243,7 +244,7 @@ async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
                            "Idempotency-Key for an order).")
         response.headers["Retry-After"] = "1"
         return response
-    log.exception("unhandled error", exc_info=exc)
+    log.error("unhandled error", exc_info=exc)
     return problem(500, "Internal error", "Something went wrong; the request id identifies it.")
 
 

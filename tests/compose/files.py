@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from identity.settings import IdentitySettings
 from pydantic_settings import BaseSettings
 
 from deploy import native
+from identity.settings import IdentitySettings
 from order.settings import OrderSettings
 from payment.settings import PaymentSettings
 from production.settings import ProductionSettings

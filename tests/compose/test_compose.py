@@ -202,7 +202,8 @@ def test_topology_is_literal_and_knobs_default_to_native() -> None:
 
 def _mount(service: str, volume: str) -> str:
     """Where `service` mounts the named `volume` (read-only or not)."""
-    for spec in services()[service].get("volumes", []):
+    specs: list[str] = services()[service].get("volumes", [])
+    for spec in specs:
         name, _, rest = spec.partition(":")
         if name == volume:
             return rest.removesuffix(":ro")

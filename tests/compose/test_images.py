@@ -161,7 +161,8 @@ def test_dockerfiles_pass_hadolint() -> None:
 
 
 def collector() -> dict[str, Any]:
-    return yaml.safe_load(COLLECTOR_CONFIG.read_text())
+    config: dict[str, Any] = yaml.safe_load(COLLECTOR_CONFIG.read_text())
+    return config
 
 
 def test_collector_receives_otlp_on_both_ports() -> None:

@@ -114,7 +114,7 @@ KNOBS = {
 def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     if stack_mode(request.config) == "compose":
         compose = ComposeStack("saga-e2e", COMPOSE_PORT_BASE, KNOBS,
-                               {s: REPLICAS for s in native.SERVICES})
+                               dict.fromkeys(native.SERVICES, REPLICAS))
         compose.start()
         try:
             yield compose
@@ -251,12 +251,14 @@ def wait_for(client: httpx.Client, order_id: str, statuses: set[str],
 def payments_of(client: httpx.Client, order_id: str) -> list[dict[str, Any]]:
     response = client.get("/api/v1/payments", params={"order_id": order_id})
     assert response.status_code == 200, response.text
-    return response.json()
+    payments: list[dict[str, Any]] = response.json()
+    return payments
 
 
 def stock_of(client: httpx.Client, sku: str) -> int:
     rows = client.get("/api/v1/production/stock").json()
-    return next(r["available"] for r in rows if r["sku"] == sku)
+    available: int = next(r["available"] for r in rows if r["sku"] == sku)
+    return available
 
 
 def set_stock(client: httpx.Client, sku: str, available: int) -> None:

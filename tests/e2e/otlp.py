@@ -110,7 +110,8 @@ class Receiver:
             ]
             with self._lock:
                 self.spans.extend(spans)
-            return ExportTraceServiceResponse().SerializeToString()
+            answer: bytes = ExportTraceServiceResponse().SerializeToString()
+            return answer
         logs = ExportLogsServiceRequest.FromString(payload)
         records = [
             LogRecord(_service(rl.resource), r.trace_id.hex(), r.span_id.hex(),
@@ -119,7 +120,8 @@ class Receiver:
         ]
         with self._lock:
             self.logs.extend(records)
-        return ExportLogsServiceResponse().SerializeToString()
+        logged: bytes = ExportLogsServiceResponse().SerializeToString()
+        return logged
 
     def trace(self, trace_id: str) -> list[Span]:
         with self._lock:

@@ -52,7 +52,7 @@ def test_an_orders_archive_lists_each_event_once_per_publisher_and_consumer(clie
 
     sides = Counter((e["event_type"], e["direction"], e["publisher"], e["consumer"])
                     for e in events)
-    expected = Counter()
+    expected: Counter[tuple[str, str, str, str | None]] = Counter()
     for event_type, publisher, consumer in HAPPY_PATH:
         expected[(event_type, "published", publisher, None)] += 1
         expected[(event_type, "consumed", publisher, consumer)] += 1

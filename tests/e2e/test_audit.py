@@ -4,6 +4,7 @@ the request id and the outcome; readable by operators only."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from tests.e2e.conftest import set_stock, stock_of
 from tests.e2e.test_dead_letters import inject_poison, wait_parked
@@ -11,10 +12,11 @@ from tests.e2e.test_dead_letters import inject_poison, wait_parked
 OPS = "/api/v1/ops"
 
 
-def audit_of(client, service: str, action: str) -> list[dict]:
+def audit_of(client, service: str, action: str) -> list[dict[str, Any]]:
     response = client.get(f"{OPS}/{service}/audit", params={"action": action})
     assert response.status_code == 200, response.text
-    return response.json()["records"]
+    records: list[dict[str, Any]] = response.json()["records"]
+    return records
 
 
 def test_replaying_a_dead_letter_leaves_a_record_naming_the_operator(client, stack):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ def fields(response) -> list[str]:
     return [e["field"] for e in response.json().get("errors", [])]
 
 
-def good(**changes):
+def good(**changes: Any) -> dict[str, Any]:
     body = {"customer": dict(CUSTOMER), "items": [{"sku": "fries", "quantity": 1}],
             "payment_token": "tok_visa"}
     body.update(changes)

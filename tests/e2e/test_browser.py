@@ -49,7 +49,8 @@ def choose(tab: Tab, quantity: int = 1) -> None:
 
 def placed_order_id(tab: Tab) -> str:
     tab.page.locator("#current-id").filter(has_text=re.compile(".+")).wait_for()
-    return tab.page.locator("#current-id").inner_text()
+    order_id: str = tab.page.locator("#current-id").inner_text()
+    return order_id
 
 
 def test_ana_orders_and_sees_it_finish_without_reloading(tab):

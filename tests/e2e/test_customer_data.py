@@ -8,15 +8,16 @@ import json
 import signal
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from identity import handlers as identity_handlers
 from redis.asyncio import Redis
 
+from identity import handlers as identity_handlers
 from order import handlers as order_handlers
 from payment import handlers as payment_handlers
 from production import handlers as production_handlers
@@ -28,7 +29,8 @@ from tests.e2e.test_archive import archive_of
 from tests.tokens import Account
 
 
-def poll(get: Any, done: Any, timeout: float = 20.0) -> httpx.Response:
+def poll(get: Callable[[], httpx.Response], done: Callable[[httpx.Response], object],
+         timeout: float = 20.0) -> httpx.Response:
     deadline = time.monotonic() + timeout
     while True:
         response = get()
@@ -38,7 +40,7 @@ def poll(get: Any, done: Any, timeout: float = 20.0) -> httpx.Response:
 
 
 @pytest.fixture
-def customer(stack, anonymous) -> dict[str, Any]:
+def customer(stack, anonymous) -> Iterator[dict[str, Any]]:
     """A customer of their own (erasing Ana would spoil other tests), with distinct details."""
     tag = uuid.uuid4().hex[:8]
     person = {"name": f"Zelda Quimby{tag}", "email": f"zelda.{tag}@example.com",
@@ -89,10 +91,13 @@ def _redis_text(url: str) -> str:
         try:
             async for key in redis.scan_iter(count=1000):
                 kind = await redis.type(key)
-                read = {"string": redis.get, "hash": redis.hgetall, "list":
-                        lambda k: redis.lrange(k, 0, -1), "set": redis.smembers,
-                        "zset": lambda k: redis.zrange(k, 0, -1),
-                        "stream": lambda k: redis.xrange(k)}[kind]
+                assert isinstance(kind, str)  # decode_responses
+                readers: dict[str, Callable[[str], Awaitable[object]]] = {
+                    "string": redis.get, "hash": redis.hgetall,
+                    "list": lambda k: redis.lrange(k, 0, -1), "set": redis.smembers,
+                    "zset": lambda k: redis.zrange(k, 0, -1),
+                    "stream": redis.xrange}
+                read = readers[kind]
                 parts.append(f"{key} {await read(key)}")
         finally:
             await redis.aclose()

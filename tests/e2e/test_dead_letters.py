@@ -6,8 +6,10 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import aio_pika
+from aio_pika.abc import FieldValue
 
 from sagakit.envelope import OutgoingEvent
 from sagakit.events import CardTokenized
@@ -17,7 +19,7 @@ OPS = "/api/v1/ops"
 
 
 async def _publish(url: str, body: bytes, *, exchange: str, routing_key: str,
-                   headers: dict[str, object], message_id: str | None) -> None:
+                   headers: dict[str, FieldValue], message_id: str | None) -> None:
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -33,13 +35,13 @@ def inject_poison(url: str, routing_key: str, body: bytes = b"{not json") -> str
     return event_id
 
 
-def parked(client, service: str) -> dict[str, dict]:
+def parked(client, service: str) -> dict[str, dict[str, Any]]:
     response = client.get(f"{OPS}/{service}/dead-letters", params={"limit": 1000})
     assert response.status_code == 200, response.text
     return {m["id"]: m for m in response.json()["messages"]}
 
 
-def wait_parked(client, service: str, event_id: str, timeout: float = 10.0) -> dict:
+def wait_parked(client, service: str, event_id: str, timeout: float = 10.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while (found := parked(client, service).get(event_id)) is None:
         assert time.monotonic() < deadline, f"{event_id} never parked at {service}"
@@ -81,9 +83,10 @@ def test_a_replayed_event_takes_effect_once(client, stack):
     event = OutgoingEvent.build(
         CardTokenized(token=token, brand="visa", last4="4242", created_at=datetime.now(UTC)),
         source="saga-shop/payment", subject=token)
-    headers = {**event.headers, "x-dead-letter-reason": "RetryLater: test", "x-attempts": 5,
-               "x-attempt": 5, "x-original-queue": "order.payment-events",
-               "x-parked-at": datetime.now(UTC).isoformat()}
+    headers: dict[str, FieldValue] = {
+        **event.headers, "x-dead-letter-reason": "RetryLater: test", "x-attempts": 5,
+        "x-attempt": 5, "x-original-queue": "order.payment-events",
+        "x-parked-at": datetime.now(UTC).isoformat()}
     asyncio.run(_publish(stack.rabbitmq_url, event.body, exchange="saga.dead-letters",
                          routing_key="order", headers=headers, message_id=str(event.id)))
     message = wait_parked(client, "order", str(event.id))

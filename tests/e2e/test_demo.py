@@ -15,7 +15,8 @@ from tests.stacks import Stack
 def test_the_demo_shows_each_outcome_live_with_its_links(stack: Stack) -> None:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     done = subprocess.run([sys.executable, "-m", "deploy.demo", "--gateway", stack.base_url],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+                          check=False)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "4 of 4 orders ended as expected" in out

@@ -14,9 +14,10 @@ import pytest
 
 from tests.e2e.conftest import TERMINAL, payments_of, place, wait_for
 
-SWITCHES = {"/api/v1/payments/faults": {"decline_rate": 0.0, "latency_ms": 0},
-            "/api/v1/production/faults": {"failure_rate": 0.0, "slowness_ms": 0},
-            "/api/v1/orders/faults": {"relay_paused": False}}
+SWITCHES: dict[str, dict[str, Any]] = {
+    "/api/v1/payments/faults": {"decline_rate": 0.0, "latency_ms": 0},
+    "/api/v1/production/faults": {"failure_rate": 0.0, "slowness_ms": 0},
+    "/api/v1/orders/faults": {"relay_paused": False}}
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +41,8 @@ def switch(client: httpx.Client, path: str, **values: Any) -> dict[str, Any]:
     assert latest["request_id"] == request_id
     assert latest["changed_by"] == body["changed_by"]
     assert {k: latest["new"][k] for k in values} == values
-    return latest
+    changed: dict[str, Any] = latest
+    return changed
 
 
 def seconds_between(order: dict[str, Any], first: str, then: str) -> float:
@@ -104,7 +106,7 @@ def test_a_paused_relay_holds_new_orders_until_resumed(client):
     assert wait_for(client, order_id, TERMINAL)["status"] == "finished"
 
 
-@pytest.mark.parametrize("path,body,field", [
+@pytest.mark.parametrize(("path", "body", "field"), [
     ("/api/v1/payments/faults", {"decline_rate": 1.5}, "decline_rate"),
     ("/api/v1/payments/faults", {"decline_rate": -0.1}, "decline_rate"),
     ("/api/v1/payments/faults", {"latency_ms": -1}, "latency_ms"),

@@ -178,8 +178,8 @@ def test_a_body_that_stops_coming_is_cut_off_at_the_deadline(stack):
 HOST = "Host: gateway\r\n"
 NGINX_ERRORS = {
     "400 bad request line": (b"get /api/v1/products HTTP/1.1\r\n" + HOST.encode() + b"\r\n", 400),
-    "400 HTTP/1.0 with chunked": (b"POST /api/v1/customers HTTP/1.0\r\n"
-                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "400 HTTP/1.0 with chunked": ((b"POST /api/v1/customers HTTP/1.0\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
     "405 on the gateway's own path": (b"DELETE /health HTTP/1.1\r\n" + HOST.encode()
                                       + b"Connection: close\r\n\r\n", 405),
     "413 body over 64 KiB": (b"POST /api/v1/customers HTTP/1.1\r\n" + HOST.encode()

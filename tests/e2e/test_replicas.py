@@ -5,12 +5,13 @@ from __future__ import annotations
 import signal
 import time
 import uuid
+from typing import Any
 
 from tests.e2e.conftest import TERMINAL, gateway_log, place, wait_for
 from tests.stacks import Stack
 
 
-def _get_products(client, stack: Stack, count: int) -> dict[str, dict]:
+def _get_products(client, stack: Stack, count: int) -> dict[str, dict[str, Any]]:
     """`count` reads through the gateway; their access log lines, by request id."""
     ids = set()
     for _ in range(count):
@@ -23,7 +24,7 @@ def _get_products(client, stack: Stack, count: int) -> dict[str, dict]:
     return lines
 
 
-def _served_by(lines: dict[str, dict]) -> set[str]:
+def _served_by(lines: dict[str, dict[str, Any]]) -> set[str]:
     """The replica that answered each request (the last address nginx tried)."""
     return {line["upstream"].split(", ")[-1] for line in lines.values()}
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from aio_pika.abc import FieldValue
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import CUSTOMER, TERMINAL, place, set_stock, wait_for
@@ -171,9 +172,10 @@ async def _publish_poison(url: str, traceparent: str) -> str:
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange("saga.events")
-        headers = {"ce-id": event_id, "ce-type": "order.created", "ce-specversion": "1.0",
-                   "ce-source": "tests/poison", "ce-subject": str(uuid.uuid4()),
-                   "traceparent": traceparent}
+        headers: dict[str, FieldValue] = {
+            "ce-id": event_id, "ce-type": "order.created", "ce-specversion": "1.0",
+            "ce-source": "tests/poison", "ce-subject": str(uuid.uuid4()),
+            "traceparent": traceparent}
         await exchange.publish(
             aio_pika.Message(b'{"order_id": "not a uuid"}', headers=headers, message_id=event_id,
                              content_type="application/json", delivery_mode=2),

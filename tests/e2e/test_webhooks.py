@@ -20,6 +20,9 @@ from tests.stacks import stack_mode
 
 MAX_ATTEMPTS = 3  # WEBHOOK_MAX_ATTEMPTS in tests/e2e/conftest.py KNOBS
 
+# One POST the receiver got: its headers and its body.
+Delivery = tuple[dict[str, str], bytes]
+
 
 class Receiver:
     """A customer's webhook endpoint on this machine (allow-listed for plain http in the test
@@ -31,7 +34,7 @@ class Receiver:
 
     def __init__(self, listen: str = "127.0.0.1", host: str = "127.0.0.1") -> None:
         self.host = host
-        self.received: dict[str, list[tuple[dict[str, str], bytes]]] = {}
+        self.received: dict[str, list[Delivery]] = {}
         self.failures: dict[str, int] = {}
         self.lock = threading.Lock()
         receiver = self
@@ -57,7 +60,7 @@ class Receiver:
     def url(self, path: str) -> str:
         return f"http://{self.host}:{self.server.server_address[1]}{path}"
 
-    def wait(self, path: str, count: int, timeout: float = 20.0) -> list[tuple[dict, bytes]]:
+    def wait(self, path: str, count: int, timeout: float = 20.0) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
@@ -79,7 +82,8 @@ def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
 def secret(client: httpx.Client) -> str:
     response = client.get("/api/v1/orders/webhook-secret")
     assert response.status_code == 200, response.text
-    return response.json()["secret"]
+    key: str = response.json()["secret"]
+    return key
 
 
 def place_with_callback(client: httpx.Client, url: str, **kwargs: Any) -> httpx.Response:
@@ -88,12 +92,12 @@ def place_with_callback(client: httpx.Client, url: str, **kwargs: Any) -> httpx.
     return client.post("/api/v1/orders", json=body, **kwargs)
 
 
-def verified(key: str, deliveries: list[tuple[dict, bytes]]) -> list[dict[str, Any]]:
+def verified(key: str, deliveries: list[Delivery]) -> list[dict[str, Any]]:
     return [Webhook(key).verify(body, headers) for headers, body in deliveries]
 
 
-def first_attempts(deliveries: list[tuple[dict, bytes]]) -> list[tuple[dict, bytes]]:
-    seen: dict[str, tuple[dict, bytes]] = {}
+def first_attempts(deliveries: list[Delivery]) -> list[Delivery]:
+    seen: dict[str, Delivery] = {}
     for headers, body in deliveries:
         seen.setdefault(headers["webhook-id"], (headers, body))
     return list(seen.values())
@@ -156,7 +160,7 @@ def test_a_delivery_is_parked_after_its_last_attempt_and_replayed(ana, client, r
 
 
 def _wait_attempts(receiver: Receiver, path: str, webhook_id: str,
-                   count: int, timeout: float = 10.0) -> list[tuple[dict, bytes]]:
+                   count: int, timeout: float = 10.0) -> list[Delivery]:
     deadline = time.monotonic() + timeout
     while True:
         with receiver.lock:

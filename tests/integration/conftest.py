@@ -30,9 +30,9 @@ import httpx
 import orjson
 import pytest
 from faststream.rabbit import RabbitBroker
+
 from identity import keys
 from identity.tokens import Signer
-
 from sagakit.envelope import OutgoingEvent
 from sagakit.outbox import EventPublisher
 from sagakit.topology import EVENTS

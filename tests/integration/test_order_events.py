@@ -234,7 +234,8 @@ async def test_the_endpoint_streams_heartbeats_caps_streams_and_answers_bad_inpu
     # The slot is free again once the first client left.
     async def reopened() -> bool:
         async with asyncio.timeout(10), http.stream("GET", url) as again:
-            return again.status_code == 200
+            opened: bool = again.status_code == 200
+            return opened
     for _ in range(50):
         if await reopened():
             break

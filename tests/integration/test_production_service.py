@@ -611,6 +611,7 @@ async def test_the_scripts_follow_the_transition_table(
     announcement = OutgoingEvent.build(order((sku, 3), order_id=order_id), source="test",
                                        subject=str(order_id))
     kitchen_entry = await redis.xadd("kitchen", {"ticket_id": str(ticket_id)})
+    assert isinstance(kitchen_entry, str)  # decode_responses
     try:
         if step is Step.START:
             await store.start(ticket_id, announcement, datetime.now(UTC))
@@ -699,6 +700,7 @@ async def test_starting_and_finishing_at_once_is_start_then_finish(
     await _seed_ticket(redis, ticket_id, order_id, status, "fries", 1)
     await store.ensure_kitchen_group()
     entry_id = await redis.xadd("kitchen", {"ticket_id": str(ticket_id)})
+    assert isinstance(entry_id, str)  # decode_responses
     await redis.xreadgroup("cooks", "test-cook", {"kitchen": ">"})
     last = await redis.xrevrange("outbox", count=1)
     started, finished = (

@@ -24,7 +24,7 @@ def target(url: str, addresses: list[str], monkeypatch: pytest.MonkeyPatch) -> c
     return asyncio.run(POLICY.target(url))
 
 
-@pytest.mark.parametrize("url,why", [
+@pytest.mark.parametrize(("url", "why"), [
     ("https://evil.example.org/x", "not on the webhook allow-list"),
     ("http://hooks.example.com/x", "must use https"),
     ("ftp://hooks.example.com/x", "absolute http"),

@@ -10,13 +10,14 @@ from sagakit.deadletters import describe, message_id, original_queue, replay_hea
 
 
 def parked(body: bytes = b'{"order_id": "o-1"}', message_id: str | None = "e-1",
-           **headers: Any) -> Any:
-    return SimpleNamespace(body=body, message_id=message_id, headers=headers, type="order.created",
+           headers: dict[str, Any] | None = None) -> Any:
+    return SimpleNamespace(body=body, message_id=message_id, headers=headers or {},
+                           type="order.created",
                            correlation_id="o-1", routing_key="payment")
 
 
 def test_a_parked_message_tells_its_story():
-    message = parked(**{"ce-type": "order.created", "ce-subject": "o-1",
+    message = parked(headers={"ce-type": "order.created", "ce-subject": "o-1",
                         "x-dead-letter-reason": "ValidationError: bad", "x-attempts": 3,
                         "x-original-queue": "payment.order-events", "x-parked-at": "2026-01-01",
                         "x-death": [{"queue": "q", "time": datetime(2026, 1, 1, tzinfo=UTC),
@@ -31,7 +32,7 @@ def test_a_parked_message_tells_its_story():
 
 
 def test_a_replay_starts_its_attempts_afresh_and_keeps_the_event():
-    headers = replay_headers(parked(**{"ce-id": "e-1", "traceparent": "00-x", "x-attempt": 7,
+    headers = replay_headers(parked(headers={"ce-id": "e-1", "traceparent": "00-x", "x-attempt": 7,
                                        "x-attempts": 7, "x-dead-letter-reason": "r",
                                        "x-original-queue": "q", "x-parked-at": "t",
                                        "x-last-error": "e", "retry-delay-ms": "100",
@@ -46,6 +47,6 @@ def test_a_message_without_an_id_is_named_by_its_body():
 
 
 def test_a_message_the_broker_parked_names_its_queue_in_x_death_headers():
-    assert original_queue(parked(**{"x-first-death-queue": "order.payment-events"})) == \
+    assert original_queue(parked(headers={"x-first-death-queue": "order.payment-events"})) == \
         "order.payment-events"
     assert original_queue(parked()) is None

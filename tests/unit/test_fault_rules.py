@@ -23,7 +23,7 @@ def test_every_switch_is_off_by_default():
     assert OrderFaults().model_dump() == {"relay_paused": False}
 
 
-@pytest.mark.parametrize("model,values", [
+@pytest.mark.parametrize(("model", "values"), [
     (PaymentFaults, {"decline_rate": 1.01}), (PaymentFaults, {"latency_ms": -1}),
     (PaymentFaults, {"latency_ms": 10_001}), (PaymentFaults, {"decline_rate": float("nan")}),
     (ProductionFaults, {"failure_rate": -0.5}), (ProductionFaults, {"slowness_ms": 10**9}),

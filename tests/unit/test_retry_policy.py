@@ -2,6 +2,7 @@
 never park because a store is down."""
 
 from types import SimpleNamespace
+from typing import Any
 
 import asyncpg
 import pytest
@@ -12,13 +13,13 @@ from sagakit.consuming import Poison, RetryLater, RetryPolicy
 
 class RecordingBroker:
     def __init__(self) -> None:
-        self.published: list[dict] = []
+        self.published: list[dict[str, Any]] = []
 
     async def publish(self, body, **kwargs) -> None:
         self.published.append({"body": body, **kwargs})
 
 
-def delivery(attempt: int) -> SimpleNamespace:
+def delivery(attempt: int) -> Any:  # stands in for an aio-pika IncomingMessage
     return SimpleNamespace(body=b"{}", headers={"x-attempt": attempt, "ce-type": "t"},
                            message_id="m1", correlation_id="o1", type="t",
                            content_type="application/json")

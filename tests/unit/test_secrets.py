@@ -6,9 +6,9 @@ from __future__ import annotations
 import stat
 
 import pytest
+
 from identity import app as identity_app
 from identity.settings import IdentitySettings
-
 from order.settings import OrderSettings
 from sagakit import passwords
 from sagakit.settings import with_password

@@ -18,6 +18,7 @@ from faststream.rabbit import RabbitBroker, RabbitQueue, TestRabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
 from sagakit import telemetry, topology
@@ -52,7 +53,7 @@ def parent_of(span: ReadableSpan) -> str | None:
     return format_span_id(span.parent.span_id) if span.parent else None
 
 
-def named(spans: Any, name: str) -> ReadableSpan:
+def named(spans: InMemorySpanExporter, name: str) -> ReadableSpan:
     [found] = [s for s in spans.get_finished_spans() if s.name == name]
     return found
 
@@ -80,7 +81,7 @@ async def test_the_relay_publishes_in_a_producer_span_that_continues_the_stored_
     broker = RecordingBroker()
     before = EVENTS_PUBLISHED.labels("order.cancelled")._value.get()
 
-    await EventPublisher(broker).publish(event)  # later, from the relay: no span is current
+    await EventPublisher(broker).publish(event)  # type: ignore[arg-type]  # later, from the relay: no span is current
 
     publish = named(spans, "order.cancelled publish")
     trace_id, request_id = ids(request)
@@ -109,7 +110,7 @@ async def test_the_relay_publishes_in_a_producer_span_that_continues_the_stored_
 
 def test_a_delivery_is_processed_in_a_consumer_span_child_of_its_publish_span(spans):
     publish_trace, publish_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-    delivery = SimpleNamespace(
+    delivery: Any = SimpleNamespace(  # stands in for an aio-pika IncomingMessage
         headers={"ce-type": "order.created", "ce-id": "e1", "ce-subject": "o1",
                  "x-attempt": 2, "traceparent": f"00-{publish_trace}-{publish_span}-01"},
         routing_key="order.created", exchange="saga.requeue", message_id="e1",
@@ -122,6 +123,7 @@ def test_a_delivery_is_processed_in_a_consumer_span_child_of_its_publish_span(sp
     process = named(spans, "order.created process")
     assert process.kind is SpanKind.CONSUMER
     assert parent_of(process) == publish_span
+    assert process.attributes is not None
     assert process.attributes["messaging.operation.type"] == "process"
     assert process.attributes["messaging.destination.subscription.name"] == (
         "payment.order-events")

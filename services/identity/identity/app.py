@@ -64,8 +64,9 @@ DEV_CUSTOMERS = (("Ana Souza", "ana@example.com", "ana-dev-password"),
                  ("Bob Lima", "bob@example.com", "bob-dev-password"))
 DEV_CLIENTS = (("ops-console", "operator", "The operator console (kitchen, stock, dead letters)",
                 "ops-dev-secret", ["ops"]),
-               ("loadgen", "machine", "A machine client placing orders for named customers "
-                "(the benchmark, make demo)", "loadgen-dev-secret", ["orders"]))
+               ("loadgen", "machine",
+                ("A machine client placing orders for named customers "
+                 "(the benchmark, make demo)"), "loadgen-dev-secret", ["orders"]))
 
 
 def _is_loopback(host: str) -> bool:

@@ -52,8 +52,8 @@ def _write(path: Path, document: dict[str, Any], mode: int) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(document, f, indent=2)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    Path(tmp).chmod(mode)
+    Path(tmp).replace(path)
 
 
 def save(directory: Path, keys: dict[str, Any], public_dir: Path | None = None) -> None:

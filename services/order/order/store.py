@@ -27,7 +27,9 @@ async def menu(conn: asyncpg.Connection) -> dict[str, Product]:
 
 
 async def products(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT sku, name, description, price FROM products ORDER BY sku")
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT sku, name, description, price FROM products ORDER BY sku")
+    return rows
 
 
 def _lines_json(lines: tuple[Line, ...]) -> list[dict[str, Any]]:
@@ -165,11 +167,12 @@ async def fetch(conn: asyncpg.Connection, order_id: UUID,
 
 
 async def timeline(conn: asyncpg.Connection, order_id: UUID) -> list[asyncpg.Record]:
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT status, reason, event_id, trace_id, at FROM order_timeline WHERE order_id = $1"
         " ORDER BY seq",
         order_id,
     )
+    return rows
 
 
 # Where a live follower (GET /api/v1/orders/{id}/events) learns of new entries: the trigger of
@@ -182,11 +185,12 @@ async def timeline_after(
 ) -> list[asyncpg.Record]:
     """The order's timeline entries after ``after_seq`` (an entry's ``seq`` is its event id in
     the live stream, so a client resuming with Last-Event-ID gets only what it missed)."""
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT seq, status, reason, event_id, trace_id, at FROM order_timeline"
         " WHERE order_id = $1 AND seq > $2 ORDER BY seq",
         order_id, after_seq,
     )
+    return rows
 
 
 async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:
@@ -205,18 +209,19 @@ async def recent(
     owner: str | None = None,
 ) -> list[asyncpg.Record]:
     """Newest first; with ``owner``, only that caller's orders."""
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT * FROM orders WHERE ($1::text[] IS NULL OR status = ANY($1))"
         " AND ($3::text IS NULL OR owner = $3)"
         " ORDER BY created_at DESC LIMIT $2",
         None if statuses is None else list(statuses), limit, owner,
     )
+    return rows
 
 
 async def claim_idempotency_key(
     conn: asyncpg.Connection, key: str, request_hash: str, order_id: UUID
 ) -> bool:
-    status = await conn.execute(
+    status: str = await conn.execute(
         "INSERT INTO idempotency_keys (key, request_hash, order_id) VALUES ($1, $2, $3)"
         " ON CONFLICT (key) DO NOTHING",
         key, request_hash, order_id,

@@ -65,7 +65,7 @@ def retry_delay(attempt: int, base: float, cap: float, roll: float) -> float:
     """Seconds before attempt ``attempt + 1``: doubling from ``base``, at most ``cap``, and
     "equal jitter" (half fixed, half random by ``roll`` in [0, 1)) so receivers that failed
     together are not retried together."""
-    delay = min(cap, base * 2 ** (attempt - 1))
+    delay: float = min(cap, base * 2 ** (attempt - 1))
     return delay / 2 + roll * delay / 2
 
 
@@ -230,10 +230,11 @@ class WebhookSender:
 # --- What operators see and do -------------------------------------------------------------------
 
 async def parked(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT d.id, d.order_id, d.url, d.attempts, d.last_error, d.created_at, t.status"
         " FROM webhook_deliveries d JOIN order_timeline t ON t.seq = d.timeline_seq"
         " WHERE d.state = 'parked' ORDER BY d.created_at DESC LIMIT $1", limit)
+    return rows
 
 
 async def replay(conn: asyncpg.Connection, delivery_id: UUID) -> bool:

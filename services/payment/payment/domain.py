@@ -32,7 +32,7 @@ DECLINING_TEST_NUMBERS: dict[str, str] = {
     "4000000000000002": "card_declined",
     "4000000000009995": "insufficient_funds",
 }
-UNKNOWN_TOKEN = "unknown_token"
+UNKNOWN_TOKEN = "unknown_token"  # noqa: S105  # a decline reason, not a secret
 NOT_YOUR_CARD = "card_not_yours"
 MIN_DIGITS, MAX_DIGITS = 12, 19
 MAX_HOLDER = 100

@@ -203,13 +203,14 @@ async def ledger(conn: asyncpg.Connection, order_id: UUID,
                  owner: str | None = None) -> list[asyncpg.Record]:
     """An order's charge and refund, oldest first; with ``owner``, only if the order's charge
     is that caller's (else nothing, as for an order never charged)."""
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT id, order_id, kind, status, amount, currency, reason, refund_of, created_at"
         " FROM payments WHERE order_id = $1 AND ($2::text IS NULL OR EXISTS ("
         "  SELECT FROM payments c WHERE c.order_id = $1 AND c.kind = 'charge' AND c.owner = $2))"
         " ORDER BY created_at, kind",
         order_id, owner,
     )
+    return rows
 
 
 async def card_of(conn: asyncpg.Connection, token: str, owner: str | None) -> Card | None:

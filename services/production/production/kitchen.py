@@ -96,7 +96,9 @@ class KitchenLine:
             except Exception as exc:  # Redis away or restarted: keep the ticket, try again
                 log.warning("%s: %s; retrying in %.1fs", cook, exc, backoff)
                 if in_hand is not None and attempts >= ATTEMPTS_PER_TICKET:
-                    log.error("%s lets go of kitchen entry %s", cook, in_hand.entry_id)
+                    # The warning above has the cause: no traceback for each letting go.
+                    log.error("%s lets go of kitchen entry %s", cook,  # noqa: TRY400
+                              in_hand.entry_id)
                     in_hand = None
                 if "NOGROUP" in str(exc):  # the stream was deleted: recreate the queue
                     with contextlib.suppress(Exception):
