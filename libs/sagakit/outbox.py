@@ -28,12 +28,13 @@ from typing import Any
 import asyncpg
 from faststream.rabbit import RabbitBroker
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from sagakit import metrics, telemetry, topology
 from sagakit.archive import RedisArchive, published_insert
+from sagakit.backoff import Backoff
 from sagakit.envelope import OutgoingEvent
 from sagakit.postgres import row_to_event
+from sagakit.streams import ensure_group
 
 log = logging.getLogger("sagakit.outbox")
 
@@ -99,20 +100,19 @@ class _Relay:
             await self._loop()
 
     async def _loop(self) -> None:
-        backoff = 0.1
+        backoff = Backoff()
         while not self._stopping:
             await self._sample_backlog()
             try:
                 published = await self.drain_once()
-                backoff = 0.1
+                backoff.reset()
                 if published < self.batch_size:
                     await self._wait_for_work()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker or database down: keep the events, try again
-                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff.delay)
+                await backoff.pause()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=type(self).__name__)
@@ -218,11 +218,7 @@ class RedisStreamOutboxRelay(_Relay):
         self._next_claim = 0.0
 
     async def start(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(self.redis, self.stream, self.group)
         await super().start()
 
     async def _wait_for_work(self) -> None:

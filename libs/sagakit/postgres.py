@@ -98,6 +98,25 @@ def outbox_insert(first: int, *, when: str | None = None) -> str:
     )
 
 
+def inbox_insert(event_id: int, event_type: int, *, when: str | None = None) -> str:
+    """The inbox insert, the one SQL every PostgreSQL consumer records a delivery with.
+
+    The event's id and type are the parameters ``$event_id`` and ``$event_type``. The statement
+    returns the row only for a first delivery (a redelivery conflicts and returns nothing), so
+    as a data-modifying CTE its emptiness is the "seen before" test of the rest of the
+    statement, and it names ``event_id, event_type`` for the archive's CTE
+    (:func:`sagakit.archive.consumed_insert`). With ``when``, the delivery is recorded only if
+    that CTE returns a row and a type is given (a step not caused by an event records none).
+    """
+    if when is None:
+        rows = f"VALUES (${event_id}, ${event_type})"
+    else:
+        rows = (f"SELECT ${event_id}, ${event_type} FROM {when}"
+                f" WHERE ${event_type}::text IS NOT NULL")
+    return (f"INSERT INTO inbox (event_id, event_type) {rows}"
+            " ON CONFLICT DO NOTHING RETURNING event_id, event_type")
+
+
 def outbox_columns(events: Sequence[OutgoingEvent]) -> tuple[list[object], ...]:
     """Events as the five column arrays :func:`outbox_insert` takes."""
     return (
@@ -117,8 +136,7 @@ async def first_delivery(conn: asyncpg.Connection, meta: EventMeta) -> bool:
 
 # The inbox record and, for a first delivery only, its archive entry (sagakit.archive).
 _FIRST_DELIVERY = (
-    "WITH noted AS (INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
-    " ON CONFLICT DO NOTHING RETURNING event_id, event_type),"
+    f"WITH noted AS ({inbox_insert(1, 2)}),"
     f" archived AS ({consumed_insert(3, inbox='noted')})"
     " SELECT count(*) FROM noted"
 )

@@ -18,7 +18,7 @@ import asyncpg
 from order.domain import Line, OrderRef, PricedOrder, Product, Status
 from sagakit.archive import consumed_columns, consumed_insert
 from sagakit.envelope import EventMeta, OutgoingEvent
-from sagakit.postgres import outbox_columns, outbox_insert
+from sagakit.postgres import inbox_insert, outbox_columns, outbox_insert
 
 
 async def menu(conn: asyncpg.Connection) -> dict[str, Product]:
@@ -111,9 +111,7 @@ _TRANSITION = (
     " step AS (INSERT INTO order_timeline (order_id, status, reason, event_id, trace_id)"
     " SELECT id, $3, $5, $6, $7 FROM moved RETURNING seq, order_id),"
     + _HOOK.format(source="moved") +
-    " noted AS (INSERT INTO inbox (event_id, event_type)"
-    " SELECT $6, $8 FROM moved WHERE $8::text IS NOT NULL ON CONFLICT DO NOTHING"
-    " RETURNING event_id, event_type),"
+    " noted AS (" + inbox_insert(6, 8, when="moved") + "),"
     " archived AS (" + consumed_insert(14, inbox="noted") + "),"
     " sent AS (" + outbox_insert(9, when="moved") + ")"
     " SELECT count(*) FROM moved"

@@ -38,6 +38,7 @@ from standardwebhooks.webhooks import Webhook
 
 from order.callbacks import CallbackPolicy, CallbackRefused
 from sagakit import telemetry
+from sagakit.backoff import Backoff
 
 log = logging.getLogger("order.webhooks")
 EVENT_TYPE = "order.status_changed"
@@ -152,19 +153,18 @@ class WebhookSender:
             await self._listener.add_listener(CHANNEL, lambda *_: self._wake.set())
 
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff()
         with telemetry.untraced():  # the sweeps are not traced
             while True:
                 try:
                     if await self.deliver_due() < self.settings.batch_size:
                         await self._wait()
-                    backoff = 0.1
+                    backoff.reset()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the database is away: the rows wait
-                    log.warning("webhook sender: %s; retrying in %.1fs", exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    log.warning("webhook sender: %s; retrying in %.1fs", exc, backoff.delay)
+                    await backoff.pause()
 
     async def _wait(self) -> None:
         if self._listener is None or self._listener.is_closed():

@@ -23,7 +23,7 @@ import asyncpg
 from payment.domain import Brand, Card, Charge, Outcome
 from sagakit.archive import consumed_columns, consumed_insert
 from sagakit.envelope import EventMeta, OutgoingEvent
-from sagakit.postgres import outbox_columns, outbox_insert
+from sagakit.postgres import inbox_insert, outbox_columns, outbox_insert
 
 # The columns of a card, in the order _card reads them.
 _CARD_COLUMNS = "token, brand, last4, exp_month, exp_year, holder, decline_reason, owner"
@@ -124,9 +124,7 @@ async def charge_once(
     on an order's charge would still refuse a second charge, should a caller forget the lock.)
     """
     row = await conn.fetchrow(
-        "WITH delivery AS ("
-        "  INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
-        "  ON CONFLICT DO NOTHING RETURNING event_id, event_type"
+        f"WITH delivery AS ({inbox_insert(1, 2)}"
         f"), archived AS ({consumed_insert(16, inbox='delivery')}"
         "), state AS ("
         "  SELECT EXISTS (SELECT FROM delivery) AS first_delivery,"
@@ -167,9 +165,7 @@ async def record_cancellation(
     read does not see this statement's own tombstone, nor needs to.)
     """
     row = await conn.fetchrow(
-        "WITH delivery AS ("
-        "  INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
-        "  ON CONFLICT DO NOTHING RETURNING event_id, event_type"
+        f"WITH delivery AS ({inbox_insert(1, 2)}"
         f"), archived AS ({consumed_insert(5, inbox='delivery')}"
         "), tombstone AS ("
         "  INSERT INTO order_cancellations (order_id, reason)"

@@ -26,6 +26,7 @@ from uuid import UUID
 from production import service
 from production.store import KitchenEntry, ProductionStore
 from sagakit import logs, telemetry
+from sagakit.backoff import Backoff
 from sagakit.faults import FaultStore
 
 log = logging.getLogger("production.kitchen")
@@ -80,7 +81,7 @@ class KitchenLine:
                 await self.store.retire_cook(cook)
 
     async def _work(self, cook: str) -> None:
-        backoff, attempts = 0.1, 0
+        backoff, attempts = Backoff(), 0
         in_hand: KitchenEntry | None = None
         while not self._stopping:
             try:
@@ -90,11 +91,12 @@ class KitchenLine:
                         continue
                 attempts += 1
                 await self._make(cook, in_hand)
-                in_hand, backoff = None, 0.1
+                in_hand = None
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away or restarted: keep the ticket, try again
-                log.warning("%s: %s; retrying in %.1fs", cook, exc, backoff)
+                log.warning("%s: %s; retrying in %.1fs", cook, exc, backoff.delay)
                 if in_hand is not None and attempts >= ATTEMPTS_PER_TICKET:
                     # The warning above has the cause: no traceback for each letting go.
                     log.error("%s lets go of kitchen entry %s", cook,  # noqa: TRY400
@@ -103,8 +105,7 @@ class KitchenLine:
                 if "NOGROUP" in str(exc):  # the stream was deleted: recreate the queue
                     with contextlib.suppress(Exception):
                         await self.store.ensure_kitchen_group()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.pause()
 
     async def _next(self, cook: str) -> KitchenEntry | None:
         """A ticket a dead cook left behind, if one is due, else the next one in the queue."""

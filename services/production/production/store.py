@@ -32,10 +32,10 @@ from uuid import UUID
 import orjson
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
 
 from production.domain import Ticket, TicketLine, TicketStatus
 from sagakit.envelope import OutgoingEvent
+from sagakit.streams import ensure_group
 
 STOCK = "stock"
 TICKETS = "tickets"
@@ -256,11 +256,7 @@ class ProductionStore:
     # --- the kitchen's work queue --------------------------------------------------------------
 
     async def ensure_kitchen_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(KITCHEN, COOKS, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(self.redis, KITCHEN, COOKS)
 
     async def next_ticket(self, cook: str, block_ms: int) -> KitchenEntry | None:
         # (redis-py's legacy reply shape, which it keeps on RESP3: [[stream, entries]])
