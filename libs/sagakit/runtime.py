@@ -236,11 +236,15 @@ def add_asyncapi_route(app: FastAPI, service: str, messaging: Messaging) -> None
         return HTMLResponse(asyncapi_html(spec, paths["asyncapi"]))
 
 
-def serve(app_path: str, settings: ServiceSettings, service: str) -> None:
-    """``python -m <service>``: the one entry point, the same in native and compose mode."""
+def serve(factory: str, settings: ServiceSettings, service: str) -> None:
+    """``python -m <service>``: the one entry point, the same in native and compose mode.
+
+    ``factory`` ("<module>:build") is the service's composition root, called by uvicorn once
+    the process is configured: nothing is built at import time."""
     logs.configure(service, settings.log_level)
     uvicorn.run(
-        app_path,
+        factory,
+        factory=True,
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,

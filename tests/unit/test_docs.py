@@ -7,11 +7,11 @@ import re
 import httpx
 import pytest
 
-from order.app import app as order_app
-from payment.app import app as payment_app
-from production.app import app as production_app
+from order.app import build as build_order
+from payment.app import build as build_payment
+from production.app import build as build_production
 
-APPS = {"order": order_app, "payment": payment_app, "production": production_app}
+APPS = {"order": build_order(), "payment": build_payment(), "production": build_production()}
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?(https?:)?//""", re.IGNORECASE)
 
 

@@ -55,12 +55,10 @@ def test_passwords_are_made_once_random_and_readable_by_the_volumes_users(tmp_pa
 
 
 @pytest.mark.parametrize("bind", ["0.0.0.0", "::", "203.0.113.7"])
-async def test_the_identity_refuses_to_start_on_a_public_gateway_with_the_dev_accounts(
-        monkeypatch, bind):
+async def test_the_identity_refuses_to_start_on_a_public_gateway_with_the_dev_accounts(bind):
     """Compose mode's guard (the runner's is check_gateway_settings): the gateway waits for a
     healthy identity, so the stack does not start."""
-    monkeypatch.setattr(identity_app, "settings",
-                        IdentitySettings(gateway_bind=bind, seed_dev_accounts=True))
+    app = identity_app.build(IdentitySettings(gateway_bind=bind, seed_dev_accounts=True))
     with pytest.raises(SystemExit, match="refusing to start"):
-        async with identity_app.lifespan(identity_app.app):
+        async with app.router.lifespan_context(app):
             pass

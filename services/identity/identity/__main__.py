@@ -1,6 +1,6 @@
 """``python -m identity``: the identity service's one entry point (native and compose alike)."""
 
-from identity.app import settings
+from identity.settings import IdentitySettings
 from sagakit.runtime import serve
 
-serve("identity.app:app", settings, "identity")
+serve("identity.app:build", IdentitySettings(), "identity")

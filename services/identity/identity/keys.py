@@ -27,10 +27,15 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sagakit.auth import read_secret
+
+if TYPE_CHECKING:
+    from identity.settings import IdentitySettings
 
 PRIVATE = "signing-keys.json"
 PUBLIC = "jwks.json"
@@ -45,6 +50,16 @@ def new_key() -> dict[str, Any]:
 
 def public(keys: dict[str, Any]) -> dict[str, Any]:
     return {"keys": [{k: v for k, v in key.items() if k != "d"} for key in keys["keys"]]}
+
+
+def read_key_set(config: IdentitySettings) -> dict[str, Any]:
+    """The private key set: IDENTITY_SIGNING_KEYS_FILE (a path) or IDENTITY_SIGNING_KEYS."""
+    if config.signing_keys_file:
+        return dict(json.loads(Path(config.signing_keys_file).read_text(encoding="utf-8")))
+    if text := read_secret("IDENTITY_SIGNING_KEYS"):
+        return dict(json.loads(text))
+    raise SystemExit("identity: no signing keys: set IDENTITY_SIGNING_KEYS_FILE (make up writes "
+                     "one with: python -m identity.keys init DIR)")
 
 
 def _write(path: Path, document: dict[str, Any], mode: int) -> None:

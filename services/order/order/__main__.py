@@ -1,6 +1,6 @@
 """``python -m order``: the order service's one entry point (native and compose mode alike)."""
 
-from order.app import settings
+from order.settings import OrderSettings
 from sagakit.runtime import serve
 
-serve("order.app:app", settings, "order")
+serve("order.app:build", OrderSettings(), "order")

@@ -1,6 +1,6 @@
 """``python -m payment``: the payment service's one entry point (native and compose mode alike)."""
 
-from payment.app import settings
+from payment.settings import PaymentSettings
 from sagakit.runtime import serve
 
-serve("payment.app:app", settings, "payment")
+serve("payment.app:build", PaymentSettings(), "payment")

@@ -1,6 +1,6 @@
-"""``python -m production``: the production service's one entry point (native and compose mode)."""
+"""``python -m production``: the kitchen's one entry point (native and compose alike)."""
 
-from production.app import settings
+from production.settings import ProductionSettings
 from sagakit.runtime import serve
 
-serve("production.app:app", settings, "production")
+serve("production.app:build", ProductionSettings(), "production")

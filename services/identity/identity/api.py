@@ -1,0 +1,179 @@
+"""The identity service's HTTP API: sign up, the OAuth 2.0 token endpoint, the caller's
+profile and the public keys (identity.app builds the service around it).
+
+- ``POST /api/v1/customers`` (name, email, password): sign up, 201.
+- ``POST /api/v1/auth/token`` (OAuth 2.0, RFC 6749, form-encoded): ``grant_type=password`` with
+  ``username`` = email for customers, ``grant_type=client_credentials`` with ``client_id`` and
+  ``client_secret`` (form fields or HTTP Basic) for operators and machine clients. Errors are
+  RFC 6749 §5.2 (``error``, ``error_description``) inside this project's problem JSON.
+- ``GET /api/v1/customers/me``: the caller's profile (a customer token).
+- ``GET /.well-known/jwks.json``: the public keys every service verifies tokens with.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from typing import Any
+
+import asyncpg
+from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from identity import keys
+from identity.settings import IdentitySettings
+from identity.tokens import Signer, check_password, hash_password
+from sagakit.auth import Caller, allow
+from sagakit.web import ApiError, Email, Text, problem
+
+router = APIRouter()
+
+
+class SignUp(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    name: Text = Field(min_length=1, max_length=200, examples=["Ana Souza"])
+    email: Email = Field(examples=["ana@example.com"])
+    password: str = Field(min_length=8, max_length=128, examples=["correct horse battery"])
+
+
+class CustomerOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    email: str
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = Field(examples=["bearer"])
+    expires_in: int
+    scope: str
+
+
+@router.post("/api/v1/customers", status_code=status.HTTP_201_CREATED, response_model=CustomerOut,
+             tags=["customers"], summary="Sign up as a customer", **allow())
+async def sign_up(body: SignUp, request: Request, response: Response) -> CustomerOut:
+    customer_id = uuid.uuid4()
+    hashed = await hash_password(body.password)
+    try:
+        async with request.app.state.pool.acquire() as conn:
+            await conn.execute("INSERT INTO customers (id, name, email, password_hash)"
+                               " VALUES ($1, $2, $3, $4)", customer_id, body.name, body.email,
+                               hashed)
+    except asyncpg.UniqueViolationError:
+        raise ApiError(409, "Conflict", "A customer with this email exists; log in instead.",
+                       field="email") from None
+    response.headers["Location"] = "/api/v1/customers/me"
+    return CustomerOut(id=customer_id, name=body.name, email=body.email)
+
+
+@router.get("/api/v1/customers/me", response_model=CustomerOut, tags=["customers"],
+            summary="The customer the token belongs to", **allow("orders"))
+async def me(caller: Caller, request: Request) -> CustomerOut:
+    if caller.kind != "customer":
+        raise ApiError(404, "Not found", "This token is a client's, not a customer's.")
+    async with request.app.state.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT id, name, email FROM customers WHERE id = $1",
+                                  uuid.UUID(caller.subject))
+    if row is None:
+        raise ApiError(404, "Not found", "No such customer.")
+    return CustomerOut(**dict(row))
+
+
+def _oauth_error(status_code: int, error: str, description: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
+    """RFC 6749 §5.2 error, in the project's problem shape."""
+    titles = {400: "Bad Request", 401: "Unauthorized", 415: "Unsupported Media Type"}
+    response = problem(status_code, titles[status_code], description,
+                       [{"field": field, "message": description}] if field else None,
+                       error=error, error_description=description)
+    response.headers.update({"Cache-Control": "no-store", **(headers or {})})
+    return response
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        client_id, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return client_id, secret
+
+
+@router.post("/api/v1/auth/token", response_model=TokenOut, tags=["auth"],
+             summary="Get an access token (OAuth 2.0: password or client_credentials)",
+             responses={400: {"description": "invalid_request, invalid_grant, invalid_scope or "
+                                             "unsupported_grant_type"},
+                        401: {"description": "invalid_client"}},
+             openapi_extra={"security": [], "requestBody": {"required": True, "content": {
+                 "application/x-www-form-urlencoded": {"schema": {
+                     "type": "object", "required": ["grant_type"],
+                     "properties": {
+                         "grant_type": {"type": "string",
+                                        "enum": ["password", "client_credentials"]},
+                         "username": {"type": "string", "description": "the customer's email"},
+                         "password": {"type": "string"},
+                         "client_id": {"type": "string"},
+                         "client_secret": {"type": "string"},
+                         "scope": {"type": "string", "description": "space-separated, optional: "
+                                   "fewer scopes than the account may have"}}}}}}})
+async def token(request: Request) -> Response:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return _oauth_error(415, "invalid_request",
+                            "Send the token request form-encoded "
+                            "(application/x-www-form-urlencoded).")
+    form = await request.form()
+    fields = {k: str(v) for k, v in form.items() if isinstance(v, str)}
+    grant = fields.get("grant_type")
+    requested = set(fields.get("scope", "").split())
+    if not grant:
+        return _oauth_error(400, "invalid_request", "grant_type is required.", "grant_type")
+    pool = request.app.state.pool
+    signer: Signer = request.app.state.signer
+    if grant == "password":
+        for name in ("username", "password"):
+            if not fields.get(name):
+                return _oauth_error(400, "invalid_request", f"{name} is required.", name)
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT id, name, email, password_hash FROM customers"
+                                      " WHERE lower(email) = lower($1)", fields["username"])
+        if not await check_password(row["password_hash"] if row else None, fields["password"]):
+            return _oauth_error(400, "invalid_grant", "Wrong email or password.")
+        assert row is not None
+        allowed = {"orders"}
+        if requested - allowed:
+            return _oauth_error(400, "invalid_scope", "A customer may ask only for: orders.",
+                                "scope")
+        body = signer.issue(str(row["id"]), requested or allowed, "customer",
+                            email=row["email"], name=row["name"])
+    elif grant == "client_credentials":
+        basic = _basic_credentials(request)
+        client_id, secret = basic or (fields.get("client_id", ""), fields.get("client_secret", ""))
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT client_id, secret_hash, scopes FROM clients"
+                                      " WHERE client_id = $1", client_id)
+        if not await check_password(row["secret_hash"] if row else None, secret):
+            return _oauth_error(401, "invalid_client", "Unknown client or wrong secret.",
+                                headers={"WWW-Authenticate": 'Basic realm="saga-shop"'})
+        assert row is not None
+        allowed = set(row["scopes"])
+        if requested - allowed:
+            return _oauth_error(400, "invalid_scope",
+                                f"This client may ask only for: {' '.join(sorted(allowed))}.",
+                                "scope")
+        body = signer.issue(row["client_id"], requested or allowed, "client")
+    else:
+        return _oauth_error(400, "unsupported_grant_type",
+                            "grant_type must be password or client_credentials.", "grant_type")
+    return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+@router.get("/.well-known/jwks.json", tags=["auth"],
+            summary="The public keys tokens are signed with", **allow())
+async def jwks(request: Request) -> dict[str, Any]:
+    settings: IdentitySettings = request.app.state.settings
+    return keys.public(keys.read_key_set(settings))  # read again: the set may have been rotated
