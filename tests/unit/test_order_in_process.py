@@ -111,7 +111,7 @@ def orders(monkeypatch: pytest.MonkeyPatch) -> FakeOrders:
     fake = FakeOrders()
     for name in ("read", "transition", "mark_cancel_requested"):
         monkeypatch.setattr(store, name, getattr(fake, name))
-    monkeypatch.setattr(service, "EARLY_RECHECKS_S", (0.0,))
+    monkeypatch.setattr(service.EARLY_EVENTS, "rechecks", (0.0,))
     monkeypatch.setattr(metrics, "saga_ended", lambda *args: None)
     return fake
 

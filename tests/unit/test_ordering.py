@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from sagakit.ordering import InArrivalOrder
 
 
@@ -54,3 +56,28 @@ async def test_a_failing_holder_lets_the_next_one_in():
     results = await asyncio.gather(fail(), fail(), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
     assert len(gate) == 0
+
+
+async def test_an_early_event_is_rechecked_after_each_pause_then_left_to_the_broker():
+    from sagakit.consuming import RetryLater
+    from sagakit.ordering import EarlyEvents
+
+    early = EarlyEvents(rechecks=(0.0, 0.0))
+    attempts: list[int] = []
+
+    async def never_ready() -> None:
+        attempts.append(1)
+        raise RetryLater("its predecessor is not applied yet")
+
+    with pytest.raises(RetryLater):
+        await early.apply("order-1", never_ready)
+    assert len(attempts) == 3  # once, then after each of the two pauses
+    assert len(early.in_arrival_order) == 0  # nothing held after it gave up
+
+    async def ready_on_the_second_look() -> str:
+        attempts.append(2)
+        if attempts.count(2) < 2:
+            raise RetryLater("not yet")
+        return "applied"
+
+    assert await early.apply("order-1", ready_on_the_second_look) == "applied"

@@ -44,7 +44,7 @@ from sagakit.events import (
     OrderCreated,
     OrderReceived,
 )
-from sagakit.ordering import InArrivalOrder
+from sagakit.ordering import EarlyEvents
 from sagakit.postgres import first_delivery
 
 log = logging.getLogger("order.service")
@@ -218,13 +218,9 @@ async def note_cancel_refused(pool: asyncpg.Pool, order_id: UUID, reason: str,
             log.warning("the kitchen refused the cancellation: %s", reason)
 
 
-# An event that overtook its predecessor (say, production.started of an order whose
-# production.queued another replica still handles) usually finds it applied a few milliseconds
-# later: look again briefly in-process before handing it to the broker's slower retry queue,
-# which stays the backstop.
-EARLY_RECHECKS_S = (0.005, 0.02, 0.05)
-# Events of one order reaching this process are applied in the order they arrived.
-IN_ARRIVAL_ORDER = InArrivalOrder()
+# Events of one order reaching this process are applied in the order they arrived; an early
+# one is looked at again briefly before the broker's retry queue takes it (sagakit.ordering).
+EARLY_EVENTS = EarlyEvents()
 
 
 async def advance(
@@ -232,15 +228,8 @@ async def advance(
     reason: str | None = None,
 ) -> None:
     """Apply one saga event to its order, exactly once in effect."""
-    for pause in (*EARLY_RECHECKS_S, None):
-        try:
-            async with IN_ARRIVAL_ORDER.hold(order_id):
-                await _advance_once(pool, order_id, trigger, meta, reason)
-            return
-        except RetryLater:
-            if pause is None:
-                raise
-            await asyncio.sleep(pause)  # not holding the order: its predecessor may be queued
+    await EARLY_EVENTS.apply(order_id,
+                             lambda: _advance_once(pool, order_id, trigger, meta, reason))
 
 
 async def _advance_once(
