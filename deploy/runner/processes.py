@@ -223,15 +223,24 @@ def stop(run_dir: Path, names: Iterable[str]) -> None:
 
 
 def shutdown(run_dir: Path, timeout: float = 30.0) -> bool:
-    """Stop every program, then supervisord itself; False when none was running."""
+    """Stop every program at once (SIGTERM to each group; supervisord sends SIGKILL after
+    STOP_WAIT_SECONDS), then supervisord itself; False when none was running."""
     proxy = rpc(run_dir)
     if proxy is None:
         socket_path(run_dir).unlink(missing_ok=True)
         return False
     pid = proxy.supervisor.getPID()
-    for result in proxy.supervisor.stopAllProcesses():
-        if result["status"] == 80:  # supervisor.xmlrpc.Faults.SUCCESS
-            say(f"{result['name']}: stopped")
+    running = [info["name"] for info in proxy.supervisor.getAllProcessInfo()
+               if info["statename"] in {*ALIVE, "STOPPING"}]
+    proxy.supervisor.stopAllProcesses(False)  # all signalled now, not one after the other
+    deadline = time.monotonic() + STOP_WAIT_SECONDS + 10
+    while any(info["statename"] in {*ALIVE, "STOPPING"}
+              for info in proxy.supervisor.getAllProcessInfo()):
+        if time.monotonic() > deadline:
+            raise StackError(f"programs of {run_dir} did not stop; see {run_dir / 'logs'}")
+        time.sleep(0.1)
+    for name in running:
+        say(f"{name}: stopped")
     proxy.supervisor.shutdown()
     deadline = time.monotonic() + timeout
     while _exists(pid) and time.monotonic() < deadline:
