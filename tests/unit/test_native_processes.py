@@ -89,3 +89,20 @@ def test_a_killed_program_comes_back_and_down_leaves_nothing(supervised: Path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert native.rpc(supervised) is None and native.read_pid(supervised, "order") is None
+
+
+def test_a_program_that_dies_as_it_starts_is_retried_and_up_says_why(supervised: Path):
+    """Dying within startsecs is supervisord's BACKOFF (retried 1 s, 2 s ... later); ``up``'s
+    wait for readiness fails at once with the end of this run's log instead of timing out."""
+    dying = [sys.executable, "-c", "import sys; sys.exit('no broker here')"]
+    processes.apply(supervised, [processes.Program("order", dying, dict(os.environ))])
+    _wait(lambda: processes.processes(supervised)["order"]["statename"] == "BACKOFF",
+          "order never went to BACKOFF")
+    started = time.monotonic()
+    with pytest.raises(native.StackError, match=r"order: process exited \(BACKOFF\)") as failed:
+        native.wait_ready(1, run_dir=supervised, services=(),
+                          replicas=[native.Replica("order", 0, "127.0.0.1", 1)], timeout=30)
+    assert time.monotonic() - started < 5
+    assert "no broker here" in str(failed.value)
+    _wait(lambda: native.log_tail(supervised, "order").count(processes.START_MARK) >= 2,
+          "supervisord did not retry order")
