@@ -15,8 +15,9 @@ at once (``autorestart=true``); one that dies within ``startsecs`` of its start 
 next ``up``. ``down`` (or a test's stop) is the only way a program stays stopped.
 
 Each program runs ``deploy/runner/launch.py`` with a JSON file of its argv and environment
-(``env/<name>.json``, mode 0600): no quoting of values through supervisord's config, and each
-start writes the start mark ``log_tail(this_run=True)`` cuts at.
+(``env/<name>.json``, mode 0600): no quoting of values through supervisord's config; it writes
+the program's output straight to ``logs/<name>.log``, each start under the start mark
+``log_tail(this_run=True)`` cuts at.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def write_config(run_dir: Path, programs: Iterable[Program]) -> Path:
         fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump({"argv": list(program.argv), "env": dict(program.env),
-                       "mark": START_MARK}, out)
+                       "log": str(log_file(run_dir, program.name)), "mark": START_MARK}, out)
         sections.append(_program_section(run_dir, program))
     sock = socket_path(run_dir)
     config = run_dir / CONFIG
