@@ -46,9 +46,10 @@ def load_average() -> list[float]:
 class CpuMeter:
     """CPU seconds per named group between :meth:`start` and :meth:`stop`.
 
-    ``groups`` maps a name to a process-group id (a service's pid file); server processes are
-    matched by command name, so a process that starts mid-run (a PostgreSQL backend) counts from
-    its start. Servers are shared: other sessions on this machine add to them.
+    ``groups`` maps a name to a process-group id (a service's pid: supervisord starts each
+    program in a group of its own); server processes are matched by command name, so a process
+    that starts mid-run (a PostgreSQL backend) counts from its start. Servers are shared: other
+    sessions on this machine add to them.
     """
 
     groups: dict[str, int]

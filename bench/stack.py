@@ -35,7 +35,7 @@ CLIENT = ("ops-console", "ops-dev-secret")
 class Target:
     url: str
     credentials: tuple[str, str]  # an OAuth client: client_id, client_secret
-    run_dir: Path | None  # where the pid files are, for CPU per process
+    run_dir: Path | None  # whose supervisord knows the pids, for CPU per process
     rabbitmq_url: str  # the broker's URL (any vhost): the ceiling runs on its own
 
 
@@ -99,7 +99,7 @@ def own_stack(run_dir: Path, *, replicas: int = 1,
 
 
 def pid_groups(run_dir: Path | None) -> dict[str, int]:
-    """Process-group id of each process a run dir recorded (gateway and replicas)."""
+    """Process-group id of each program a run dir's supervisord runs (gateway and replicas)."""
     if run_dir is None:
         return {}
     groups = {}

@@ -17,7 +17,7 @@ fi
 
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "bootstrap: installing saga-shop and its dev tools into $VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev,native]'
     touch "$stamp"
 fi
 

@@ -7,7 +7,10 @@ own ``docker-compose.yml``, where ``--stack=native`` (the default) starts them w
 mode does it its own way:
 
 - replicas of a service: ``native.replicas`` (ports +10 each) | ``docker compose ps`` (IPs);
-- kill a replica: ``os.kill`` of its pid | ``docker kill --signal``;
+- kill a replica and keep it down: a signal, then supervisord told to stop it (one XML-RPC
+  multicall, so it is not restarted) | ``docker kill --signal``;
+- crash a replica (``crash``): ``os.kill`` of its pid, and supervisord restarts it by itself |
+  ``docker kill`` (compose does not restart a killed container: ``restart_missing`` does);
 - bring back what died: ``native.up`` (starts what is missing) | ``docker compose up --wait``;
 - restart RabbitMQ: ``rabbitmqctl stop_app``/``start_app`` | ``docker compose stop/start``;
 - restart a database: ``pg_ctlcluster ... stop/start`` | ``docker compose stop/start <db>``;
@@ -73,6 +76,8 @@ class Stack(Protocol):
 
     def replicas(self, service: str) -> list[Replica]: ...
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None: ...
+    def crash(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None: ...
+    def pid(self, name: str) -> int | None: ...
     def running(self, name: str) -> bool: ...
     def restart_missing(self) -> None: ...
     def log(self, name: str) -> str: ...
@@ -113,9 +118,26 @@ class NativeStack:
                 for r in native.replicas(service, native.stack_env(self.env))]
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """`sig` to the replica, and it stays down until :meth:`restart_missing`: in the same
+        XML-RPC multicall supervisord is told to stop it, before it can see the exit as a
+        crash and restart it (the program state goes STOPPING, then STOPPED)."""
+        proxy = native.rpc(self.run_dir)
+        assert proxy is not None and self.running(name), f"{name} is not running"
+        results = proxy.system.multicall([
+            {"methodName": "supervisor.signalProcess", "params": [name, sig.name[3:]]},
+            {"methodName": "supervisor.stopProcess", "params": [name, False]},
+        ])
+        assert results == [True, True], results  # a fault would be a dict in the list
+
+    def crash(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """`sig` to the replica's pid, from outside as a crash would be: supervisord restarts
+        it by itself (deploy/runner/processes.py)."""
         pid = native.read_pid(self.run_dir, name)
         assert pid is not None, f"{name} is not running"
         os.kill(pid, sig)
+
+    def pid(self, name: str) -> int | None:
+        return native.read_pid(self.run_dir, name)
 
     def running(self, name: str) -> bool:
         return native.read_pid(self.run_dir, name) is not None
@@ -281,6 +303,15 @@ class ComposeStack:
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         _run(["docker", "kill", f"--signal={sig.name}", name], env=self.env)
+
+    def crash(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        self.kill(name, sig)  # compose restarts no killed container: restart_missing does
+
+    def pid(self, name: str) -> int | None:
+        done = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", name], check=False,
+                              env=self.env, capture_output=True, text=True, timeout=60)
+        pid = done.stdout.strip()
+        return int(pid) if pid.isdigit() and pid != "0" else None
 
     def running(self, name: str) -> bool:
         done = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name],

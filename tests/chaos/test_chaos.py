@@ -19,6 +19,7 @@ import httpx
 from deploy import native
 from tests.chaos.conftest import Books, ChaosStack, Load, full_only, until
 
+GRACEFUL = "Application shutdown complete"  # uvicorn's last line after SIGTERM
 EVENT_QUEUES = ["payment.order-events", "order.payment-events", "order.production-events",
                 "production.order-events"]
 
@@ -101,13 +102,35 @@ def drained(chaos: ChaosStack) -> None:
     time.sleep(1.0)  # the last deliveries' transactions
 
 
-def signal_one_replica_of_each(chaos: ChaosStack, sig: signal.Signals) -> list[str]:
-    names = [chaos.stack.replicas(s)[-1].name for s in native.SERVICES]
-    for name in names:
-        chaos.stack.kill(name, sig)
-    until(lambda: not any(chaos.stack.running(n) for n in names),
-          f"{names} still running after {sig.name}", 40)
-    return names
+def crash_one_replica_of_each(chaos: ChaosStack, sig: signal.Signals) -> list[str]:
+    """`sig` to the last replica of each service, from outside, as a crash comes.
+
+    Natively nothing calls ``up``: supervisord must start each one again by itself (a new pid
+    that answers ready) while the load goes on. Compose restarts no killed container, so there
+    the test waits for them to be gone and brings them back itself."""
+    stack = chaos.stack
+    replicas = {r.name: r for s in native.SERVICES for r in [stack.replicas(s)[-1]]}
+    before = {name: stack.pid(name) for name in replicas}
+    for name in replicas:
+        stack.crash(name, sig)
+    if stack.mode == "compose":
+        until(lambda: not any(stack.running(n) for n in replicas),
+              f"{list(replicas)} still running after {sig.name}", 40)
+        chaos.restart_missing()
+        return list(replicas)
+    until(lambda: all(stack.pid(n) not in (None, before[n]) for n in replicas),
+          f"{list(replicas)} not started again by supervisord after {sig.name}", 60)
+    until(lambda: all(_status(f"http://{r.address}/health/ready") == 200
+                      for r in replicas.values()),
+          f"{list(replicas)} restarted but not ready", 60)
+    return list(replicas)
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.TransportError:
+        return 0
 
 
 def ready(client: httpx.Client, service: str) -> int:
@@ -121,22 +144,22 @@ def ready(client: httpx.Client, service: str) -> int:
 
 
 def test_kill_9_of_each_service_under_load(client, chaos, books: Books):
+    """Each killed replica comes back by itself (no ``up``), and the books still balance."""
     load = Load(client).start()
     load.wait_started()
-    signal_one_replica_of_each(chaos, signal.SIGKILL)
-    time.sleep(0.5)
-    chaos.restart_missing()
+    crash_one_replica_of_each(chaos, signal.SIGKILL)
     books.settle("kill -9 each service", load.join())
 
 
 def test_sigterm_finishes_in_flight_work_and_flushes_the_outbox(client, chaos, books: Books):
     load = Load(client).start()
     load.wait_started()
-    names = signal_one_replica_of_each(chaos, signal.SIGTERM)
-    for name in names:
-        tail = chaos.stack.log_tail(name, 30)
-        assert "Application shutdown complete" in tail, f"{name} did not stop gracefully:\n{tail}"
-    chaos.restart_missing()
+    names = [chaos.stack.replicas(s)[-1].name for s in native.SERVICES]
+    stopped = {name: chaos.log(name).count(GRACEFUL) for name in names}
+    crash_one_replica_of_each(chaos, signal.SIGTERM)
+    for name in names:  # the run before the restart ended gracefully
+        assert chaos.log(name).count(GRACEFUL) > stopped[name], \
+            f"{name} did not stop gracefully:\n{chaos.stack.log(name)[-3000:]}"
     books.settle("SIGTERM each service", load.join())
 
 

@@ -1,4 +1,5 @@
-"""Replicas behind the gateway: a dead one is skipped without a client error, and comes back."""
+"""Replicas behind the gateway: a dead one is skipped without a client error, and comes back;
+natively, a process that crashes is started again by the runner's supervisord, without ``up``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import time
 import uuid
 from typing import Any
 
+import httpx
+import pytest
+
 from tests.e2e.conftest import TERMINAL, gateway_log, place, wait_for
 from tests.stacks import Stack
+from tests.tokens import ANA
 
 
 def _get_products(client, stack: Stack, count: int) -> dict[str, dict[str, Any]]:
@@ -61,3 +66,23 @@ def test_a_dead_replica_is_skipped_without_a_client_error_then_rejoins(client, s
     while second.address not in _served_by(_get_products(client, stack, 2)):
         assert time.monotonic() < deadline, f"{second.name} never rejoined the gateway's rotation"
         time.sleep(0.25)
+
+
+def test_a_killed_service_process_comes_back_by_itself_and_healthy(stack):
+    """kill -9 of the identity's one process: supervisord starts it again (a new pid, a new start
+    mark in its log), it answers ready through the gateway and issues tokens, and nothing
+    called ``up``."""
+    if stack.mode != "native":
+        pytest.skip("compose restarts no container `docker kill` stopped")
+    [identity] = stack.replicas("identity")
+    before = stack.pid(identity.name)
+    starts = stack.log(identity.name).count("native: starting")
+    stack.crash(identity.name, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while stack.pid(identity.name) in (None, before) or httpx.get(
+            f"{stack.base_url}/health/identity/ready", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, (
+            f"{identity.name} was not restarted:\n{stack.log(identity.name)[-3000:]}")
+        time.sleep(0.2)
+    assert stack.log(identity.name).count("native: starting") == starts + 1
+    assert ANA.token(stack.base_url, timeout=10)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 
 from deploy import native
+from identity.settings import IdentitySettings
+from order.settings import OrderSettings
+from payment.settings import PaymentSettings
+from production.settings import ProductionSettings
+from sagakit.settings import ServiceSettings
 
 
 def test_replicas_are_named_and_ported_by_index():
@@ -133,3 +139,25 @@ def test_process_names_sort_gateway_first_then_replicas_in_order():
     names = ["production-2", "order-10", "gateway", "order-2", "payment", "order"]
     assert sorted(names, key=native.process_sort_key) == [
         "gateway", "order", "order-2", "order-10", "payment", "production-2"]
+
+
+SETTINGS: dict[str, type[ServiceSettings]] = {
+    "order": OrderSettings, "payment": PaymentSettings, "production": ProductionSettings,
+    "identity": IdentitySettings}
+
+
+@pytest.mark.parametrize("service", native.ALL_SERVICES)
+def test_what_the_runner_passes_is_what_each_service_defaults_to(service, monkeypatch):
+    """The runner's defaults come from the settings classes: handed to a service, they change
+    nothing it would have chosen itself (a drift here would split native from compose)."""
+    settings = SETTINGS[service]
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    alone = settings()
+    for name, value in native.stack_env({}).items():
+        monkeypatch.setenv(name, value)
+    given = settings()
+    for field in ("rabbitmq_url", "http_host", "http_port", "database_url", "gateway_bind"):
+        if field in settings.model_fields:
+            assert getattr(given, field) == getattr(alone, field), f"{service}.{field}"
+    assert native.replicas(service, native.stack_env({}))[0].port == alone.http_port
