@@ -22,7 +22,7 @@ import pytest
 from faststream.rabbit import TestRabbitBroker
 
 from payment import handlers, service, store
-from payment.domain import FAULT_DECLINE, Card, Charge, Outcome, tokenize
+from payment.domain import FAULT_DECLINE, Card, Charge, Outcome, PaymentFaults, tokenize
 from payment.settings import PaymentSettings
 from sagakit.consuming import Poison
 from sagakit.envelope import EventMeta, OutgoingEvent
@@ -128,7 +128,7 @@ def ledger(monkeypatch: pytest.MonkeyPatch) -> FakeLedger:
 
 @pytest.fixture
 def faults() -> FakeFaults:
-    return FakeFaults(decline_rate=0.0, latency_ms=0)
+    return FakeFaults(**PaymentFaults().model_dump())  # off, as the service starts
 
 
 @pytest.fixture
