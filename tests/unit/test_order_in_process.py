@@ -10,7 +10,6 @@ leaves to tests/integration: the SQL (order.store), the outbox relay and the wir
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from faststream.rabbit import RabbitBroker, TestRabbitBroker
+from faststream.rabbit import TestRabbitBroker
 
 from order import handlers, metrics, service, store
 from order.domain import Line, OrderRef, Status, Trigger
@@ -38,6 +37,7 @@ from sagakit.events import (
     ProductionStarted,
 )
 from sagakit.runtime import Messaging
+from tests.in_process import Bus, FakePool, envelope
 
 S = Status
 
@@ -100,12 +100,6 @@ class FakeOrders:
         return True
 
 
-class FakePool:
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[object]:
-        yield object()
-
-
 @pytest.fixture
 def orders(monkeypatch: pytest.MonkeyPatch) -> FakeOrders:
     fake = FakeOrders()
@@ -116,20 +110,6 @@ def orders(monkeypatch: pytest.MonkeyPatch) -> FakeOrders:
     return fake
 
 
-class Bus:
-    """Delivers an event as RabbitMQ would: to the service's queue that the topology binds its
-    routing key to (TestRabbitBroker does not model the topic exchange's bindings), with the
-    envelope's CloudEvents headers and AMQP properties."""
-
-    def __init__(self, broker: RabbitBroker) -> None:
-        self.broker = broker
-
-    async def publish(self, event: OutgoingEvent) -> None:
-        (queue,) = [q for q in handlers.QUEUES if event.type in q.bindings]
-        await self.broker.publish(event.body, queue=queue.name, persist=True,
-                                  **event.amqp_properties(event.headers))
-
-
 @pytest.fixture
 async def bus(orders: FakeOrders) -> AsyncIterator[Bus]:
     """The order service's consumers, middleware and handlers on an in-memory broker."""
@@ -137,11 +117,7 @@ async def bus(orders: FakeOrders) -> AsyncIterator[Bus]:
     pool = FakePool()
     handlers.register(messaging, lambda: pool)
     async with TestRabbitBroker(messaging.broker) as broker:
-        yield Bus(broker)
-
-
-def envelope(event: Event, order_id: UUID) -> OutgoingEvent:
-    return OutgoingEvent.build(event, source="saga-shop/test", subject=str(order_id))
+        yield Bus(broker, handlers.QUEUES)
 
 
 def announced(step: Step) -> list[Event | None]:
