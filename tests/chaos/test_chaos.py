@@ -114,8 +114,10 @@ def crash_one_replica_of_each(chaos: ChaosStack, sig: signal.Signals) -> list[st
     for name in replicas:
         stack.crash(name, sig)
     if stack.mode == "compose":
+        # A graceful stop may take its whole budget: uvicorn's 20 s for open requests, then
+        # FastStream's 15 s for deliveries in hand and the relay's 5 s flush.
         until(lambda: not any(stack.running(n) for n in replicas),
-              f"{list(replicas)} still running after {sig.name}", 40)
+              f"{list(replicas)} still running after {sig.name}", 75)
         chaos.restart_missing()
         return list(replicas)
     until(lambda: all(stack.pid(n) not in (None, before[n]) for n in replicas),
