@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from order import store
-from order.api import _follow
+from order.stream_api import _follow
 from order.domain import OrderRef, Status
 from sagakit import postgres
 from sagakit.envelope import EventMeta

@@ -10,7 +10,17 @@ from pathlib import Path
 import asyncpg
 from fastapi import FastAPI
 
-from order import api, customer_data, handlers, metrics, service, store, webhooks, webhooks_api
+from order import (
+    api,
+    customer_data,
+    handlers,
+    metrics,
+    service,
+    store,
+    stream_api,
+    webhooks,
+    webhooks_api,
+)
 from order.callbacks import CallbackPolicy
 from order.domain import WAITING_ON_A_STEP, OrderFaults
 from order.settings import OrderSettings
@@ -109,6 +119,7 @@ def build(settings: OrderSettings | None = None) -> FastAPI:
         "replica's), so new orders stay pending_payment with their events in the outbox until it "
         "is resumed. Off by default; every change is in /faults/history."))
     app.include_router(api.router)
+    app.include_router(stream_api.router)
     app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_dsn))
     app.include_router(audit_router(SERVICE))
     app.include_router(archive_router(SERVICE, postgres_archive))

@@ -121,9 +121,11 @@ class KitchenLine:
 
     async def _make(self, cook: str, entry: KitchenEntry) -> None:
         logs.order_id_var.set(None)
-        context = await self._context(entry)
+        context = self._context(entry)
         if entry.ticket_id is None or context is None:
-            await self.store.done_with(entry)  # not a ticket we know: nothing to make
+            log.error("kitchen entry %s is not a ticket reserve.lua queued: dropped",
+                      entry.entry_id)
+            await self.store.done_with(entry)  # nothing to make
             return
         order_id, traceparent = context
         logs.order_id_var.set(str(order_id))
@@ -132,17 +134,12 @@ class KitchenLine:
                                         "saga.ticket_id": str(entry.ticket_id)}):
             await self._cook(cook, entry, entry.ticket_id, order_id)
 
-    async def _context(self, entry: KitchenEntry) -> tuple[UUID, str | None] | None:
-        """(order id, traceparent) of the entry's ticket: from the entry itself, as reserve.lua
-        writes it, or read from the ticket for an entry queued by an older version."""
-        if entry.ticket_id is None:
+    @staticmethod
+    def _context(entry: KitchenEntry) -> tuple[UUID, str | None] | None:
+        """(order id, traceparent) of the entry's ticket, as reserve.lua wrote them with it."""
+        if entry.ticket_id is None or entry.order_id is None:
             return None
-        if entry.order_id is not None:
-            return entry.order_id, entry.traceparent
-        context = await self.store.ticket_context(entry.ticket_id)
-        if context is None:
-            log.error("kitchen entry for unknown ticket %s dropped", entry.ticket_id)
-        return context
+        return entry.order_id, entry.traceparent
 
     async def _cook(self, cook: str, entry: KitchenEntry, ticket_id: UUID, order_id: UUID) -> None:
         """Start, prepare and finish the ticket. Its entry leaves the stream with the finish

@@ -97,9 +97,8 @@ class Reservation:
 @dataclass(frozen=True)
 class KitchenEntry:
     entry_id: str
-    ticket_id: UUID | None  # None: an entry that is not a ticket (dropped)
-    # The ticket's order and trace context, written with the entry by reserve.lua; None in an
-    # entry queued before entries carried them (the cook then reads them from the ticket).
+    ticket_id: UUID | None  # None: an entry that is not a ticket we know (dropped)
+    # The ticket's order and trace context, written with the entry by reserve.lua.
     order_id: UUID | None = None
     traceparent: str | None = None
 
@@ -220,15 +219,6 @@ class ProductionStore:
 
     # --- the kitchen's steps -------------------------------------------------------------------
 
-    async def ticket_context(self, ticket_id: UUID) -> tuple[UUID, str | None] | None:
-        """(order id, traceparent) of a ticket, for the events its cooking announces; the
-        kitchen entry carries them (:class:`KitchenEntry`), except one from an older version."""
-        order_id, traceparent = await self.redis.hmget(_ticket(ticket_id), "order_id",
-                                                       "traceparent")
-        if order_id is None:
-            return None
-        return UUID(str(order_id)), None if traceparent is None else str(traceparent)
-
     async def start(self, ticket_id: UUID, announcement: OutgoingEvent, at: datetime) -> str:
         outcome: str = await self._start(*_start_step(ticket_id, announcement, at))
         return outcome
@@ -338,13 +328,9 @@ def _finish_step(
 def _entry(entry_id: str, fields: dict[str, str] | None) -> KitchenEntry:
     fields = fields or {}
     try:
-        ticket_id = UUID(fields["ticket_id"])
+        ticket_id, order_id = UUID(fields["ticket_id"]), UUID(fields["order_id"])
     except (KeyError, ValueError):
-        return KitchenEntry(entry_id, None)
-    try:
-        order_id = UUID(fields["order_id"])
-    except (KeyError, ValueError):
-        return KitchenEntry(entry_id, ticket_id)  # an older entry: the cook reads the ticket
+        return KitchenEntry(entry_id, None)  # not an entry reserve.lua wrote: dropped
     return KitchenEntry(entry_id, ticket_id, order_id, fields.get("traceparent"))
 
 
