@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from order import store
-from order.stream_api import _follow
 from order.domain import OrderRef, Status
+from order.stream_api import _follow
 from sagakit import postgres
 from sagakit.envelope import EventMeta
 from sagakit.notifications import NotificationFanout, TooManySubscribers
