@@ -90,9 +90,11 @@ class RetryPolicy:
     """Where a failed delivery goes next. One instance per service, shared by its subscribers."""
 
     def __init__(self, broker: RabbitBroker, service: str, delays_ms: Sequence[int],
-                 park_seconds: int | None = None) -> None:
+                 park_seconds: int | None = None,
+                 queues: Sequence[topology.ConsumerQueue] = ()) -> None:
         self.broker = broker
         self.service = service
+        self._queue_by_key = topology.queues_by_routing_key(service, queues)
         self.delays_ms = tuple(delays_ms)
         # A parked message expires after this (the broker drops it): retention of what it holds.
         self.park_seconds = park_seconds
@@ -100,6 +102,10 @@ class RetryPolicy:
         # event archive of a store whose inbox cannot archive it (sagakit.archive.RedisArchive).
         # A failure there is retried like a handler's; the inbox makes the retry archive only.
         self.on_consumed: Callable[[EventMeta], Awaitable[None]] | None = None
+
+    def queue_of(self, routing_key: str) -> str:
+        """The queue of this service a delivery with ``routing_key`` came from."""
+        return self._queue_by_key.get(routing_key, routing_key)
 
     @property
     def max_attempts(self) -> int:
@@ -170,7 +176,9 @@ class RetryPolicy:
         class DeliveryScope(BaseMiddleware):
             async def on_receive(self) -> None:
                 raw: IncomingMessage = self.msg  # type: ignore[assignment]
-                self.queue: str = self.context.get_local("handler_").queue.name
+                # Which of the service's queues it came from, told by its routing key (the
+                # broker does not say); the subscriber FastStream keeps in its context is private.
+                self.queue = policy.queue_of(raw.routing_key or "")
                 self.event_type = str((raw.headers or {}).get("ce-type") or raw.routing_key)
                 try:
                     meta = EventMeta.from_headers(raw.headers or {}, raw.message_id,

@@ -87,6 +87,22 @@ class OutgoingEvent:
         )
 
 
+
+@dataclass(frozen=True, slots=True)
+class EventSource:
+    """A service as the CloudEvents ``source`` of the events it announces; the one way a
+    service makes an event for its outbox: ``SOURCE.event(OrderCreated(...), order_id)``."""
+
+    service: str
+
+    @property
+    def uri(self) -> str:
+        return f"saga-shop/{self.service}"
+
+    def event(self, event: Event, subject: object) -> OutgoingEvent:
+        """``event`` about ``subject`` (an order, a customer), in the current trace."""
+        return OutgoingEvent.build(event, source=self.uri, subject=str(subject))
+
 @dataclass(frozen=True, slots=True)
 class EventMeta:
     """What a consumer knows of the delivery in hand, beyond its parsed body.

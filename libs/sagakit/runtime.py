@@ -8,60 +8,29 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, Protocol
 
 import asyncpg
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from faststream.middlewares import AckPolicy
-from faststream.rabbit import Channel, RabbitBroker, RabbitMessage, RabbitQueue
-from faststream.rabbit.subscriber import RabbitSubscriber
+from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.specification import AsyncAPI
-from pydantic import BaseModel
 
 from sagakit import logs, metrics, postgres, telemetry
 from sagakit.archive import PostgresArchive
 from sagakit.audit import PostgresAuditLog
 from sagakit.consuming import RetryPolicy, event_meta
 from sagakit.docs import asyncapi_html, docs_paths
-from sagakit.envelope import EventMeta
-from sagakit.events import CustomerDataRequested, CustomerErasureRequested, Event, EventType
+from sagakit.events import Event
 from sagakit.outbox import EventPublisher, PostgresOutboxRelay
+from sagakit.routing import Subscription
 from sagakit.settings import ServiceSettings
 from sagakit.topology import EVENTS, ConsumerQueue, Topology, dead_letter_queue
 
 # How often the depth of the service's dead-letter and consumer queues is sampled for /metrics.
 QUEUE_SAMPLE_SECONDS = 5.0
-
-
-Body = TypeVar("Body", bound=BaseModel)
-# A consumer: one coroutine taking the delivery's body, validated into its model (an Event).
-Handler: TypeAlias = Callable[[Body], Awaitable[None]]
-# Which deliveries a handler takes (:func:`of_type`): awaited with each incoming message.
-MessageFilter: TypeAlias = Callable[[RabbitMessage], Awaitable[bool]]
-
-
-class Registers(Protocol):
-    """The decorator ``@subscription(filter=...)`` gives: it registers the handler and returns
-    it unchanged, so the handler keeps its own type (``(OrderCreated) -> Awaitable[None]``)."""
-
-    def __call__(self, handler: Handler[Body], /) -> Handler[Body]: ...
-
-
-class Subscription:
-    """The subscriber on one consumer queue: one handler per event type, each chosen by its
-    filter. A typed face on FastStream's subscriber, whose decorator mypy cannot see through."""
-
-    def __init__(self, subscriber: RabbitSubscriber) -> None:
-        self._subscriber = subscriber
-
-    def __call__(self, *, filter: MessageFilter) -> Registers:
-        def register(handler: Handler[Body]) -> Handler[Body]:
-            self._subscriber(handler, filter=filter)
-            return handler
-
-        return register
 
 
 class Messaging:
@@ -83,7 +52,7 @@ class Messaging:
         self.queues = tuple(queues)
         self.topology = Topology(service, queues, settings.retry_delays_ms)
         self.retries = RetryPolicy(self.broker, service, settings.retry_delays_ms,
-                                   settings.dead_letter_retention_days * 86_400)
+                                   settings.dead_letter_retention_days * 86_400, self.queues)
         self.broker.add_middleware(self.retries.middleware())
         self.publisher = EventPublisher(self.broker)
         self._document_publishers(publishes)
@@ -161,63 +130,16 @@ class Messaging:
 
 
 __all__ = [
-    "Handler",
-    "MessageFilter",
     "Messaging",
-    "Registers",
-    "Subscription",
     "add_asyncapi_route",
-    "customer_queue",
     "database_ready",
     "event_meta",
     "every",
-    "of_type",
     "postgres_archive",
     "postgres_lifespan",
+    "running",
     "serve",
-    "subscribe_customer_data",
 ]
-
-
-Exports = Callable[[CustomerDataRequested, EventMeta], Awaitable[None]]
-Erases = Callable[[CustomerErasureRequested, EventMeta], Awaitable[None]]
-
-
-def customer_queue(service: str) -> ConsumerQueue:
-    """The queue on which ``service`` takes the identity's requests about a customer's data."""
-    return ConsumerQueue(service, "identity",
-                         (EventType.CUSTOMER_DATA_REQUESTED, EventType.CUSTOMER_ERASURE_REQUESTED))
-
-
-def subscribe_customer_data(messaging: Messaging, service: str, *, export: Exports,
-                            erase: Erases) -> None:
-    """Answer the identity's requests: ``export`` announces the service's part of a customer's
-    data (``<service>.customer_data``), ``erase`` anonymises it (``<service>.customer_erased``).
-    Every service holding data about customers takes part the same way."""
-    customers = messaging.subscriber(customer_queue(service),
-                                     "A customer's data: export, erasure")
-
-    @customers(filter=of_type(EventType.CUSTOMER_DATA_REQUESTED))
-    async def on_data_requested(event: CustomerDataRequested) -> None:
-        await export(event, event_meta())
-
-    @customers(filter=of_type(EventType.CUSTOMER_ERASURE_REQUESTED))
-    async def on_erasure_requested(event: CustomerErasureRequested) -> None:
-        await erase(event, event_meta())
-
-
-def of_type(event_type: str) -> MessageFilter:
-    """A FastStream filter routing a delivery to the handler of its CloudEvents type.
-
-    A coroutine function on purpose: FastStream runs a plain function filter in a worker thread
-    (anyio's ``run_in_threadpool``), a thread hop per handler tried for every delivery.
-    """
-
-    async def matches(message: RabbitMessage) -> bool:
-        return bool(message.headers.get("ce-type") == event_type)
-
-    matches.__name__ = f"of_type_{event_type.replace('.', '_')}"
-    return matches
 
 
 def add_asyncapi_route(app: FastAPI, service: str, messaging: Messaging) -> None:
@@ -279,34 +201,62 @@ def retention_sweep(pool: asyncpg.Pool, settings: Any,
     return sweep
 
 
+class Worker(Protocol):
+    """A background part of a service (an outbox relay, the kitchen's cooks, a sender)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@asynccontextmanager
+async def running(messaging: Messaging, relay: Worker, *workers: Worker) -> AsyncIterator[None]:
+    """Consume, relay the outbox and run ``workers`` while the block runs; stop in the order
+    that loses nothing: stop consuming first (in-flight handlers finish), then the workers
+    (each finishes what it holds), then the relay (it publishes what all of them committed),
+    and close the broker connection last. Every service's lifespan runs its saga in this."""
+    await messaging.start()
+    await relay.start()
+    for worker in workers:
+        await worker.start()
+    try:
+        yield
+    finally:
+        await messaging.stop_consuming()
+        for worker in reversed(workers):
+            await worker.stop()
+        await relay.stop()
+        await messaging.close()
+
+
 def postgres_lifespan(
     service: str, settings: Any, messaging: Messaging, migrations: Path,
     relay_paused: Callable[[], Awaitable[bool]] | None = None,
     retention: Retention | None = None,
+    prepare: Callable[[asyncpg.Pool], Awaitable[None]] | None = None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """The lifecycle of a PostgreSQL-backed service (order, payment), in the order that loses
-    nothing: migrate, start consuming and relaying, and the retention sweep; on stop, stop
-    consuming (in-flight handlers finish), flush the outbox, then close the connections and
-    flush telemetry. ``relay_paused``: see :class:`sagakit.outbox.PostgresOutboxRelay`."""
+    """The lifecycle of a PostgreSQL-backed service (order, payment, identity): open the pool
+    and migrate, ``prepare`` (seed data), then run the saga (:func:`running`) and the retention
+    sweep; close the connections and flush telemetry last. ``relay_paused``: see
+    :class:`sagakit.outbox.PostgresOutboxRelay`."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         telemetry.setup(service)
         pool = await postgres.create_pool(settings.database_dsn, max_size=settings.db_pool_size)
-        await postgres.migrate(pool, [migrations])
-        app.state.pool, app.state.settings = pool, settings
-        app.state.audit_log = PostgresAuditLog(pool, service)
-        relay = PostgresOutboxRelay(pool, settings.database_dsn, messaging.publisher,
-                                    relay_paused)
-        await messaging.start()
-        await relay.start()
         try:
-            async with every(settings.retention_sweep_seconds,
-                             retention_sweep(pool, settings, retention), "retention"):
+            await postgres.migrate(pool, [migrations])
+            if prepare is not None:
+                await prepare(pool)
+            app.state.pool, app.state.settings = pool, settings
+            app.state.audit_log = PostgresAuditLog(pool, service)
+            relay = PostgresOutboxRelay(pool, settings.database_dsn, messaging.publisher,
+                                        relay_paused)
+            async with running(messaging, relay), every(
+                settings.retention_sweep_seconds, retention_sweep(pool, settings, retention),
+                "retention",
+            ):
                 yield
         finally:
-            await messaging.stop_consuming()  # first, letting in-flight handlers finish
-            await relay.stop()  # then publish what they committed
-            await messaging.close()
             await pool.close()
             telemetry.shutdown()  # last: flush the spans and logs of everything above
 

@@ -69,6 +69,21 @@ class ConsumerQueue:
         )
 
 
+def queues_by_routing_key(service: str, queues: Sequence[ConsumerQueue]) -> dict[str, str]:
+    """Which of ``service``'s queues a delivery with a given routing key came from: the consumer
+    queue binding that event type (from ``saga.events``), the queue itself (its name is the key
+    of a retry coming back through ``saga.requeue``, of a replay, of a direct publish), and the
+    dead-letter queue (key: the service). Each event type is bound by one queue per service."""
+    by_key = {dead_letter_queue(service).name: dead_letter_queue(service).name,
+              service: dead_letter_queue(service).name}
+    for queue in queues:
+        by_key[queue.name] = queue.name
+        for key in queue.bindings:
+            if by_key.setdefault(key, queue.name) != queue.name:
+                raise ValueError(f"{key} is bound by both {by_key[key]} and {queue.name}")
+    return by_key
+
+
 def dead_letter_queue(service: str) -> RabbitQueue:
     return RabbitQueue(f"{service}.dead-letters", queue_type=QueueType.QUORUM, durable=True)
 

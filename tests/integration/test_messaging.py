@@ -13,7 +13,8 @@ import pytest
 from pydantic import BaseModel
 
 from sagakit.consuming import RetryLater
-from sagakit.runtime import Messaging, event_meta, of_type
+from sagakit.routing import of_type
+from sagakit.runtime import Messaging, event_meta
 from sagakit.settings import ServiceSettings
 from sagakit.topology import ConsumerQueue
 from tests.amqp import text_header

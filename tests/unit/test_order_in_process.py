@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -114,8 +115,7 @@ def orders(monkeypatch: pytest.MonkeyPatch) -> FakeOrders:
 async def bus(orders: FakeOrders) -> AsyncIterator[Bus]:
     """The order service's consumers, middleware and handlers on an in-memory broker."""
     messaging = Messaging("order", OrderSettings(), handlers.QUEUES)
-    pool = FakePool()
-    handlers.register(messaging, lambda: pool)
+    handlers.router.include(messaging, SimpleNamespace(pool=FakePool()))
     async with TestRabbitBroker(messaging.broker) as broker:
         yield Bus(broker, handlers.QUEUES)
 

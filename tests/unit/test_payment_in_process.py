@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from uuid import UUID, uuid4
 
 import pytest
@@ -135,8 +136,7 @@ def faults() -> FakeFaults:
 async def bus(ledger: FakeLedger, faults: FakeFaults) -> AsyncIterator[Bus]:
     """The payment service's consumers, middleware and handlers on an in-memory broker."""
     messaging = Messaging("payment", PaymentSettings(), handlers.QUEUES)
-    pool = FakePool()
-    handlers.register(messaging, lambda: pool, faults)
+    handlers.router.include(messaging, SimpleNamespace(pool=FakePool(), faults=faults))
     async with TestRabbitBroker(messaging.broker) as broker:
         yield Bus(broker, handlers.QUEUES)
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from uuid import UUID, uuid4
 
 import pytest
@@ -213,7 +214,7 @@ def faults() -> FakeFaults:
 async def bus(kitchen: FakeKitchen, faults: FakeFaults) -> AsyncIterator[Bus]:
     """The production service's consumers, middleware and handlers on an in-memory broker."""
     messaging = Messaging("production", ProductionSettings(), handlers.QUEUES)
-    handlers.register(messaging, lambda: kitchen, lambda: faults)
+    handlers.router.include(messaging, SimpleNamespace(store=kitchen, faults=faults))
     async with TestRabbitBroker(messaging.broker) as broker:
         yield Bus(broker, handlers.QUEUES)
 

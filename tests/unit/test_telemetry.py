@@ -144,7 +144,9 @@ def test_what_a_message_causes_is_traced_even_inside_an_untraced_loop(spans):
 
 async def test_a_failing_handler_marks_its_span_and_the_parked_copy_stays_in_the_trace(spans):
     broker = RabbitBroker()
-    broker.add_middleware(RetryPolicy(broker, "kitchen", delays_ms=[]).middleware())
+    queue = topology.ConsumerQueue("kitchen", "order", ("order.cancelled",))
+    broker.add_middleware(RetryPolicy(broker, "kitchen", delays_ms=[],
+                                      queues=[queue]).middleware())
     parked: list[dict[str, Any]] = []
     failed_before = EVENTS_FAILED.labels("order.cancelled", "parked")._value.get()
 

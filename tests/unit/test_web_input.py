@@ -16,7 +16,8 @@ import pytest
 from fastapi import APIRouter, FastAPI, Form
 from pydantic import BaseModel, ConfigDict, Field
 
-from sagakit.web import VISIBLE_TEXT, Email, JsonRoute, Text, create_app, parse_json, visible
+from sagakit.text import VISIBLE_TEXT, Email, Text, visible
+from sagakit.web import JsonRoute, create_app, parse_json
 
 
 @asynccontextmanager

@@ -10,6 +10,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 
 -- Wake the relay as soon as a transaction that wrote an event commits (NOTIFY is transactional).
+-- A row trigger, not a statement trigger: a statement trigger fires even for an INSERT of no
+-- rows, as in a transition's data-modifying CTE that announces nothing. PostgreSQL folds the
+-- identical notifications of one transaction into one, so a transaction wakes the relay once.
 CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('outbox', '');
@@ -18,7 +21,7 @@ END $$;
 
 DROP TRIGGER IF EXISTS outbox_notify ON outbox;
 CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+    FOR EACH ROW EXECUTE FUNCTION outbox_notify();
 
 CREATE TABLE IF NOT EXISTS inbox (
     event_id     uuid        PRIMARY KEY,

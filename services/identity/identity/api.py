@@ -26,7 +26,8 @@ from identity import keys
 from identity.settings import IdentitySettings
 from identity.tokens import Signer, check_password, hash_password
 from sagakit.auth import Caller, allow
-from sagakit.web import ApiError, Email, Text, problem
+from sagakit.text import Email, Text
+from sagakit.web import ApiError, problem
 
 router = APIRouter()
 

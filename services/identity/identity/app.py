@@ -24,18 +24,15 @@ from fastapi import FastAPI
 from identity import api, customer_data, data_api, handlers, keys
 from identity.settings import IdentitySettings
 from identity.tokens import Signer, hash_password
-from sagakit import postgres, telemetry
 from sagakit.archive import archive_router
-from sagakit.audit import PostgresAuditLog, audit_router
+from sagakit.audit import audit_router
 from sagakit.deadletters import dead_letters_router
-from sagakit.outbox import PostgresOutboxRelay
 from sagakit.runtime import (
     Messaging,
     add_asyncapi_route,
     database_ready,
-    every,
     postgres_archive,
-    retention_sweep,
+    postgres_lifespan,
 )
 from sagakit.web import create_app
 
@@ -89,6 +86,13 @@ def build(settings: IdentitySettings | None = None) -> FastAPI:
     settings = settings or IdentitySettings()
     messaging = Messaging(SERVICE, settings, handlers.QUEUES, customer_data.PUBLISHES)
 
+    saga_lifespan = postgres_lifespan(
+        SERVICE, settings, messaging, Path(__file__).with_name("migrations"),
+        retention=lambda pool, _: customer_data.forget_old_exports(
+            pool, settings.export_retention_seconds),
+        prepare=seed if settings.seed_dev_accounts else None,
+    )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.seed_dev_accounts and not _is_loopback(settings.gateway_bind):
@@ -97,28 +101,9 @@ def build(settings: IdentitySettings | None = None) -> FastAPI:
                 "the development accounts (known passwords) are on. Set "
                 "IDENTITY_SEED_DEV_ACCOUNTS=false and create real accounts, or keep "
                 "GATEWAY_BIND=127.0.0.1.")
-        telemetry.setup(SERVICE)
         app.state.signer = Signer(keys.read_key_set(settings), settings.token_ttl_seconds)
-        pool = await postgres.create_pool(settings.database_dsn, max_size=settings.db_pool_size)
-        await postgres.migrate(pool, [Path(__file__).with_name("migrations")])
-        app.state.pool, app.state.settings = pool, settings
-        app.state.audit_log = PostgresAuditLog(pool, SERVICE)
-        if settings.seed_dev_accounts:
-            await seed(pool)
-        relay = PostgresOutboxRelay(pool, settings.database_dsn, messaging.publisher)
-        await messaging.start()
-        await relay.start()
-        sweep = retention_sweep(pool, settings, lambda pool, _: customer_data.forget_old_exports(
-            pool, settings.export_retention_seconds))
-        try:
-            async with every(settings.retention_sweep_seconds, sweep, "retention"):
-                yield
-        finally:
-            await messaging.stop_consuming()
-            await relay.stop()
-            await messaging.close()
-            await pool.close()
-            telemetry.shutdown()
+        async with saga_lifespan(app):
+            yield
 
     app = create_app(
         SERVICE,
@@ -132,7 +117,7 @@ def build(settings: IdentitySettings | None = None) -> FastAPI:
     app.include_router(audit_router(SERVICE))
     app.include_router(archive_router(SERVICE, postgres_archive))
     app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_dsn))
-    handlers.register(messaging, lambda: app.state.pool)
+    handlers.router.include(messaging, app.state)  # its pool: opened by the lifespan
     add_asyncapi_route(app, SERVICE, messaging)
     app.state.settings = settings
     app.include_router(api.router)

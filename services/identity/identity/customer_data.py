@@ -23,7 +23,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.envelope import EventMeta, EventSource
 from sagakit.events import (
     CustomerData,
     CustomerDataRequested,
@@ -33,7 +33,7 @@ from sagakit.events import (
 from sagakit.postgres import add_to_outbox, first_delivery
 
 log = logging.getLogger("identity.customer_data")
-SOURCE = "saga-shop/identity"
+SOURCE = EventSource("identity")
 SERVICES = ("order", "payment", "production")
 PUBLISHES = (CustomerDataRequested, CustomerErasureRequested)
 ERASED = "[erased]"
@@ -90,9 +90,8 @@ async def export(pool: asyncpg.Pool, customer_id: UUID, requested_by: str,
             row = await conn.fetchrow(
                 "INSERT INTO data_exports (id, customer_id, requested_by) VALUES ($1, $2, $3)"
                 " RETURNING *", uuid4(), customer_id, requested_by)
-            await add_to_outbox(conn, OutgoingEvent.build(
-                CustomerDataRequested(export_id=row["id"], customer_id=str(customer_id)),
-                source=SOURCE, subject=str(customer_id)))
+            await add_to_outbox(conn, SOURCE.event(CustomerDataRequested(
+                export_id=row["id"], customer_id=str(customer_id)), customer_id))
             log.info("data export requested")
     shown = _status(row)
     if row["completed_at"] is not None:
@@ -125,9 +124,8 @@ async def erase(pool: asyncpg.Pool, customer_id: UUID, requested_by: str) -> dic
                 "UPDATE customers SET name = $2, email = 'erased-' || id || '@invalid',"
                 " password_hash = $2, erased_at = now() WHERE id = $1", customer_id, ERASED)
             await conn.execute("DELETE FROM data_exports WHERE customer_id = $1", customer_id)
-            await add_to_outbox(conn, OutgoingEvent.build(
-                CustomerErasureRequested(erasure_id=row["id"], customer_id=str(customer_id)),
-                source=SOURCE, subject=str(customer_id)))
+            await add_to_outbox(conn, SOURCE.event(CustomerErasureRequested(
+                erasure_id=row["id"], customer_id=str(customer_id)), customer_id))
             log.info("erasure requested")
     return _status(row)
 

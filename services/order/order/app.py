@@ -124,7 +124,7 @@ def build(settings: OrderSettings | None = None) -> FastAPI:
     app.include_router(audit_router(SERVICE))
     app.include_router(archive_router(SERVICE, postgres_archive))
     app.include_router(unrouted_router(settings.rabbitmq_dsn))
-    handlers.register(messaging, lambda: app.state.pool)
+    handlers.router.include(messaging, app.state)  # its pool: opened by the lifespan
     add_asyncapi_route(app, SERVICE, messaging)
     add_metrics_route(app, SERVICE, lambda: metrics.count_orders(app.state.pool))
     return app

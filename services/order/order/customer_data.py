@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from order.domain import TERMINAL
-from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.envelope import EventMeta, EventSource
 from sagakit.events import (
     CustomerDataRequested,
     CustomerErasureRequested,
@@ -32,7 +32,7 @@ from sagakit.events import (
 from sagakit.postgres import add_to_outbox, first_delivery
 
 log = logging.getLogger("order.customer_data")
-SOURCE = "saga-shop/order"
+SOURCE = EventSource("order")
 SERVICE = "order"
 ERASED = "[erased]"
 PUBLISHES = (OrderCustomerData, OrderCustomerErased)
@@ -53,10 +53,10 @@ async def export(pool: asyncpg.Pool, event: CustomerDataRequested, meta: EventMe
              "created_at": r["created_at"].isoformat(), "updated_at": r["updated_at"].isoformat()}
             for r in rows
         ]
-        await add_to_outbox(conn, OutgoingEvent.build(OrderCustomerData(
+        await add_to_outbox(conn, SOURCE.event(OrderCustomerData(
             export_id=event.export_id, customer_id=event.customer_id, service=SERVICE,
             data={"orders": orders},
-        ), source=SOURCE, subject=event.customer_id))
+        ), event.customer_id))
     log.info("exported %d orders for a data export", len(orders))
 
 
@@ -87,10 +87,10 @@ async def erase_pending(pool: asyncpg.Pool) -> int:
             )
             await conn.execute("DELETE FROM pending_erasures WHERE erasure_id = $1",
                                row["erasure_id"])
-            await add_to_outbox(conn, OutgoingEvent.build(OrderCustomerErased(
+            await add_to_outbox(conn, SOURCE.event(OrderCustomerErased(
                 erasure_id=row["erasure_id"], customer_id=row["customer_id"], service=SERVICE,
                 erased={"orders": int(status.split()[-1])},
-            ), source=SOURCE, subject=row["customer_id"]))
+            ), row["customer_id"]))
     if ready:
         log.info("erased the personal data of %d customer(s)", len(ready))
     return len(ready)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from order.callbacks import MAX_URL_LENGTH
 from order.domain import MAX_LINES, MAX_QUANTITY
 from sagakit.events import Money
-from sagakit.web import Email, Text
+from sagakit.text import Email, Text
 
 
 class CustomerIn(BaseModel):

@@ -35,7 +35,7 @@ from order.domain import (
 )
 from sagakit import logs, telemetry
 from sagakit.consuming import Poison, RetryLater
-from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.envelope import EventMeta, EventSource, OutgoingEvent
 from sagakit.events import (
     TEST_CARD_TOKENS,
     Event,
@@ -48,7 +48,7 @@ from sagakit.ordering import EarlyEvents
 from sagakit.postgres import first_delivery
 
 log = logging.getLogger("order.service")
-SOURCE = "saga-shop/order"
+SOURCE = EventSource("order")
 # The events this service publishes (its AsyncAPI document lists them; see sagakit.runtime).
 PUBLISHES = (OrderCreated, OrderReceived, OrderCancellationRequested, OrderCancelled)
 
@@ -73,13 +73,9 @@ class UnknownPaymentToken(Exception):
     pass
 
 
-def _event(event: Event, order_id: UUID) -> OutgoingEvent:
-    return OutgoingEvent.build(event, source=SOURCE, subject=str(order_id))
-
-
 def _outgoing(events: tuple[Event, ...], order_id: UUID) -> list[OutgoingEvent]:
     """What the domain decided to announce, as envelopes for the outbox."""
-    return [_event(event, order_id) for event in events]
+    return [SOURCE.event(event, order_id) for event in events]
 
 
 async def ensure_token_known(pool: asyncpg.Pool, token: str, wait_seconds: float) -> None:
@@ -138,7 +134,7 @@ async def place_order(
     priced = price(await MENU.get(pool), items)  # unknown skus fail before anything is written
     order_id = uuid4()
     logs.order_id_var.set(str(order_id))
-    created = _event(OrderCreated(
+    created = SOURCE.event(OrderCreated(
         order_id=order_id, amount=priced.total, currency=currency, payment_token=payment_token,
         owner=owner, lines=order_lines(priced.lines),
     ), order_id)

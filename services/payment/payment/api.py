@@ -18,7 +18,8 @@ from payment import service, store
 from payment.domain import Card, InvalidCard
 from sagakit.auth import Caller, allow
 from sagakit.events import Money
-from sagakit.web import ApiError, JsonRoute, Text
+from sagakit.text import Text
+from sagakit.web import ApiError, JsonRoute
 
 router = APIRouter(prefix="/api/v1", route_class=JsonRoute)
 

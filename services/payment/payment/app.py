@@ -62,7 +62,8 @@ def build(settings: PaymentSettings | None = None) -> FastAPI:
     app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_dsn))
     app.include_router(audit_router(SERVICE))
     app.include_router(archive_router(SERVICE, postgres_archive))
-    handlers.register(messaging, lambda: app.state.pool, faults)
+    app.state.faults = faults
+    handlers.router.include(messaging, app.state)  # its pool: opened by the lifespan
     add_asyncapi_route(app, SERVICE, messaging)
     add_metrics_route(app, SERVICE)
     return app

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.envelope import EventMeta, EventSource
 from sagakit.events import (
     CustomerDataRequested,
     CustomerErasureRequested,
@@ -26,7 +26,7 @@ from sagakit.events import (
 from sagakit.postgres import add_to_outbox, first_delivery
 
 log = logging.getLogger("payment.customer_data")
-SOURCE = "saga-shop/payment"
+SOURCE = EventSource("payment")
 SERVICE = "payment"
 ERASED = "[erased]"
 PUBLISHES = (PaymentCustomerData, PaymentCustomerErased)
@@ -49,10 +49,10 @@ async def export(pool: asyncpg.Pool, event: CustomerDataRequested, meta: EventMe
             "SELECT id, order_id, kind, status, amount, currency, reason, refund_of, created_at"
             " FROM payments WHERE order_id IN (SELECT order_id FROM payments WHERE owner = $1)"
             " ORDER BY created_at, kind", event.customer_id)
-        await add_to_outbox(conn, OutgoingEvent.build(PaymentCustomerData(
+        await add_to_outbox(conn, SOURCE.event(PaymentCustomerData(
             export_id=event.export_id, customer_id=event.customer_id, service=SERVICE,
             data={"cards": [_json(c) for c in cards], "ledger": [_json(p) for p in ledger]},
-        ), source=SOURCE, subject=event.customer_id))
+        ), event.customer_id))
     log.info("exported %d cards and %d ledger rows for a data export", len(cards), len(ledger))
 
 
@@ -65,10 +65,10 @@ async def erase(pool: asyncpg.Pool, event: CustomerErasureRequested, meta: Event
             "UPDATE cards SET holder = $2 WHERE owner = $1 AND holder <> $2",
             event.customer_id, ERASED)
         erased = int(status.split()[-1])
-        await add_to_outbox(conn, OutgoingEvent.build(PaymentCustomerErased(
+        await add_to_outbox(conn, SOURCE.event(PaymentCustomerErased(
             erasure_id=event.erasure_id, customer_id=event.customer_id, service=SERVICE,
             erased={"cards": erased},
-        ), source=SOURCE, subject=event.customer_id))
+        ), event.customer_id))
     log.info("erased the holder of %d card(s)", erased)
 
 

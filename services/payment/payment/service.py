@@ -30,10 +30,9 @@ from payment.domain import (
     with_decline_fault,
 )
 from sagakit.consuming import Poison
-from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.envelope import EventMeta, EventSource
 from sagakit.events import (
     CardTokenized,
-    Event,
     OrderCancelled,
     OrderCreated,
     PaymentProcessed,
@@ -44,13 +43,9 @@ from sagakit.faults import FaultStore
 from sagakit.postgres import add_to_outbox
 
 log = logging.getLogger("payment.service")
-SOURCE = "saga-shop/payment"
+SOURCE = EventSource("payment")
 # The events this service publishes (its AsyncAPI document lists them; see sagakit.runtime).
 PUBLISHES = (PaymentProcessed, PaymentRefunded, PaymentVoided, CardTokenized)
-
-
-def _event(event: Event, subject: object) -> OutgoingEvent:
-    return OutgoingEvent.build(event, source=SOURCE, subject=str(subject))
 
 
 def new_token() -> str:
@@ -70,7 +65,7 @@ async def tokenize_card(
     card = dataclasses.replace(card, owner=owner)
     async with pool.acquire() as conn, conn.transaction():
         created_at = await store.insert_card(conn, card)
-        await add_to_outbox(conn, _event(CardTokenized(
+        await add_to_outbox(conn, SOURCE.event(CardTokenized(
             token=card.token, brand=card.brand, last4=card.last4, created_at=created_at,
         ), card.token))
     # Token and brand only: no part of the card number goes into a log line.
@@ -101,7 +96,7 @@ async def charge_order(pool: asyncpg.Pool, order: OrderCreated, meta: EventMeta,
         )
         # Built before we know whether this delivery charges, so that the charge and its event
         # are written by one statement; it is simply not written if nothing is charged.
-        processed = _event(PaymentProcessed(
+        processed = SOURCE.event(PaymentProcessed(
             order_id=order.order_id, payment_id=charge.payment_id, outcome=decision.outcome,
             amount=order.amount, currency=order.currency, reason=decision.reason,
         ), order.order_id)
@@ -131,14 +126,14 @@ async def refund_or_void(pool: asyncpg.Pool, order: OrderCancelled, meta: EventM
         if compensation is Compensation.REFUND:
             assert charge is not None
             refund_id = uuid4()
-            refunded = _event(PaymentRefunded(
+            refunded = SOURCE.event(PaymentRefunded(
                 order_id=order.order_id, payment_id=refund_id, refund_of=charge.id,
                 amount=charge.amount, currency=charge.currency,
             ), order.order_id)
             await store.refund(conn, refund_id=refund_id, order_id=order.order_id,
                                charge=charge, reason=order.reason, announce=refunded)
         elif compensation is Compensation.VOID:
-            await add_to_outbox(conn, _event(PaymentVoided(
+            await add_to_outbox(conn, SOURCE.event(PaymentVoided(
                 order_id=order.order_id, reason=void_reason(charge),
             ), order.order_id))
     log.info("order cancelled: %s", compensation, extra={"reason": order.reason})

@@ -21,7 +21,7 @@ from sagakit.deadletters import dead_letters_router
 from sagakit.faults import RedisFaultStore, faults_router
 from sagakit.metrics import add_metrics_route
 from sagakit.outbox import RedisStreamOutboxRelay
-from sagakit.runtime import Messaging, add_asyncapi_route
+from sagakit.runtime import Messaging, add_asyncapi_route, running
 from sagakit.web import create_app
 
 SERVICE = "production"
@@ -56,16 +56,12 @@ def build(settings: ProductionSettings | None = None) -> FastAPI:
             store, cooks=settings.kitchen_workers, preparation_seconds=settings.preparation_seconds,
             reclaim_seconds=settings.kitchen_reclaim_seconds, faults=faults,
         )
-        await messaging.start()
-        await relay.start()
-        await kitchen.start()
         try:
-            yield
+            # On stop, the cooks finish the ticket in hand if they can before the relay's last
+            # flush publishes what they committed (sagakit.runtime.running).
+            async with running(messaging, relay, kitchen):
+                yield
         finally:
-            await messaging.stop_consuming()  # first, letting in-flight handlers finish
-            await kitchen.stop()  # cooks finish the ticket in hand if they can
-            await relay.stop()  # then publish what was committed
-            await messaging.close()
             await redis.aclose()
             telemetry.shutdown()  # last: flush the spans and logs of everything above
 
@@ -91,7 +87,7 @@ def build(settings: ProductionSettings | None = None) -> FastAPI:
     app.include_router(dead_letters_router(SERVICE, settings.rabbitmq_dsn))
     app.include_router(audit_router(SERVICE))
     app.include_router(archive_router(SERVICE, lambda request: request.app.state.archive))
-    handlers.register(messaging, lambda: app.state.store, lambda: app.state.faults)
+    handlers.router.include(messaging, app.state)  # store, faults: set by the lifespan
     add_asyncapi_route(app, SERVICE, messaging)
     add_metrics_route(app, SERVICE)
     return app

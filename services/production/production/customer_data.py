@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from production.store import ProductionStore
-from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.envelope import EventMeta, EventSource
 from sagakit.events import (
     CustomerDataRequested,
     CustomerErasureRequested,
@@ -20,7 +20,7 @@ from sagakit.events import (
 )
 
 log = logging.getLogger("production.customer_data")
-SOURCE = "saga-shop/production"
+SOURCE = EventSource("production")
 SERVICE = "production"
 PUBLISHES = (ProductionCustomerData, ProductionCustomerErased)
 NOTHING_HELD = ("tickets name orders and products, never a customer: nothing personal is "
@@ -28,13 +28,13 @@ NOTHING_HELD = ("tickets name orders and products, never a customer: nothing per
 
 
 async def export(store: ProductionStore, event: CustomerDataRequested, meta: EventMeta) -> None:
-    await store.answer_once(meta.id, OutgoingEvent.build(ProductionCustomerData(
+    await store.answer_once(meta.id, SOURCE.event(ProductionCustomerData(
         export_id=event.export_id, customer_id=event.customer_id, service=SERVICE,
         data={"personal_data": [], "note": NOTHING_HELD},
-    ), source=SOURCE, subject=event.customer_id))
+    ), event.customer_id))
 
 
 async def erase(store: ProductionStore, event: CustomerErasureRequested, meta: EventMeta) -> None:
-    await store.answer_once(meta.id, OutgoingEvent.build(ProductionCustomerErased(
+    await store.answer_once(meta.id, SOURCE.event(ProductionCustomerErased(
         erasure_id=event.erasure_id, customer_id=event.customer_id, service=SERVICE, erased={},
-    ), source=SOURCE, subject=event.customer_id))
+    ), event.customer_id))

@@ -23,9 +23,8 @@ from production.domain import (
 )
 from production.store import KitchenEntry, ProductionStore
 from sagakit import telemetry
-from sagakit.envelope import EventMeta, OutgoingEvent
+from sagakit.envelope import EventMeta, EventSource
 from sagakit.events import (
-    Event,
     MissingStock,
     OrderCancellationRequested,
     OrderCancelled,
@@ -40,7 +39,7 @@ from sagakit.events import (
 from sagakit.faults import FaultStore
 
 log = logging.getLogger("production.service")
-SOURCE = "saga-shop/production"
+SOURCE = EventSource("production")
 # The events this service publishes (its AsyncAPI document lists them; see sagakit.runtime).
 PUBLISHES = (ProductionQueued, ProductionStarted, OrderFinished, ProductionFailed,
              ProductionCancelled, ProductionCancelRefused)
@@ -50,10 +49,6 @@ class UnknownSku(Exception):
     def __init__(self, sku: str) -> None:
         super().__init__(f"the kitchen does not stock '{sku}'")
         self.sku = sku
-
-
-def _event(event: Event, order_id: UUID) -> OutgoingEvent:
-    return OutgoingEvent.build(event, source=SOURCE, subject=str(order_id))
 
 
 def _now() -> datetime:
@@ -73,8 +68,8 @@ async def receive_order(store: ProductionStore, event: OrderReceived, meta: Even
     lines = tuple(TicketLine(x.sku, x.name, x.quantity) for x in event.lines)
     needed = demand(lines)
     ticket_id = uuid4()
-    queued = _event(ProductionQueued(order_id=event.order_id, ticket_id=ticket_id),
-                    event.order_id)
+    queued = SOURCE.event(ProductionQueued(order_id=event.order_id, ticket_id=ticket_id),
+                          event.order_id)
     reservation = await store.reserve(
         event_id=meta.id, order_id=event.order_id, ticket_id=ticket_id, lines=lines,
         needed=needed, announcement=queued, traceparent=_traceparent(), at=_now(),
@@ -93,8 +88,8 @@ async def receive_order(store: ProductionStore, event: OrderReceived, meta: Even
 async def _fail(store: ProductionStore, event: OrderReceived, meta: EventMeta, reason: str,
                 missing: tuple[MissingStock, ...] = ()) -> str:
     """Announce that the kitchen cannot make the order (once: the inbox records the event)."""
-    failed = _event(ProductionFailed(order_id=event.order_id, reason=reason, missing=missing),
-                    event.order_id)
+    failed = SOURCE.event(ProductionFailed(order_id=event.order_id, reason=reason, missing=missing),
+                          event.order_id)
     outcome = await store.record_failure(event_id=meta.id, order_id=event.order_id,
                                          announcement=failed)
     log.info("order.received: %s", outcome, extra={"reason": reason})
@@ -113,9 +108,9 @@ async def request_cancel(
 ) -> str:
     """Drop the ticket if no cook has started it, else refuse; answer the order either way."""
     ticket_id = await store.ticket_of(event.order_id)
-    accepted = _event(ProductionCancelled(order_id=event.order_id, ticket_id=ticket_id),
-                      event.order_id)
-    refused = _event(ProductionCancelRefused(
+    accepted = SOURCE.event(ProductionCancelled(order_id=event.order_id, ticket_id=ticket_id),
+                            event.order_id)
+    refused = SOURCE.event(ProductionCancelRefused(
         order_id=event.order_id, ticket_id=ticket_id,
         reason="the kitchen has already started this order",
     ), event.order_id)
@@ -128,7 +123,7 @@ async def request_cancel(
 async def start_cooking(store: ProductionStore, ticket_id: UUID, order_id: UUID) -> str:
     """Take the ticket to the stove: "started" or "resumed" when it is to be made now,
     "paused" while the line is held, else "skip"."""
-    started = _event(ProductionStarted(order_id=order_id, ticket_id=ticket_id), order_id)
+    started = SOURCE.event(ProductionStarted(order_id=order_id, ticket_id=ticket_id), order_id)
     outcome = await store.start(ticket_id, started, _now())
     if outcome != "paused":
         log.info("ticket %s: %s", ticket_id, outcome)
@@ -140,7 +135,7 @@ async def finish_cooking(
 ) -> str:
     """Hand the ticket over ("finished"; "skip" if it was cancelled meanwhile) and be done with
     its kitchen entry."""
-    finished = _event(OrderFinished(order_id=order_id, ticket_id=ticket_id), order_id)
+    finished = SOURCE.event(OrderFinished(order_id=order_id, ticket_id=ticket_id), order_id)
     outcome = await store.finish(entry, ticket_id, finished, _now())
     log.info("ticket %s: %s", ticket_id, outcome)
     return outcome
@@ -151,8 +146,8 @@ async def cook_at_once(
 ) -> str:
     """Start and finish the ticket in one step, for a kitchen with no preparation time:
     "finished" (its kitchen entry done with too), else "paused" or "skip" as start_cooking."""
-    started = _event(ProductionStarted(order_id=order_id, ticket_id=ticket_id), order_id)
-    finished = _event(OrderFinished(order_id=order_id, ticket_id=ticket_id), order_id)
+    started = SOURCE.event(ProductionStarted(order_id=order_id, ticket_id=ticket_id), order_id)
+    finished = SOURCE.event(OrderFinished(order_id=order_id, ticket_id=ticket_id), order_id)
     outcome = await store.start_and_finish(entry, ticket_id, started, finished, _now())
     if outcome != "paused":
         log.info("ticket %s: %s at once", ticket_id, outcome)

@@ -1,23 +1,8 @@
 """Redis for the production service: stock, tickets, the kitchen's work queue, outbox and inbox.
 
-Every change that announces an event is one Lua script (the ``*.lua`` files next to this
-module) that also appends the event to the ``outbox`` stream and, for a consumed event, marks
-its id in the inbox. Keys::
-
-    stock                     hash   sku -> units available
-    ticket:<ticket id>        hash   id, order_id, status, lines (JSON), created_at, started_at,
-                                     finished_at, cancelled_at, traceparent
-    order-ticket:<order id>   string the order's ticket id
-    tickets, tickets:<status> zsets  ticket ids scored by creation time (ms), for the queue view
-    kitchen                   stream tickets for the cooks (consumer group ``cooks``): ticket_id,
-                                     order_id, traceparent
-    kitchen:paused            string present while the kitchen manager holds the line
-    outbox                    stream events to publish (sagakit.outbox.RedisStreamOutboxRelay)
-    inbox:<event id>          string a consumed event (expires after the inbox TTL)
-    cancelled:<order id>      string tombstone of a cancelled order (same TTL)
-
-The scripts address a few keys they derive (``ticket:<id>`` in cancel.lua), so the store
-needs one Redis, not a cluster.
+Each method is one round trip: a Lua script for a change that announces an event (atomic with
+its outbox entry and inbox mark), a plain command or a pipeline otherwise. The keys and the
+scripts are in :mod:`production.layout`.
 """
 
 from __future__ import annotations
@@ -25,65 +10,31 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
 import orjson
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
 from production.domain import Ticket, TicketLine, TicketStatus
+from production.layout import (
+    COOKS,
+    KITCHEN,
+    OUTBOX,
+    PAUSED,
+    STOCK,
+    TICKETS,
+    inbox_key,
+    millis,
+    order_ticket_key,
+    outbox_fields,
+    script,
+    status_key,
+    ticket_key,
+    tombstone_key,
+)
 from sagakit.envelope import OutgoingEvent
 from sagakit.streams import ensure_group
-
-STOCK = "stock"
-TICKETS = "tickets"
-KITCHEN = "kitchen"
-COOKS = "cooks"
-PAUSED = "kitchen:paused"
-OUTBOX = "outbox"
-
-
-def _ticket(ticket_id: UUID | str) -> str:
-    return f"ticket:{ticket_id}"
-
-
-def _by_status(status: TicketStatus) -> str:
-    return f"{TICKETS}:{status}"
-
-
-def _inbox(event_id: UUID) -> str:
-    return f"inbox:{event_id}"
-
-
-def _tombstone(order_id: UUID) -> str:
-    return f"cancelled:{order_id}"
-
-
-def _order_ticket(order_id: UUID) -> str:
-    return f"order-ticket:{order_id}"
-
-
-def _outbox_fields(event: OutgoingEvent) -> list[str]:
-    return [part for item in event.to_record().items() for part in item]
-
-
-def _lua(name: str) -> str:
-    return Path(__file__).with_name(f"{name}.lua").read_text()
-
-
-def _script(redis: Redis, name: str, *parts: str) -> AsyncScript:
-    """The script ``name``; each ``--[[ <part>.lua ]]`` line in it replaced by that script."""
-    text = _lua(name)
-    for part in parts:
-        text = text.replace(f"--[[ {part}.lua ]]", _lua(part))
-    # EVALSHA, loading the script again when Redis lost it (a restart): see AsyncScript.
-    return redis.register_script(text)
-
-
-def _millis(at: datetime) -> int:
-    return int(at.timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -107,15 +58,15 @@ class ProductionStore:
     def __init__(self, redis: Redis, *, inbox_ttl_seconds: int) -> None:
         self.redis = redis
         self.inbox_ttl = inbox_ttl_seconds
-        self._reserve = _script(redis, "reserve")
-        self._record_failure = _script(redis, "record_failure")
-        self._start = _script(redis, "start")
-        self._finish = _script(redis, "finish")
-        self._start_finish = _script(redis, "start_finish", "start", "finish")
-        self._cancel = _script(redis, "cancel")
-        self._request_cancel = _script(redis, "request_cancel")
-        self._restock = _script(redis, "restock")
-        self._answer = _script(redis, "answer")
+        self._reserve = script(redis, "reserve")
+        self._record_failure = script(redis, "record_failure")
+        self._start = script(redis, "start")
+        self._finish = script(redis, "finish")
+        self._start_finish = script(redis, "start_finish", "start", "finish")
+        self._cancel = script(redis, "cancel")
+        self._request_cancel = script(redis, "request_cancel")
+        self._restock = script(redis, "restock")
+        self._answer = script(redis, "answer")
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -154,12 +105,12 @@ class ProductionStore:
         pairs = [part for sku, units in needed.items() for part in (sku, units)]
         reply = await self._reserve(
             keys=[
-                _inbox(event_id), _tombstone(order_id), _order_ticket(order_id), STOCK,
-                _ticket(ticket_id), TICKETS, _by_status(TicketStatus.QUEUED), KITCHEN, OUTBOX,
+                inbox_key(event_id), tombstone_key(order_id), order_ticket_key(order_id), STOCK,
+                ticket_key(ticket_id), TICKETS, status_key(TicketStatus.QUEUED), KITCHEN, OUTBOX,
             ],
             args=[
                 self.inbox_ttl, str(ticket_id), str(order_id), lines_json, at.isoformat(),
-                _millis(at), traceparent, len(needed), *pairs, *_outbox_fields(announcement),
+                millis(at), traceparent, len(needed), *pairs, *outbox_fields(announcement),
             ],
         )
         outcome = reply[0]
@@ -176,45 +127,45 @@ class ProductionStore:
         self, *, event_id: UUID, order_id: UUID, announcement: OutgoingEvent
     ) -> str:
         outcome: str = await self._record_failure(
-            keys=[_inbox(event_id), _tombstone(order_id), _order_ticket(order_id), OUTBOX],
-            args=[self.inbox_ttl, *_outbox_fields(announcement)],
+            keys=[inbox_key(event_id), tombstone_key(order_id), order_ticket_key(order_id), OUTBOX],
+            args=[self.inbox_ttl, *outbox_fields(announcement)],
         )
         return outcome
 
     async def cancel(self, *, event_id: UUID, order_id: UUID, at: datetime) -> str:
         outcome: str = await self._cancel(
             keys=[
-                _inbox(event_id), _tombstone(order_id), _order_ticket(order_id), STOCK,
-                _by_status(TicketStatus.QUEUED), _by_status(TicketStatus.IN_PROGRESS),
-                _by_status(TicketStatus.CANCELLED),
+                inbox_key(event_id), tombstone_key(order_id), order_ticket_key(order_id), STOCK,
+                status_key(TicketStatus.QUEUED), status_key(TicketStatus.IN_PROGRESS),
+                status_key(TicketStatus.CANCELLED),
             ],
             args=[self.inbox_ttl, at.isoformat()],
         )
         return outcome
 
     async def ticket_of(self, order_id: UUID) -> UUID | None:
-        raw = await self.redis.get(_order_ticket(order_id))
+        raw = await self.redis.get(order_ticket_key(order_id))
         return UUID(str(raw)) if raw else None
 
     async def request_cancel(
         self, *, event_id: UUID, order_id: UUID, at: datetime, accepted: OutgoingEvent,
         refused: OutgoingEvent,
     ) -> str:
-        accepted_fields = _outbox_fields(accepted)
+        accepted_fields = outbox_fields(accepted)
         outcome: str = await self._request_cancel(
             keys=[
-                _inbox(event_id), _tombstone(order_id), _order_ticket(order_id), STOCK,
-                _by_status(TicketStatus.QUEUED), _by_status(TicketStatus.CANCELLED), OUTBOX,
+                inbox_key(event_id), tombstone_key(order_id), order_ticket_key(order_id), STOCK,
+                status_key(TicketStatus.QUEUED), status_key(TicketStatus.CANCELLED), OUTBOX,
             ],
             args=[self.inbox_ttl, at.isoformat(), len(accepted_fields), *accepted_fields,
-                  *_outbox_fields(refused)],
+                  *outbox_fields(refused)],
         )
         return outcome
 
     async def answer_once(self, event_id: UUID, announcement: OutgoingEvent) -> str:
         """Announce ``announcement`` in answer to the consumed event ``event_id``, once."""
-        outcome: str = await self._answer(keys=[_inbox(event_id), OUTBOX],
-                                          args=[self.inbox_ttl, *_outbox_fields(announcement)])
+        outcome: str = await self._answer(keys=[inbox_key(event_id), OUTBOX],
+                                          args=[self.inbox_ttl, *outbox_fields(announcement)])
         return outcome
 
     # --- the kitchen's steps -------------------------------------------------------------------
@@ -290,16 +241,16 @@ class ProductionStore:
 
     async def tickets(self, status: TicketStatus | None, limit: int) -> list[Ticket]:
         """Newest first."""
-        key = TICKETS if status is None else _by_status(status)
+        key = TICKETS if status is None else status_key(status)
         ids: Any = await self.redis.zrevrange(key, 0, limit - 1)
         async with self.redis.pipeline(transaction=False) as pipe:
             for ticket_id in ids:
-                pipe.hgetall(_ticket(ticket_id))
+                pipe.hgetall(ticket_key(ticket_id))
             rows = await pipe.execute()
         return [_parse_ticket(row) for row in rows if row]
 
     async def ticket(self, ticket_id: UUID) -> Ticket | None:
-        row: Any = await self.redis.hgetall(_ticket(ticket_id))
+        row: Any = await self.redis.hgetall(ticket_key(ticket_id))
         return _parse_ticket(row) if row else None
 
 
@@ -308,9 +259,9 @@ def _start_step(
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of start.lua."""
     return (
-        [_ticket(ticket_id), _by_status(TicketStatus.QUEUED), _by_status(TicketStatus.IN_PROGRESS),
-         OUTBOX, PAUSED],
-        [str(ticket_id), at.isoformat(), *_outbox_fields(announcement)],
+        [ticket_key(ticket_id), status_key(TicketStatus.QUEUED),
+         status_key(TicketStatus.IN_PROGRESS), OUTBOX, PAUSED],
+        [str(ticket_id), at.isoformat(), *outbox_fields(announcement)],
     )
 
 
@@ -319,9 +270,9 @@ def _finish_step(
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of finish.lua."""
     return (
-        [_ticket(ticket_id), _by_status(TicketStatus.IN_PROGRESS), _by_status(TicketStatus.DONE),
+        [ticket_key(ticket_id), status_key(TicketStatus.IN_PROGRESS), status_key(TicketStatus.DONE),
          OUTBOX, KITCHEN],
-        [str(ticket_id), at.isoformat(), COOKS, entry.entry_id, *_outbox_fields(announcement)],
+        [str(ticket_id), at.isoformat(), COOKS, entry.entry_id, *outbox_fields(announcement)],
     )
 
 
