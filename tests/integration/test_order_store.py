@@ -134,3 +134,24 @@ async def test_a_change_by_any_other_writer_bumps_the_version_too(pool):
                                           event=None, trace_id="0" * 32)
         now, _ = await store.read(conn, order.id)
     assert now is not None and now.status is Status.PAID and now.version == 1
+
+
+async def test_an_event_applied_once_never_applies_again_even_on_the_newest_version(pool):
+    """The order service decides a step on the state it last wrote (order.service.KnownOrders),
+    without reading the inbox first: the write itself refuses an event already applied."""
+    order = await _new_order(pool)
+    meta = _meta()
+    async with pool.acquire() as conn:
+        assert await store.transition(conn, order, Status.PAID, reason=None, event=meta,
+                                      trace_id="0" * 32)
+        paid, _ = await store.read(conn, order.id)
+        assert paid is not None
+        # What the service remembers after its write is what the database now holds.
+        assert (paid.status, paid.version) == (Status.PAID, order.version + 1)
+        assert not await store.transition(conn, paid, Status.RECEIVED, reason=None, event=meta,
+                                          trace_id="0" * 32)
+        now, seen = await store.read(conn, order.id, meta.id)
+        steps = await conn.fetchval(
+            "SELECT count(*) FROM order_timeline WHERE order_id = $1", order.id)
+    assert now is not None and (now.status, now.version, seen) == (Status.PAID, paid.version, True)
+    assert steps == 2

@@ -30,11 +30,13 @@ from sagakit.events import (
     Event,
     OrderCancellationRequested,
     OrderCancelled,
+    OrderFinished,
     OrderReceived,
     PaymentProcessed,
     PaymentRefunded,
     ProductionCancelled,
     ProductionFailed,
+    ProductionQueued,
     ProductionStarted,
 )
 from sagakit.runtime import Messaging
@@ -60,6 +62,7 @@ class FakeOrders:
     seen: set[UUID] = field(default_factory=set)
     steps: list[Step] = field(default_factory=list)
     lose_next_race: bool = False  # another replica commits a step just before ours
+    reads: int = 0
 
     def add(self, status: Status) -> OrderRef:
         order = OrderRef(id=uuid4(), status=status, total=Decimal("12.00"), currency="EUR",
@@ -71,6 +74,7 @@ class FakeOrders:
 
     async def read(self, conn: object, order_id: UUID,
                    event_id: UUID | None = None) -> tuple[OrderRef | None, bool]:
+        self.reads += 1
         return self.orders.get(order_id), event_id in self.seen
 
     def _commit(self, order: OrderRef, **changes: Any) -> bool:
@@ -86,6 +90,8 @@ class FakeOrders:
     async def transition(self, conn: object, order: OrderRef, status: Status, *,
                          reason: str | None, event: EventMeta | None, trace_id: str,
                          announce: Sequence[OutgoingEvent] = ()) -> bool:
+        if event is not None and event.id in self.seen:
+            return False  # a redelivery: the real statement refuses it too
         if not self._commit(order, status=status):
             return False
         if event is not None:
@@ -107,6 +113,7 @@ def orders(monkeypatch: pytest.MonkeyPatch) -> FakeOrders:
     for name in ("read", "transition", "mark_cancel_requested"):
         monkeypatch.setattr(store, name, getattr(fake, name))
     monkeypatch.setattr(service.EARLY_EVENTS, "rechecks", (0.0,))
+    monkeypatch.setattr(service, "KNOWN_ORDERS", service.KnownOrders())
     monkeypatch.setattr(metrics, "saga_ended", lambda *args: None)
     return fake
 
@@ -245,3 +252,48 @@ async def test_a_customer_cancel_of_a_paid_order_only_asks_the_kitchen(
     assert isinstance(asked, OrderCancellationRequested)
     with pytest.raises(service.CannotCancel):  # a second request while the kitchen decides
         await service.cancel_order(FakePool(), order.id)
+
+
+async def test_the_steps_of_a_saga_this_process_wrote_are_decided_without_reading(
+    orders: FakeOrders, bus: Bus,
+) -> None:
+    order = orders.add(S.PENDING_PAYMENT)
+    service.KNOWN_ORDERS.wrote(order)  # as place_order leaves it
+    ticket = uuid4()
+    for event in (
+        PaymentProcessed(order_id=order.id, payment_id=uuid4(), outcome="approved",
+                         amount=order.total, currency="EUR"),
+        ProductionQueued(order_id=order.id, ticket_id=ticket),
+        ProductionStarted(order_id=order.id, ticket_id=ticket),
+        OrderFinished(order_id=order.id, ticket_id=ticket),
+    ):
+        await bus.publish(envelope(event, order.id))
+    assert [step.status for step in orders.steps] == [S.PAID, S.RECEIVED, S.IN_PRODUCTION,
+                                                      S.FINISHED]
+    assert orders.reads == 0
+    assert service.KNOWN_ORDERS.get(order.id) is None  # its saga is over: forgotten
+
+
+async def test_a_known_order_changed_elsewhere_is_read_again_and_decided_on_what_it_is(
+    orders: FakeOrders, bus: Bus,
+) -> None:
+    order = orders.add(S.PAID)
+    service.KNOWN_ORDERS.wrote(order)
+    # Another replica (or the customer's cancel) moved it on since this process wrote it.
+    orders.orders[order.id] = replace(order, status=S.CANCELLING, version=order.version + 1)
+    await bus.publish(envelope(ProductionQueued(order_id=order.id, ticket_id=uuid4()),
+                               order.id))
+    assert orders.orders[order.id].status is S.CANCELLING  # stale for what it is: ignored
+    assert orders.steps == [] and orders.reads == 1
+
+
+async def test_a_refusal_is_never_decided_on_what_this_process_remembers(
+    orders: FakeOrders, bus: Bus,
+) -> None:
+    order = orders.add(S.PENDING_PAYMENT)
+    service.KNOWN_ORDERS.wrote(order)
+    orders.orders[order.id] = replace(order, status=S.PAID, version=order.version + 1)
+    # Early for the remembered state, right for the real one: applied, not retried.
+    await bus.publish(envelope(ProductionQueued(order_id=order.id, ticket_id=uuid4()),
+                               order.id))
+    assert orders.orders[order.id].status is S.RECEIVED and orders.reads == 1

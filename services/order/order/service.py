@@ -14,6 +14,7 @@ import functools
 import hashlib
 import logging
 import time
+from dataclasses import replace
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -24,6 +25,7 @@ from order.domain import (
     CUSTOMER_REASON,
     TERMINAL,
     CancelRoute,
+    OrderRef,
     Product,
     Status,
     Trigger,
@@ -165,6 +167,7 @@ async def place_order(
                 existing = await store.idempotency_key(conn, idempotency_key)
                 assert existing is not None
                 return _replay(existing, fingerprint), None
+    KNOWN_ORDERS.wrote(store.order_ref(row))
     log.info("order placed", extra={"total": str(priced.total), "lines": len(priced.lines)})
     return order_id, row
 
@@ -198,10 +201,14 @@ async def cancel_order(pool: asyncpg.Pool, order_id: UUID) -> Status:
                 if await store.transition(conn, order, decision.status, reason=CUSTOMER_REASON,
                                           event=None, trace_id=telemetry.trace_id(),
                                           announce=announce):
+                    KNOWN_ORDERS.wrote(replace(order, status=decision.status,
+                                               version=order.version + 1))
                     log.info("order %s -> %s (%s)", order.status, decision.status,
                              Trigger.CUSTOMER_CANCELLED)
                     return decision.status
             elif await store.mark_cancel_requested(conn, order, announce):
+                KNOWN_ORDERS.wrote(replace(order, cancel_requested=True,
+                                           version=order.version + 1))
                 log.info("cancellation requested from the kitchen")
                 return decision.status
 
@@ -219,6 +226,41 @@ async def note_cancel_refused(pool: asyncpg.Pool, order_id: UUID, reason: str,
 EARLY_EVENTS = EarlyEvents()
 
 
+class KnownOrders:
+    """The orders of sagas in flight as this process last wrote them, so a step can decide
+    without reading the order first (one round trip instead of two).
+
+    Only a hint: the write still applies only to the version decided on and only to an event
+    not applied yet (store.transition), so a stale entry (another replica, the API or an
+    operator changed the order since) costs a failed write and a read, never a wrong step.
+    Only a decision to apply is taken on a known state: any other verdict is checked against
+    the database first. At most ``size`` orders, the least recently written dropped first; an
+    order leaves when its saga ends.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._orders: dict[UUID, OrderRef] = {}
+
+    def get(self, order_id: UUID) -> OrderRef | None:
+        return self._orders.get(order_id)
+
+    def wrote(self, order: OrderRef) -> None:
+        """``order`` is as this process just committed it."""
+        self._orders.pop(order.id, None)
+        if order.status in TERMINAL or self.size == 0:
+            return
+        self._orders[order.id] = order  # dicts keep insertion order: the oldest write is first
+        if len(self._orders) > self.size:
+            del self._orders[next(iter(self._orders))]
+
+    def forget(self, order_id: UUID) -> None:
+        self._orders.pop(order_id, None)
+
+
+KNOWN_ORDERS = KnownOrders()
+
+
 async def advance(
     pool: asyncpg.Pool, order_id: UUID, trigger: Trigger, meta: EventMeta,
     reason: str | None = None,
@@ -231,15 +273,20 @@ async def advance(
 async def _advance_once(
     pool: asyncpg.Pool, order_id: UUID, trigger: Trigger, meta: EventMeta, reason: str | None,
 ) -> None:
+    known = KNOWN_ORDERS.get(order_id)
     async with pool.acquire() as conn:
         while True:  # ends: each lost race is a step of the order, and an order has few
-            order, seen = await store.read(conn, order_id, meta.id)
+            order: OrderRef | None
+            order, seen = (known, False) if known else await store.read(conn, order_id, meta.id)
             if order is None:
                 raise Poison(f"{meta.type} for an order this service never created: {order_id}")
             if seen:
                 log.info("duplicate %s ignored", meta.type)
                 return
             decision = decide(order, trigger, reason)
+            if known is not None and decision.verdict is not Verdict.APPLY:
+                known = None  # the database's word, not the hint's, before refusing an event
+                continue
             if decision.verdict is Verdict.EARLY:
                 raise RetryLater(f"'{trigger}' arrived while the order is {order.status}")
             if decision.verdict is Verdict.STALE:
@@ -250,6 +297,8 @@ async def _advance_once(
                 trace_id=telemetry.trace_id(), announce=_outgoing(decision.events, order.id),
             ):
                 break
+            known = None  # changed since, or a redelivery: read it
+    KNOWN_ORDERS.wrote(replace(order, status=decision.status, version=order.version + 1))
     log.info("order %s -> %s (%s)", order.status, decision.status, trigger)
     if decision.status in TERMINAL:  # committed: this order's saga is over
         metrics.saga_ended(decision.status, order.accepted_at)

@@ -92,22 +92,29 @@ async def read(
     )
     if row is None:
         return None, False
-    order = OrderRef(row["id"], Status(row["status"]), row["total"], row["currency"],
-                     _lines(row["lines"]), row["created_at"], version=row["version"],
-                     cancel_requested=row["cancel_requested_at"] is not None)
-    return order, row["seen"]
+    return order_ref(row), row["seen"]
+
+
+def order_ref(row: asyncpg.Record) -> OrderRef:
+    """What a saga step decides on, from a row of ``orders`` (as read, or as just inserted)."""
+    return OrderRef(row["id"], Status(row["status"]), row["total"], row["currency"],
+                    _lines(row["lines"]), row["created_at"], version=row["version"],
+                    cancel_requested=row["cancel_requested_at"] is not None)
 
 
 # One statement, so it commits or not as a whole: the status (only if the order is still at
-# the version the caller decided on), its timeline entry (and its webhook delivery), the
-# consumed event in the inbox (and the event archive) and the events the step announces. Each
-# CTE after ``moved`` inserts nothing when ``moved`` is empty, i.e. when another step of the
-# order committed first.
+# the version the caller decided on, and the event causing it was not applied already), its
+# timeline entry (and its webhook delivery), the consumed event in the inbox (and the event
+# archive) and the events the step announces. Each CTE after ``moved`` inserts nothing when
+# ``moved`` is empty, i.e. when another step of the order committed first or the event is a
+# redelivery: the caller reads again and decides on what it finds.
 _TRANSITION = (
     "WITH moved AS ("
     " UPDATE orders SET status = $3, updated_at = now(),"
     " cancellation_reason = COALESCE(cancellation_reason, $4)"
-    " WHERE id = $1 AND version = $2 RETURNING id, callback_url),"
+    " WHERE id = $1 AND version = $2"
+    " AND ($6::uuid IS NULL OR NOT EXISTS (SELECT 1 FROM inbox WHERE event_id = $6))"
+    " RETURNING id, callback_url),"
     " step AS (INSERT INTO order_timeline (order_id, status, reason, event_id, trace_id)"
     " SELECT id, $3, $5, $6, $7 FROM moved RETURNING seq, order_id),"
     + _HOOK.format(source="moved") +
@@ -122,7 +129,8 @@ async def transition(
     conn: asyncpg.Connection, order: OrderRef, status: Status, *, reason: str | None,
     event: EventMeta | None, trace_id: str, announce: Sequence[OutgoingEvent] = (),
 ) -> bool:
-    """Move ``order`` to ``status`` if it is still as it was read; False if it changed since.
+    """Move ``order`` to ``status`` if it is still as it was read and ``event`` was not applied
+    yet; False otherwise (it changed since, or the event is a redelivery).
 
     This is optimistic concurrency instead of ``SELECT ... FOR UPDATE``: two round trips per
     step (read, then this) and no transaction held open while Python decides. A False means
