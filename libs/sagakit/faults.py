@@ -77,6 +77,13 @@ class PostgresFaultStore:
         return FaultSetting({**self.defaults, **row["value"]}, row["changed_by"],
                             row["changed_at"])
 
+    def condition(self, switch: str) -> str:
+        """An SQL expression true while the boolean ``switch`` is on, for a statement of the
+        service's own to test in the same round trip (the order relay's next batch)."""
+        if not isinstance(self.defaults.get(switch), bool):
+            raise TypeError(f"{switch} is not a boolean switch of this store")
+        return f"SELECT (value->>'{switch}')::boolean FROM fault_switches"
+
     async def change(self, values: Mapping[str, Any], *, who: str,
                      request_id: str | None) -> FaultSetting:
         # One transaction and the row locked: two operators at once are two audited changes,

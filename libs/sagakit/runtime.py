@@ -231,13 +231,13 @@ async def running(messaging: Messaging, relay: Worker, *workers: Worker) -> Asyn
 
 def postgres_lifespan(
     service: str, settings: Any, messaging: Messaging, migrations: Path,
-    relay_paused: Callable[[], Awaitable[bool]] | None = None,
+    relay_held_while: str | None = None,
     retention: Retention | None = None,
     prepare: Callable[[asyncpg.Pool], Awaitable[None]] | None = None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The lifecycle of a PostgreSQL-backed service (order, payment, identity): open the pool
     and migrate, ``prepare`` (seed data), then run the saga (:func:`running`) and the retention
-    sweep; close the connections and flush telemetry last. ``relay_paused``: see
+    sweep; close the connections and flush telemetry last. ``relay_held_while``: see
     :class:`sagakit.outbox.PostgresOutboxRelay`."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -250,7 +250,7 @@ def postgres_lifespan(
             app.state.pool, app.state.settings = pool, settings
             app.state.audit_log = PostgresAuditLog(pool, service)
             relay = PostgresOutboxRelay(pool, settings.database_dsn, messaging.publisher,
-                                        relay_paused)
+                                        relay_held_while)
             async with running(messaging, relay), every(
                 settings.retention_sweep_seconds, retention_sweep(pool, settings, retention),
                 "retention",

@@ -17,10 +17,12 @@ import asyncpg
 import pytest
 
 from order import store
-from order.domain import Line, OrderRef, PricedOrder, Status
+from order.domain import Line, OrderFaults, OrderRef, PricedOrder, Status
 from sagakit import postgres
 from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.events import OrderCreated, OrderLine, OrderReceived
+from sagakit.faults import PostgresFaultStore
+from sagakit.outbox import PostgresOutboxRelay
 from tests.conftest import Infra
 
 ROLE = "order_svc"
@@ -155,3 +157,37 @@ async def test_an_event_applied_once_never_applies_again_even_on_the_newest_vers
             "SELECT count(*) FROM order_timeline WHERE order_id = $1", order.id)
     assert now is not None and (now.status, now.version, seen) == (Status.PAID, paid.version, True)
     assert steps == 2
+
+
+class _Recorder:
+    """Stands in for the broker: what the relay published."""
+
+    def __init__(self) -> None:
+        self.published: list[OutgoingEvent] = []
+
+    async def publish_all(self, events: list[OutgoingEvent]) -> None:
+        self.published += events
+
+
+async def test_the_relay_takes_no_batch_while_the_relay_paused_switch_is_on(pool):
+    """The switch is part of the statement that takes a batch: an order placed right after it
+    was turned on stays in the outbox, whichever replica's relay looks next."""
+    faults = PostgresFaultStore(lambda: pool, OrderFaults().model_dump())
+    recorder = _Recorder()
+    relay = PostgresOutboxRelay(pool, "unused: not started", recorder,  # type: ignore[arg-type]
+                                held_while=faults.condition("relay_paused"))
+    while await relay.drain_once():  # what earlier tests of this module left
+        pass
+    recorder.published.clear()
+    await faults.change({"relay_paused": True}, who="test", request_id=None)
+    try:
+        order = await _new_order(pool)
+        assert await relay.drain_once() == 0
+        async with pool.acquire() as conn:
+            waiting = await conn.fetchval("SELECT count(*) FROM outbox WHERE subject = $1",
+                                          str(order.id))
+        assert waiting == 1 and recorder.published == []
+    finally:
+        await faults.change({"relay_paused": False}, who="test", request_id=None)
+    assert await relay.drain_once() == 1
+    assert [(e.type, e.subject) for e in recorder.published] == [("order.created", str(order.id))]

@@ -67,11 +67,9 @@ def build(settings: OrderSettings | None = None) -> FastAPI:
                           retry_after_seconds=settings.admission_retry_after_seconds,
                           what="orders")
 
-    async def relay_paused() -> bool:
-        return bool((await faults.read()).values["relay_paused"])
-
     saga_lifespan = postgres_lifespan(SERVICE, settings, messaging,
-                                      Path(__file__).with_name("migrations"), relay_paused,
+                                      Path(__file__).with_name("migrations"),
+                                      relay_held_while=faults.condition("relay_paused"),
                                       retention=customer_data.anonymise_older_than)
 
     @asynccontextmanager
