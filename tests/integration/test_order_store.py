@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
@@ -57,6 +57,7 @@ async def _new_order(pool: asyncpg.Pool) -> OrderRef:
             conn, order_id=order_id, name="Ana", email="ana@example.com",
             payment_token="tok_visa", currency="EUR", priced=priced, trace_id="0" * 32, owner="ana",
             announce=[created])
+        assert row is not None
         assert row["status"] == Status.PENDING_PAYMENT and row["step_at"] is not None
         order, seen = await store.read(conn, order_id)
     assert order is not None and not seen
@@ -191,3 +192,36 @@ async def test_the_relay_takes_no_batch_while_the_relay_paused_switch_is_on(pool
         await faults.change({"relay_paused": False}, who="test", request_id=None)
     assert await relay.drain_once() == 1
     assert [(e.type, e.subject) for e in recorder.published] == [("order.created", str(order.id))]
+
+
+async def test_an_idempotency_key_is_claimed_by_the_statement_that_places_the_order(pool):
+    """Two requests with one key, at once: one order, one event; the other writes nothing and
+    finds the key's order (whose commit its claim waited for)."""
+    key = f"ana:{uuid4()}"
+    priced = PricedOrder((LINE,))
+
+    async def attempt() -> tuple[UUID, asyncpg.Record | None]:
+        order_id = uuid4()
+        created = _event(OrderCreated(
+            order_id=order_id, amount=priced.total, currency="EUR", payment_token="tok_visa",
+            lines=(OrderLine(sku=LINE.sku, name=LINE.name, quantity=LINE.quantity,
+                             unit_price=LINE.unit_price),)))
+        async with pool.acquire() as conn:
+            return order_id, await store.insert_order(
+                conn, order_id=order_id, name="Ana", email="ana@example.com",
+                payment_token="tok_visa", currency="EUR", priced=priced, trace_id="0" * 32,
+                owner="ana", announce=[created], idempotency_key=(key, "hash-1"))
+
+    outcomes = await asyncio.gather(*(attempt() for _ in range(4)))
+    placed = [order_id for order_id, row in outcomes if row is not None]
+    assert len(placed) == 1
+    async with pool.acquire() as conn:
+        claimed = await store.idempotency_key(conn, key)
+        orders = await conn.fetchval("SELECT count(*) FROM orders WHERE id = ANY($1::uuid[])",
+                                     [order_id for order_id, _ in outcomes])
+        events = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE subject = ANY($1::text[])",
+            [str(order_id) for order_id, _ in outcomes])
+    assert claimed is not None and claimed["order_id"] == placed[0]
+    assert claimed["request_hash"] == "hash-1"
+    assert (orders, events) == (1, 1)

@@ -149,31 +149,15 @@ async def place_order(
     async with pool.acquire() as conn:
         if callback_url:  # its deliveries are signed with the owner's secret: make it now
             await webhooks.secret_of(conn, owner or "")
-        if not idempotency_key:
-            row = await new_order(conn)
-        else:
-            existing = await store.idempotency_key(conn, idempotency_key)
-            if existing is not None:
-                return _replay(existing, fingerprint), None
-            try:
-                async with conn.transaction():
-                    row = await new_order(conn)
-                    if not await store.claim_idempotency_key(
-                        conn, idempotency_key, fingerprint, order_id
-                    ):
-                        raise _LostRace
-            except _LostRace:
-                # A concurrent request with the same key committed first: answer with its order.
-                existing = await store.idempotency_key(conn, idempotency_key)
-                assert existing is not None
-                return _replay(existing, fingerprint), None
+        row = await new_order(conn, idempotency_key=(idempotency_key, fingerprint)
+                              if idempotency_key else None)
+        if row is None:  # the key was claimed before (or by a twin just now): its order
+            existing = await store.idempotency_key(conn, idempotency_key or "")
+            assert existing is not None
+            return _replay(existing, fingerprint), None
     KNOWN_ORDERS.wrote(store.order_ref(row))
     log.info("order placed", extra={"total": str(priced.total), "lines": len(priced.lines)})
     return order_id, row
-
-
-class _LostRace(Exception):
-    pass
 
 
 def _replay(existing: asyncpg.Record, fingerprint: str) -> UUID:

@@ -51,33 +51,51 @@ _HOOK = (" hook AS (INSERT INTO webhook_deliveries (id, order_id, timeline_seq, 
          " SELECT gen_random_uuid(), step.order_id, step.seq, {source}.callback_url"
          " FROM step, {source} WHERE {source}.callback_url IS NOT NULL),")
 
-_PLACE = (
-    "WITH placed AS ("
-    " INSERT INTO orders (id, status, customer_name, customer_email, payment_token, currency,"
-    " total, lines, trace_id, owner, callback_url)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *),"
-    " step AS (INSERT INTO order_timeline (order_id, status, trace_id)"
-    " SELECT id, status, trace_id FROM placed RETURNING seq, order_id, at),"
-    + _HOOK.format(source="placed") +
-    " sent AS (" + outbox_insert(12, when="placed") + ")"
-    " SELECT placed.*, step.at AS step_at FROM placed, step"
-)
+def _place(claim: bool) -> str:
+    """The new order, its first timeline entry (and webhook delivery) and its events; with
+    ``claim``, only if the request's Idempotency-Key ($17, with the request's hash $18) is new,
+    claimed by the same statement (a key already taken inserts nothing at all)."""
+    claimed = (
+        " claim AS (INSERT INTO idempotency_keys (key, request_hash, order_id)"
+        " VALUES ($17, $18, $1) ON CONFLICT (key) DO NOTHING RETURNING order_id),"
+        if claim else "")
+    return (
+        "WITH" + claimed + " placed AS ("
+        " INSERT INTO orders (id, status, customer_name, customer_email, payment_token,"
+        " currency, total, lines, trace_id, owner, callback_url)"
+        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11"
+        + (" WHERE EXISTS (SELECT FROM claim)" if claim else "") + " RETURNING *),"
+        " step AS (INSERT INTO order_timeline (order_id, status, trace_id)"
+        " SELECT id, status, trace_id FROM placed RETURNING seq, order_id, at),"
+        + _HOOK.format(source="placed") +
+        " sent AS (" + outbox_insert(12, when="placed") + ")"
+        " SELECT placed.*, step.at AS step_at FROM placed, step"
+    )
+
+
+_PLACE, _PLACE_ONCE = _place(claim=False), _place(claim=True)
 
 
 async def insert_order(
     conn: asyncpg.Connection, *, order_id: UUID, name: str, email: str, payment_token: str,
     currency: str, priced: PricedOrder, trace_id: str, announce: Sequence[OutgoingEvent],
     owner: str | None, callback_url: str | None = None,
-) -> asyncpg.Record:
+    idempotency_key: tuple[str, str] | None = None,
+) -> asyncpg.Record | None:
     """The new order, its first timeline entry and its events, in one statement (so one
     round trip and one commit); returns the order's row (as :func:`fetch` would) plus
-    ``step_at``, the time of that first entry."""
-    row: asyncpg.Record = await conn.fetchrow(
-        _PLACE, order_id, Status.PENDING_PAYMENT, name, email, payment_token, currency,
-        priced.total, _lines_json(priced.lines), trace_id, owner, callback_url,
-        *outbox_columns(announce),
-    )
-    return row
+    ``step_at``, the time of that first entry.
+
+    With ``idempotency_key`` (the key, the request's fingerprint) the same statement claims
+    the key: None, and nothing written, when it was claimed already (a retry, or a twin
+    request in flight, whose commit the claim waits for): see :func:`idempotency_key`.
+    """
+    args: list[object] = [
+        order_id, Status.PENDING_PAYMENT, name, email, payment_token, currency, priced.total,
+        _lines_json(priced.lines), trace_id, owner, callback_url, *outbox_columns(announce)]
+    if idempotency_key is None:
+        return await conn.fetchrow(_PLACE, *args)
+    return await conn.fetchrow(_PLACE_ONCE, *args, *idempotency_key)
 
 
 async def read(
@@ -222,17 +240,6 @@ async def recent(
         None if statuses is None else list(statuses), limit, owner,
     )
     return rows
-
-
-async def claim_idempotency_key(
-    conn: asyncpg.Connection, key: str, request_hash: str, order_id: UUID
-) -> bool:
-    status: str = await conn.execute(
-        "INSERT INTO idempotency_keys (key, request_hash, order_id) VALUES ($1, $2, $3)"
-        " ON CONFLICT (key) DO NOTHING",
-        key, request_hash, order_id,
-    )
-    return status == "INSERT 0 1"
 
 
 async def idempotency_key(conn: asyncpg.Connection, key: str) -> asyncpg.Record | None:
