@@ -74,6 +74,7 @@ async def test_a_committed_entry_wakes_only_the_subscribers_of_its_order(pool, f
     mine, theirs = await _new_order(pool), await _new_order(pool)
     first, second = feed.subscribe(str(mine.id)), feed.subscribe(str(mine.id))
     other = feed.subscribe(str(theirs.id))
+    await asyncio.sleep(0.3)  # the two creations' own notifications may still be on their way
     for subscription in (first, second, other):
         subscription.clear()
     await _step(pool, mine, Status.PAID)
