@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,14 +262,17 @@ def parked(client: httpx.Client, service: str) -> dict[str, dict[str, Any]]:
     return {m["id"]: m for m in response.json()["messages"]}
 
 
-def until(condition: Any, what: str, timeout: float) -> Any:
+def until(condition: Any, what: str | Callable[[], str], timeout: float) -> Any:
+    """Wait for ``condition``; ``what`` says what did not happen (a function: worked out only
+    then, e.g. the logs of what is still running)."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s: {what}")
+            raise AssertionError(f"timed out after {timeout}s: "
+                                 f"{what() if callable(what) else what}")
         time.sleep(0.2)
 
 

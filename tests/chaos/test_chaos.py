@@ -102,12 +102,14 @@ def drained(chaos: ChaosStack) -> None:
     time.sleep(1.0)  # the last deliveries' transactions
 
 
-def crash_one_replica_of_each(chaos: ChaosStack, sig: signal.Signals) -> list[str]:
-    """`sig` to the last replica of each service, from outside, as a crash comes.
+def crash_one_replica_of_each(chaos: ChaosStack, sig: signal.Signals) -> dict[str, str]:
+    """`sig` to the last replica of each service, from outside, as a crash comes; returns each
+    one's log as its run ended.
 
     Natively nothing calls ``up``: supervisord must start each one again by itself (a new pid
     that answers ready) while the load goes on. Compose restarts no killed container, so there
-    the test waits for them to be gone and brings them back itself."""
+    the test waits for them to be gone and brings them back itself (``up`` may recreate a
+    container, and its log with it: the log is read before)."""
     stack = chaos.stack
     replicas = {r.name: r for s in native.SERVICES for r in [stack.replicas(s)[-1]]}
     before = {name: stack.pid(name) for name in replicas}
@@ -117,15 +119,18 @@ def crash_one_replica_of_each(chaos: ChaosStack, sig: signal.Signals) -> list[st
         # A graceful stop may take its whole budget: uvicorn's 20 s for open requests, then
         # FastStream's 15 s for deliveries in hand and the relay's 5 s flush.
         until(lambda: not any(stack.running(n) for n in replicas),
-              f"{list(replicas)} still running after {sig.name}", 75)
+              lambda: "still running after " + sig.name + ":\n" + "\n".join(
+                  f"--- {n}\n{stack.log_tail(n, 15)}" for n in replicas if stack.running(n)),
+              75)
+        ended = {name: stack.log(name) for name in replicas}
         chaos.restart_missing()
-        return list(replicas)
+        return ended
     until(lambda: all(stack.pid(n) not in (None, before[n]) for n in replicas),
           f"{list(replicas)} not started again by supervisord after {sig.name}", 60)
     until(lambda: all(_status(f"http://{r.address}/health/ready") == 200
                       for r in replicas.values()),
           f"{list(replicas)} restarted but not ready", 60)
-    return list(replicas)
+    return {name: stack.log(name) for name in replicas}
 
 
 def _status(url: str) -> int:
@@ -158,10 +163,10 @@ def test_sigterm_finishes_in_flight_work_and_flushes_the_outbox(client, chaos, b
     load.wait_started()
     names = [chaos.stack.replicas(s)[-1].name for s in native.SERVICES]
     stopped = {name: chaos.log(name).count(GRACEFUL) for name in names}
-    crash_one_replica_of_each(chaos, signal.SIGTERM)
+    ended = crash_one_replica_of_each(chaos, signal.SIGTERM)
     for name in names:  # the run before the restart ended gracefully
-        assert chaos.log(name).count(GRACEFUL) > stopped[name], \
-            f"{name} did not stop gracefully:\n{chaos.stack.log(name)[-3000:]}"
+        assert ended[name].count(GRACEFUL) > stopped[name], \
+            f"{name} did not stop gracefully:\n{ended[name][-3000:]}"
     books.settle("SIGTERM each service", load.join())
 
 
@@ -182,10 +187,16 @@ def test_duplicate_deliveries_change_nothing(client, chaos, books: Books):
     books.settle("duplicates", orders)
 
 
-def test_competing_payment_replicas_share_the_work(chaos):
-    charged = {name: chaos.log(name).count('"charge approved"') + chaos.log(name).count(
-        '"charge declined"') for name in replica_names_of(chaos, "payment")}
-    assert len(charged) == 3 and all(charged.values()), charged
+def test_competing_payment_replicas_share_the_work(client, chaos, books: Books):
+    def charged() -> dict[str, int]:
+        return {name: chaos.log(name).count('"charge approved"') + chaos.log(name).count(
+            '"charge declined"') for name in replica_names_of(chaos, "payment")}
+
+    before = charged()
+    books.settle("load for the payment replicas", Load(client, count=30).start().join())
+    after = charged()
+    shares = {name: after[name] - before.get(name, 0) for name in after}
+    assert len(shares) == 3 and all(shares.values()), shares
 
 
 def replica_names_of(chaos: ChaosStack, service: str) -> list[str]:
