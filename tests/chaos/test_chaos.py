@@ -12,6 +12,7 @@ import asyncio
 import signal
 import time
 import uuid
+from pathlib import Path
 
 import aio_pika
 import httpx
@@ -102,6 +103,15 @@ def drained(chaos: ChaosStack) -> None:
     time.sleep(1.0)  # the last deliveries' transactions
 
 
+def _blocked_in(pid: int | None) -> str:
+    """Where the kernel holds a process that does not stop (e.g. ``pipe_write``: its log)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        return f"state {state}, waiting in {Path(f'/proc/{pid}/wchan').read_text() or '-'}"
+    except (OSError, IndexError):
+        return "not readable here"
+
+
 def crash_one_replica_of_each(chaos: ChaosStack, sig: signal.Signals) -> dict[str, str]:
     """`sig` to the last replica of each service, from outside, as a crash comes; returns each
     one's log as its run ended.
@@ -120,7 +130,8 @@ def crash_one_replica_of_each(chaos: ChaosStack, sig: signal.Signals) -> dict[st
         # FastStream's 15 s for deliveries in hand and the relay's 5 s flush.
         until(lambda: not any(stack.running(n) for n in replicas),
               lambda: "still running after " + sig.name + ":\n" + "\n".join(
-                  f"--- {n}\n{stack.log_tail(n, 15)}" for n in replicas if stack.running(n)),
+                  f"--- {n} (pid {stack.pid(n)}: {_blocked_in(stack.pid(n))})\n"
+                  f"{stack.log_tail(n, 15)}" for n in replicas if stack.running(n)),
               75)
         ended = {name: stack.log(name) for name in replicas}
         chaos.restart_missing()
