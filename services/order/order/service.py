@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 from dataclasses import replace
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -185,14 +186,12 @@ async def cancel_order(pool: asyncpg.Pool, order_id: UUID) -> Status:
                 if await store.transition(conn, order, decision.status, reason=CUSTOMER_REASON,
                                           event=None, trace_id=telemetry.trace_id(),
                                           announce=announce):
-                    KNOWN_ORDERS.wrote(replace(order, status=decision.status,
-                                               version=order.version + 1))
+                    KNOWN_ORDERS.changed(order, status=decision.status)
                     log.info("order %s -> %s (%s)", order.status, decision.status,
                              Trigger.CUSTOMER_CANCELLED)
                     return decision.status
             elif await store.mark_cancel_requested(conn, order, announce):
-                KNOWN_ORDERS.wrote(replace(order, cancel_requested=True,
-                                           version=order.version + 1))
+                KNOWN_ORDERS.changed(order, cancel_requested=True)
                 log.info("cancellation requested from the kitchen")
                 return decision.status
 
@@ -238,8 +237,10 @@ class KnownOrders:
         if len(self._orders) > self.size:
             del self._orders[next(iter(self._orders))]
 
-    def forget(self, order_id: UUID) -> None:
-        self._orders.pop(order_id, None)
+    def changed(self, order: OrderRef, **changes: Any) -> None:
+        """``order``, as read or known, was just updated with ``changes`` by this process (the
+        update bumped its version: orders_bump_version)."""
+        self.wrote(replace(order, version=order.version + 1, **changes))
 
 
 KNOWN_ORDERS = KnownOrders()
@@ -282,7 +283,7 @@ async def _advance_once(
             ):
                 break
             known = None  # changed since, or a redelivery: read it
-    KNOWN_ORDERS.wrote(replace(order, status=decision.status, version=order.version + 1))
+    KNOWN_ORDERS.changed(order, status=decision.status)
     log.info("order %s -> %s (%s)", order.status, decision.status, trigger)
     if decision.status in TERMINAL:  # committed: this order's saga is over
         metrics.saga_ended(decision.status, order.accepted_at)
