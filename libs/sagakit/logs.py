@@ -11,7 +11,9 @@ customer.
 from __future__ import annotations
 
 import logging
+import queue
 import sys
+import threading
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -60,8 +62,76 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps({k: v for k, v in line.items() if v is not None}, default=str).decode()
 
 
+class OffLoopHandler(logging.Handler):
+    """Formats each record in the caller's thread and hands the line to a writer thread.
+
+    At most ``capacity`` lines wait; past that a line is dropped (and the drop counted in a
+    line of its own once the writer catches up) rather than letting a stuck reader hold the
+    service. :meth:`close` (at exit, through :func:`logging.shutdown`) writes what waits, for
+    at most ``close_seconds``: the last lines of a graceful stop are kept, a dead pipe cannot
+    keep the process from exiting.
+    """
+
+    def __init__(self, stream: Any, capacity: int = 10_000, close_seconds: float = 3.0) -> None:
+        super().__init__()
+        self.stream = stream
+        self.capacity = capacity
+        self.close_seconds = close_seconds
+        self.dropped = 0
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_lines, name="log-writer", daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if not self._writer.is_alive():  # closed: write it here, as a plain handler would
+            self._write([line])
+        elif self._lines.qsize() >= self.capacity:
+            self.dropped += 1
+        else:
+            self._lines.put(line)
+
+    def _write_lines(self) -> None:
+        while True:
+            batch = [self._lines.get()]
+            while len(batch) < 512:  # everything waiting, in one write
+                try:
+                    batch.append(self._lines.get_nowait())
+                except queue.Empty:
+                    break
+            done = None in batch
+            lines = [line for line in batch if line is not None]
+            if self.dropped:
+                dropped, self.dropped = self.dropped, 0
+                lines.append(orjson.dumps({"level": "warning", "logger": "sagakit.logs",
+                                           "message": f"{dropped} log lines dropped: the log"
+                                                      " reader fell behind"}).decode())
+            self._write(lines)
+            if done:
+                return
+
+    def _write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # the reader is gone (closed pipe, closed file): nothing left to tell
+
+    def close(self) -> None:
+        if self._writer.is_alive():
+            self._lines.put(None)
+            self._writer.join(self.close_seconds)
+        super().close()
+
+
 def configure(service: str, level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    handler = OffLoopHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,0 +1,89 @@
+"""The log handler never blocks the event loop: lines are written by a thread of their own."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+
+from sagakit.logs import JsonFormatter, OffLoopHandler
+
+
+class StuckPipe(io.StringIO):
+    """A stdout whose reader has stopped reading: every write waits until ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.release.wait(10)
+        return super().write(text)
+
+
+def _logger(handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(f"test-logs-{id(handler)}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def test_a_stuck_reader_does_not_block_the_caller_and_loses_nothing_once_it_reads() -> None:
+    pipe = StuckPipe()
+    handler = OffLoopHandler(pipe)
+    handler.setFormatter(JsonFormatter("order"))
+    log = _logger(handler)
+    started = time.monotonic()
+    for n in range(100):
+        log.info("line %d", n)
+    assert time.monotonic() - started < 1.0  # a blocking write would have taken 10 s
+    pipe.release.set()
+    handler.close()
+    messages = [json.loads(line)["message"] for line in pipe.getvalue().splitlines()]
+    assert messages == [f"line {n}" for n in range(100)]
+
+
+def test_past_its_capacity_lines_are_dropped_and_the_drop_is_said() -> None:
+    pipe = StuckPipe()
+    handler = OffLoopHandler(pipe, capacity=5)
+    handler.setFormatter(JsonFormatter("order"))
+    log = _logger(handler)
+    log.info("first")  # taken by the writer, which then waits on the pipe
+    time.sleep(0.2)
+    for n in range(20):
+        log.info("line %d", n)
+    pipe.release.set()
+    handler.close()
+    lines = [json.loads(line) for line in pipe.getvalue().splitlines()]
+    messages = [line["message"] for line in lines]
+    assert messages[:6] == ["first", *(f"line {n}" for n in range(5))]
+    assert "15 log lines dropped: the log reader fell behind" in messages
+
+
+def test_close_gives_up_on_a_reader_that_never_reads() -> None:
+    pipe = StuckPipe()
+    handler = OffLoopHandler(pipe, close_seconds=0.2)
+    handler.setFormatter(JsonFormatter("order"))
+    _logger(handler).info("never read")
+    started = time.monotonic()
+    handler.close()
+    assert time.monotonic() - started < 2.0
+    pipe.release.set()
+
+
+def test_the_line_carries_the_callers_context() -> None:
+    from sagakit import logs
+
+    out = io.StringIO()
+    handler = OffLoopHandler(out)
+    handler.setFormatter(JsonFormatter("order"))
+    token = logs.order_id_var.set("o-1")
+    try:
+        _logger(handler).info("placed")
+    finally:
+        logs.order_id_var.reset(token)
+    handler.close()
+    assert json.loads(out.getvalue())["order_id"] == "o-1"
