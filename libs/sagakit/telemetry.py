@@ -7,6 +7,13 @@ Spans, and so trace ids, exist whether or not anything is exported: the JSON log
 API show real trace ids in every run mode. Spans and log records leave the process, over
 OTLP/HTTP, only when an endpoint is configured.
 
+Which traces are recorded is :mod:`sagakit.sampling`'s choice (by default every order placed at
+a person's pace, about ten a second under load). Inside a trace that is not recorded, the
+database and Redis clients' instrumentation is switched off (:func:`span`,
+:func:`quiet_unless_sampled`): their spans would be dropped anyway, and making them is most of
+what tracing costs per saga (measured in docs/performance.md). The trace context still travels,
+so the order's trace id is the same everywhere, recorded or not.
+
 One order is one trace. Its trace context travels in every event's ``traceparent`` header: the
 outbox stores the context the event was created in, the relay publishes it inside a PRODUCER
 span that continues it (:func:`publishing`), and the consumer handles it inside a CONSUMER span
@@ -19,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +43,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, format_trace_id
 
-from sagakit import logs
+from sagakit import logs, sampling
 
 if TYPE_CHECKING:
     from aio_pika import IncomingMessage
@@ -60,7 +67,7 @@ def setup(service: str) -> None:
         log.warning("only OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf is supported; using it")
     resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or service})
 
-    traces = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER(_ARG)
+    traces = TracerProvider(resource=resource, sampler=sampling.from_env())
     if _exporting("traces"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -119,8 +126,24 @@ def _with_work_ids(record: logging.LogRecord) -> bool:
     return True
 
 
+class _QuietUnlessSampled:
+    """ASGI middleware inside the server span: a request whose trace is not recorded (or a
+    probe or scrape, which has no span) runs with the client instrumentation switched off."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if trace.get_current_span().is_recording():
+            await self.app(scope, receive, send)
+            return
+        with suppress_instrumentation():
+            await self.app(scope, receive, send)
+
+
 def instrument_app(app: FastAPI) -> None:
     """A server span per request (probes and scrapes excepted), with its X-Request-ID."""
+    app.add_middleware(_QuietUnlessSampled)
     FastAPIInstrumentor.instrument_app(
         app,
         excluded_urls="/health/,/metrics",
@@ -157,9 +180,12 @@ def trace_id() -> str:
 @contextmanager
 def span(
     name: str, *, parent: Mapping[str, Any] | None = None, kind: SpanKind = SpanKind.INTERNAL,
-    attributes: Mapping[str, Any] | None = None,
+    attributes: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
 ) -> Iterator[Span]:
     """A span, current inside the block; failures that escape it mark it as an error.
+
+    ``attributes`` may be a function that makes them: called only if the span is recorded.
+    Inside a span that is not recorded, the client libraries' instrumentation is off.
 
     With ``parent`` (headers holding a ``traceparent``, e.g. a message's) the span continues
     that trace instead of the current one, and runs in that context alone: what a message
@@ -167,8 +193,14 @@ def span(
     """
     token = context.attach(propagate.extract(parent)) if parent is not None else None
     try:
-        with tracer.start_as_current_span(name, kind=kind, attributes=attributes) as current:
-            yield current
+        with tracer.start_as_current_span(name, kind=kind) as current:
+            if current.is_recording():
+                if attributes:
+                    current.set_attributes(attributes() if callable(attributes) else attributes)
+                yield current
+            else:  # not recorded: neither are the client spans inside, so make none
+                with suppress_instrumentation():
+                    yield current
     finally:
         if token is not None:
             context.detach(token)
@@ -199,8 +231,10 @@ def publishing(event: OutgoingEvent, exchange: str) -> Iterator[dict[str, Any]]:
     Its parent is the context the event was created in (the ``traceparent`` the outbox kept),
     so the publish joins the order's trace however long after the request it happens.
     """
-    attributes = _messaging("send", event.type, event.headers, str(event.id), exchange,
-                            event.type)
+    def attributes() -> dict[str, Any]:
+        return _messaging("send", event.type, event.headers, str(event.id), exchange,
+                          event.type)
+
     with span(f"{event.type} publish", parent=event.headers, kind=SpanKind.PRODUCER,
               attributes=attributes):
         headers = dict(event.headers)
@@ -217,10 +251,13 @@ def consuming(message: IncomingMessage, queue: str) -> Iterator[Span]:
     """
     headers: Mapping[str, Any] = message.headers or {}
     event_type = str(headers.get("ce-type") or message.routing_key or "")
-    attributes = _messaging("process", event_type, headers, message.message_id,
-                            message.exchange or "", message.routing_key or "")
-    attributes["messaging.destination.subscription.name"] = queue
-    attributes["saga.attempt"] = int(headers.get("x-attempt", 1))
+    def attributes() -> dict[str, Any]:
+        made = _messaging("process", event_type, headers, message.message_id,
+                          message.exchange or "", message.routing_key or "")
+        made["messaging.destination.subscription.name"] = queue
+        made["saga.attempt"] = int(headers.get("x-attempt", 1))
+        return made
+
     with span(f"{event_type} process", parent=headers, kind=SpanKind.CONSUMER,
               attributes=attributes) as current:
         yield current

@@ -276,3 +276,33 @@ def test_operators_read_each_services_metrics_through_the_api(client, ana, servi
     queues = {s.labels["queue"] for s in families["saga_consumer_lag"].samples}
     assert queues and all(q.startswith(f"{service}.") for q in queues), queues
     assert ana.get(f"/api/v1/ops/{service}/metrics").status_code == 403
+
+
+def test_an_order_not_sampled_keeps_its_trace_id_and_logs_and_records_no_spans(client, otlp):
+    """The caller's ``traceparent`` decides (parent-based sampling): flags 00 is an order whose
+    trace is not recorded, yet the trace id is the order's everywhere (its timeline, every log
+    record, exported to Seq); flags 01 forces one to be recorded whatever the rate limit says."""
+    dropped, forced = uuid.uuid4().hex, uuid.uuid4().hex
+    unsampled = place(client, [("fries", 1)],
+                      headers={"traceparent": f"00-{dropped}-{uuid.uuid4().hex[:16]}-00"})
+    sampled = place(client, [("fries", 1)],
+                    headers={"traceparent": f"00-{forced}-{uuid.uuid4().hex[:16]}-01"})
+    quiet = wait_for(client, unsampled.json()["id"], TERMINAL)
+    recorded = wait_for(client, sampled.json()["id"], TERMINAL)
+    assert (quiet["status"], recorded["status"]) == ("finished", "finished")
+    assert quiet["trace_id"] == dropped
+    assert {step["trace_id"] for step in quiet["timeline"]} == {dropped}
+    assert recorded["trace_id"] == forced
+
+    def processed() -> Counter[str] | None:  # the root's parent is the caller's: not exported
+        done = Counter(event_type(s) for s in otlp.trace(forced) if s.kind == CONSUMER)
+        return done if not Counter(HAPPY) - done else None
+
+    otlp.wait_for("the forced trace, every delivery in it", processed)  # the other's by now too
+
+    def logged() -> set[str] | None:
+        services = {record.service for record in otlp.logs_of(dropped)}
+        return services if services >= {"order", "payment", "production"} else None
+
+    otlp.wait_for("the unsampled order's log records", logged)
+    assert otlp.trace(dropped) == []

@@ -142,6 +142,27 @@ def test_what_a_message_causes_is_traced_even_inside_an_untraced_loop(spans):
         assert not is_instrumentation_enabled()
 
 
+def test_a_trace_not_recorded_keeps_its_id_and_makes_no_client_spans(spans):
+    """A sampled-out order: its work makes no database or Redis spans, and what it publishes
+    carries the same trace id, still marked not sampled, so the next service records none."""
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    unsampled = {"traceparent": f"00-{trace_id}-b7ad6b7169203331-00"}
+    with telemetry.span("order.created process", parent=unsampled) as process:
+        assert not process.is_recording()
+        assert not is_instrumentation_enabled()
+        assert telemetry.trace_id() == trace_id
+        event = build(cancelled())
+    assert named_by(event.headers["traceparent"])[0] == trace_id
+    assert event.headers["traceparent"].endswith("-00")
+    with telemetry.span("kitchen cook", parent=event.headers):
+        assert not is_instrumentation_enabled()
+    sampled = {"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
+    with telemetry.span("order.created process", parent=sampled) as process:
+        assert process.is_recording()
+        assert is_instrumentation_enabled()
+    assert [s.name for s in spans.get_finished_spans()] == ["order.created process"]
+
+
 async def test_a_failing_handler_marks_its_span_and_the_parked_copy_stays_in_the_trace(spans):
     broker = RabbitBroker()
     queue = topology.ConsumerQueue("kitchen", "order", ("order.cancelled",))
