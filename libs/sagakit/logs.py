@@ -70,15 +70,23 @@ class OffLoopHandler(logging.Handler):
     service. :meth:`close` (at exit, through :func:`logging.shutdown`) writes what waits, for
     at most ``close_seconds``: the last lines of a graceful stop are kept, a dead pipe cannot
     keep the process from exiting.
+
+    A record of one of ``waited_for`` (uvicorn's lifecycle: started, shutting down, finished)
+    is waited for until written, ``close_seconds`` at most: uvicorn ends a stop it was signalled
+    to make by raising the signal again, which ends the process without any exit hook, so its
+    last lines, and all before them, must be out by then.
     """
 
-    def __init__(self, stream: Any, capacity: int = 10_000, close_seconds: float = 3.0) -> None:
+    def __init__(self, stream: Any, capacity: int = 10_000, close_seconds: float = 3.0,
+                 waited_for: tuple[str, ...] = ("uvicorn.error",)) -> None:
         super().__init__()
         self.stream = stream
         self.capacity = capacity
         self.close_seconds = close_seconds
+        self.waited_for = waited_for
         self.dropped = 0
-        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # Lines, None (the end) or an Event the writer sets once everything before it is out.
+        self._lines: queue.SimpleQueue[str | threading.Event | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_lines, name="log-writer", daemon=True)
         self._writer.start()
 
@@ -94,6 +102,10 @@ class OffLoopHandler(logging.Handler):
             self.dropped += 1
         else:
             self._lines.put(line)
+            if record.name in self.waited_for:
+                written = threading.Event()
+                self._lines.put(written)
+                written.wait(self.close_seconds)
 
     def _write_lines(self) -> None:
         while True:
@@ -104,13 +116,16 @@ class OffLoopHandler(logging.Handler):
                 except queue.Empty:
                     break
             done = None in batch
-            lines = [line for line in batch if line is not None]
+            lines = [line for line in batch if isinstance(line, str)]
             if self.dropped:
                 dropped, self.dropped = self.dropped, 0
                 lines.append(orjson.dumps({"level": "warning", "logger": "sagakit.logs",
                                            "message": f"{dropped} log lines dropped: the log"
                                                       " reader fell behind"}).decode())
             self._write(lines)
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()
             if done:
                 return
 

@@ -87,3 +87,23 @@ def test_the_line_carries_the_callers_context() -> None:
         logs.order_id_var.reset(token)
     handler.close()
     assert json.loads(out.getvalue())["order_id"] == "o-1"
+
+
+def test_uvicorns_lifecycle_lines_are_out_before_the_call_returns() -> None:
+    """uvicorn ends a signalled stop by raising the signal again: no exit hook runs after its
+    last line, so that line (and all before it) must be written when logging it returns."""
+    out = io.StringIO()
+    handler = OffLoopHandler(out)
+    handler.setFormatter(JsonFormatter("order"))
+    _logger(handler).info("order paid -> received")
+    lifecycle = logging.getLogger("uvicorn.error")
+    lifecycle.propagate, saved = False, lifecycle.handlers[:]
+    lifecycle.handlers[:] = [handler]
+    try:
+        lifecycle.warning("Application shutdown complete.")
+    finally:
+        lifecycle.handlers[:] = saved
+        lifecycle.propagate = True
+    messages = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
+    assert messages == ["order paid -> received", "Application shutdown complete."]
+    handler.close()
