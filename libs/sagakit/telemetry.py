@@ -177,6 +177,11 @@ def trace_id() -> str:
     return format_trace_id(trace.get_current_span().get_span_context().trace_id)
 
 
+def recorded() -> bool:
+    """Whether the current trace is recorded (sampled): only a recorded one reaches Jaeger."""
+    return bool(trace.get_current_span().get_span_context().trace_flags.sampled)
+
+
 @contextmanager
 def span(
     name: str, *, parent: Mapping[str, Any] | None = None, kind: SpanKind = SpanKind.INTERNAL,

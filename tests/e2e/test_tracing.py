@@ -98,6 +98,7 @@ def test_the_happy_path_is_one_trace_across_the_three_services(client, otlp):
 
 def test_the_order_links_to_its_trace_and_its_logs(client):
     order = wait_for(client, place(client, [("fries", 1)]).json()["id"], TERMINAL)
+    assert order["trace_recorded"] is True  # one order at a person's pace: always recorded
     trace_id = order["trace_id"]
     assert len(trace_id) == 32 and int(trace_id, 16)
     assert order["links"] == {
@@ -291,6 +292,7 @@ def test_an_order_not_sampled_keeps_its_trace_id_and_logs_and_records_no_spans(c
     recorded = wait_for(client, sampled.json()["id"], TERMINAL)
     assert (quiet["status"], recorded["status"]) == ("finished", "finished")
     assert quiet["trace_id"] == dropped
+    assert (quiet["trace_recorded"], recorded["trace_recorded"]) == (False, True)
     assert {step["trace_id"] for step in quiet["timeline"]} == {dropped}
     assert recorded["trace_id"] == forced
 

@@ -94,6 +94,10 @@ class OrderOut(BaseModel):
     cancellation_reason: str | None
     callback_url: str | None = Field(None, description="where its status changes are POSTed")
     trace_id: str = Field(description="one order is one trace, across all three services")
+    trace_recorded: bool = Field(
+        True, description="whether its trace was recorded (every order at a person's pace, "
+        "about ten a second under load; a request's sampled `traceparent` forces it): only a "
+        "recorded trace is in Jaeger. Its log lines carry the trace id either way")
     links: Links
     created_at: datetime
     updated_at: datetime

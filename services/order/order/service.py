@@ -144,8 +144,8 @@ async def place_order(
     new_order = functools.partial(
         store.insert_order, order_id=order_id, name=name, email=email,
         payment_token=payment_token, currency=currency, priced=priced,
-        trace_id=telemetry.trace_id(), announce=[created], owner=owner,
-        callback_url=callback_url,
+        trace_id=telemetry.trace_id(), trace_recorded=telemetry.recorded(),
+        announce=[created], owner=owner, callback_url=callback_url,
     )
     async with pool.acquire() as conn:
         if callback_url:  # its deliveries are signed with the owner's secret: make it now

@@ -53,22 +53,22 @@ _HOOK = (" hook AS (INSERT INTO webhook_deliveries (id, order_id, timeline_seq, 
 
 def _place(claim: bool) -> str:
     """The new order, its first timeline entry (and webhook delivery) and its events; with
-    ``claim``, only if the request's Idempotency-Key ($17, with the request's hash $18) is new,
+    ``claim``, only if the request's Idempotency-Key ($18, with the request's hash $19) is new,
     claimed by the same statement (a key already taken inserts nothing at all)."""
     claimed = (
         " claim AS (INSERT INTO idempotency_keys (key, request_hash, order_id)"
-        " VALUES ($17, $18, $1) ON CONFLICT (key) DO NOTHING RETURNING order_id),"
+        " VALUES ($18, $19, $1) ON CONFLICT (key) DO NOTHING RETURNING order_id),"
         if claim else "")
     return (
         "WITH" + claimed + " placed AS ("
         " INSERT INTO orders (id, status, customer_name, customer_email, payment_token,"
-        " currency, total, lines, trace_id, owner, callback_url)"
-        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11"
+        " currency, total, lines, trace_id, owner, callback_url, trace_recorded)"
+        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12"
         + (" WHERE EXISTS (SELECT FROM claim)" if claim else "") + " RETURNING *),"
         " step AS (INSERT INTO order_timeline (order_id, status, trace_id)"
         " SELECT id, status, trace_id FROM placed RETURNING seq, order_id, at),"
         + _HOOK.format(source="placed") +
-        " sent AS (" + outbox_insert(12, when="placed") + ")"
+        " sent AS (" + outbox_insert(13, when="placed") + ")"
         " SELECT placed.*, step.at AS step_at FROM placed, step"
     )
 
@@ -80,7 +80,7 @@ async def insert_order(
     conn: asyncpg.Connection, *, order_id: UUID, name: str, email: str, payment_token: str,
     currency: str, priced: PricedOrder, trace_id: str, announce: Sequence[OutgoingEvent],
     owner: str | None, callback_url: str | None = None,
-    idempotency_key: tuple[str, str] | None = None,
+    idempotency_key: tuple[str, str] | None = None, trace_recorded: bool = True,
 ) -> asyncpg.Record | None:
     """The new order, its first timeline entry and its events, in one statement (so one
     round trip and one commit); returns the order's row (as :func:`fetch` would) plus
@@ -92,7 +92,8 @@ async def insert_order(
     """
     args: list[object] = [
         order_id, Status.PENDING_PAYMENT, name, email, payment_token, currency, priced.total,
-        _lines_json(priced.lines), trace_id, owner, callback_url, *outbox_columns(announce)]
+        _lines_json(priced.lines), trace_id, owner, callback_url, trace_recorded,
+        *outbox_columns(announce)]
     if idempotency_key is None:
         return await conn.fetchrow(_PLACE, *args)
     return await conn.fetchrow(_PLACE_ONCE, *args, *idempotency_key)

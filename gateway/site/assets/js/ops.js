@@ -171,7 +171,10 @@ async function showOrder(id) {
       h("span", { class: "badge", "data-status": step.status }, step.status), " ",
       new Date(step.at).toLocaleTimeString(), step.reason ? ` — ${step.reason}` : ""))),
     h("p", {}, "Trace ", h("code", {}, order.trace_id), ": ",
-      h("a", { href: order.links.trace, rel: "noopener", target: "_blank" }, "in Jaeger"), " · ",
+      order.trace_recorded
+        ? h("a", { href: order.links.trace, rel: "noopener", target: "_blank" }, "in Jaeger")
+        : "not recorded (sampled out under load)",
+      " · ",
       h("a", { href: order.links.logs, rel: "noopener", target: "_blank" }, "its logs in Seq")));
 }
 
