@@ -62,6 +62,11 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps({k: v for k, v in line.items() if v is not None}, default=str).decode()
 
 
+# The last lines of a stop uvicorn was signalled to make: (logger, message format).
+STOP_LINES = frozenset({("uvicorn.error", "Application shutdown complete."),
+                        ("uvicorn.error", "Finished server process [%d]")})
+
+
 class OffLoopHandler(logging.Handler):
     """Formats each record in the caller's thread and hands the line to a writer thread.
 
@@ -71,20 +76,24 @@ class OffLoopHandler(logging.Handler):
     at most ``close_seconds``: the last lines of a graceful stop are kept, a dead pipe cannot
     keep the process from exiting.
 
-    A record of one of ``waited_for`` (uvicorn's lifecycle: started, shutting down, finished)
-    is waited for until written, ``close_seconds`` at most: uvicorn ends a stop it was signalled
-    to make by raising the signal again, which ends the process without any exit hook, so its
-    last lines, and all before them, must be out by then.
+    A line of ``waited_for`` (uvicorn's last lines of a stop) is waited for until written,
+    ``close_seconds`` at most, and only until one such wait times out (the reader is stuck:
+    no further waits): uvicorn ends a stop it was signalled to make by raising the signal
+    again, which ends the process without any exit hook, so those lines, and all before them,
+    must be out by then. No other line ever waits, so a request that uvicorn logs as invalid
+    cannot hold the loop.
     """
 
     def __init__(self, stream: Any, capacity: int = 10_000, close_seconds: float = 3.0,
-                 waited_for: tuple[str, ...] = ("uvicorn.error",)) -> None:
+                 waited_for: frozenset[tuple[str, str]] = STOP_LINES) -> None:
         super().__init__()
         self.stream = stream
         self.capacity = capacity
         self.close_seconds = close_seconds
         self.waited_for = waited_for
-        self.dropped = 0
+        self._stuck = False
+        self._dropped = 0
+        self._count_lock = threading.Lock()  # the dropped count: emitters add, the writer takes
         # Lines, None (the end) or an Event the writer sets once everything before it is out.
         self._lines: queue.SimpleQueue[str | threading.Event | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_lines, name="log-writer", daemon=True)
@@ -98,14 +107,23 @@ class OffLoopHandler(logging.Handler):
             return
         if not self._writer.is_alive():  # closed: write it here, as a plain handler would
             self._write([line])
-        elif self._lines.qsize() >= self.capacity:
-            self.dropped += 1
-        else:
-            self._lines.put(line)
-            if record.name in self.waited_for:
-                written = threading.Event()
-                self._lines.put(written)
-                written.wait(self.close_seconds)
+            return
+        waited = (record.name, record.msg) in self.waited_for and not self._stuck
+        if self._lines.qsize() >= self.capacity and not waited:
+            with self._count_lock:
+                self._dropped += 1
+            return
+        self._lines.put(line)
+        if waited:
+            written = threading.Event()
+            self._lines.put(written)
+            if not written.wait(self.close_seconds):
+                self._stuck = True
+
+    def _taken_drops(self) -> int:
+        with self._count_lock:
+            dropped, self._dropped = self._dropped, 0
+        return dropped
 
     def _write_lines(self) -> None:
         while True:
@@ -117,11 +135,11 @@ class OffLoopHandler(logging.Handler):
                     break
             done = None in batch
             lines = [line for line in batch if isinstance(line, str)]
-            if self.dropped:
-                dropped, self.dropped = self.dropped, 0
-                lines.append(orjson.dumps({"level": "warning", "logger": "sagakit.logs",
-                                           "message": f"{dropped} log lines dropped: the log"
-                                                      " reader fell behind"}).decode())
+            if dropped := self._taken_drops():
+                notice = logging.LogRecord(
+                    "sagakit.logs", logging.WARNING, __file__, 0,
+                    "%d log lines dropped: the log reader fell behind", (dropped,), None)
+                lines.append(self.format(notice))
             self._write(lines)
             for item in batch:
                 if isinstance(item, threading.Event):

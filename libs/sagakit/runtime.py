@@ -241,11 +241,11 @@ async def running(messaging: Messaging, relay: Worker, *workers: Worker) -> Asyn
     that loses nothing: stop consuming first (in-flight handlers finish), then the workers
     (each finishes what it holds), then the relay (it publishes what all of them committed),
     and close the broker connection last. Every service's lifespan runs its saga in this."""
+    settle_heap()  # before the first delivery: nothing in flight gets frozen
     await messaging.start()
     await relay.start()
     for worker in workers:
         await worker.start()
-    settle_heap()
     try:
         yield
     finally:

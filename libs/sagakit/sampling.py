@@ -7,7 +7,7 @@ this process, with a burst of ``burst`` allowed; everything the request causes f
 decision through the ``traceparent`` of its events (the parent-based part). A person placing
 orders by hand, a demo, a test: every order recorded. A benchmark at 100 orders a second: about
 one in ten, and the rest cost almost nothing (:func:`sagakit.telemetry.span` and
-:func:`sagakit.telemetry.quiet_unless_sampled` switch the database and Redis client spans off
+:class:`sagakit.telemetry.QuietUnlessSampled` switch the database and Redis client spans off
 inside a trace that is not recorded).
 
 Every order still has its trace id (a span that is not recorded still has one: it is in the
@@ -72,8 +72,8 @@ class PerOperationRateLimit(Sampler):
     def _take(self, name: str) -> bool:
         if self.per_second == 0.0:
             return False
-        now = self._clock()
         with self._lock:
+            now = self._clock()
             bucket = self._buckets.get(name)
             if bucket is None:
                 if len(self._buckets) >= self.max_names:

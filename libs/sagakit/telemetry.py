@@ -10,7 +10,7 @@ OTLP/HTTP, only when an endpoint is configured.
 Which traces are recorded is :mod:`sagakit.sampling`'s choice (by default every order placed at
 a person's pace, about ten a second under load). Inside a trace that is not recorded, the
 database and Redis clients' instrumentation is switched off (:func:`span`,
-:func:`quiet_unless_sampled`): their spans would be dropped anyway, and making them is most of
+:class:`QuietUnlessSampled`): their spans would be dropped anyway, and making them is most of
 what tracing costs per saga (measured in docs/performance.md). The trace context still travels,
 so the order's trace id is the same everywhere, recorded or not.
 
@@ -126,15 +126,16 @@ def _with_work_ids(record: logging.LogRecord) -> bool:
     return True
 
 
-class _QuietUnlessSampled:
+class QuietUnlessSampled:
     """ASGI middleware inside the server span: a request whose trace is not recorded (or a
-    probe or scrape, which has no span) runs with the client instrumentation switched off."""
+    probe or scrape, which has no span) runs with the client instrumentation switched off.
+    The lifespan is left alone: the tasks it starts would inherit the switch."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if trace.get_current_span().is_recording():
+        if scope["type"] not in ("http", "websocket") or trace.get_current_span().is_recording():
             await self.app(scope, receive, send)
             return
         with suppress_instrumentation():
@@ -143,7 +144,7 @@ class _QuietUnlessSampled:
 
 def instrument_app(app: FastAPI) -> None:
     """A server span per request (probes and scrapes excepted), with its X-Request-ID."""
-    app.add_middleware(_QuietUnlessSampled)
+    app.add_middleware(QuietUnlessSampled)
     FastAPIInstrumentor.instrument_app(
         app,
         excluded_urls="/health/,/metrics",

@@ -61,6 +61,8 @@ def test_past_its_capacity_lines_are_dropped_and_the_drop_is_said() -> None:
     messages = [line["message"] for line in lines]
     assert messages[:6] == ["first", *(f"line {n}" for n in range(5))]
     assert "15 log lines dropped: the log reader fell behind" in messages
+    notice = next(line for line in lines if "dropped" in line["message"])
+    assert (notice["service"], notice["level"]) == ("order", "warning")
 
 
 def test_close_gives_up_on_a_reader_that_never_reads() -> None:
@@ -97,13 +99,42 @@ def test_uvicorns_lifecycle_lines_are_out_before_the_call_returns() -> None:
     handler.setFormatter(JsonFormatter("order"))
     _logger(handler).info("order paid -> received")
     lifecycle = logging.getLogger("uvicorn.error")
-    lifecycle.propagate, saved = False, lifecycle.handlers[:]
+    lifecycle.propagate, saved, level = False, lifecycle.handlers[:], lifecycle.level
     lifecycle.handlers[:] = [handler]
+    lifecycle.setLevel(logging.INFO)
     try:
-        lifecycle.warning("Application shutdown complete.")
+        lifecycle.info("Application shutdown complete.")
     finally:
         lifecycle.handlers[:] = saved
         lifecycle.propagate = True
+        lifecycle.setLevel(level)
     messages = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
     assert messages == ["order paid -> received", "Application shutdown complete."]
     handler.close()
+
+
+def test_no_other_uvicorn_line_waits_and_a_stuck_reader_is_waited_for_once() -> None:
+    """uvicorn logs an invalid request on the same logger, from the event loop: it must not
+    wait; and once a stop line found the reader stuck, the next one does not wait again."""
+    pipe = StuckPipe()
+    handler = OffLoopHandler(pipe, close_seconds=0.3)
+    handler.setFormatter(JsonFormatter("order"))
+    lifecycle = logging.getLogger("uvicorn.error")
+    lifecycle.propagate, saved, level = False, lifecycle.handlers[:], lifecycle.level
+    lifecycle.handlers[:] = [handler]
+    lifecycle.setLevel(logging.INFO)
+    try:
+        started = time.monotonic()
+        for _ in range(5):
+            lifecycle.warning("Invalid HTTP request received.")
+        assert time.monotonic() - started < 0.2
+        started = time.monotonic()
+        lifecycle.info("Application shutdown complete.")  # waits its 0.3 s, then knows
+        lifecycle.info("Finished server process [%d]", 7)  # no second wait
+        assert 0.25 < time.monotonic() - started < 0.6
+    finally:
+        lifecycle.handlers[:] = saved
+        lifecycle.propagate = True
+        lifecycle.setLevel(level)
+        pipe.release.set()
+        handler.close()

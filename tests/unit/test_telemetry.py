@@ -219,3 +219,33 @@ def test_log_lines_carry_the_trace_and_span_of_the_work(spans, in_span):
         line = orjson.loads(formatter.format(record))
         assert "trace_id" not in line and "span_id" not in line
     assert line["service"] == "order" and line["message"] == "order placed"
+
+
+def test_a_request_not_recorded_makes_no_client_spans_and_the_lifespan_is_left_alone(spans):
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    seen: dict[str, bool] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        seen["lifespan"] = is_instrumentation_enabled()  # its tasks would inherit a switch
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/probe")
+    async def probe(name: str) -> dict[str, bool]:
+        seen[name] = is_instrumentation_enabled()
+        return {}
+
+    telemetry.instrument_app(app)
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    with TestClient(app) as client:
+        client.get("/probe", params={"name": "unsampled"},
+                   headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-00"})
+        client.get("/probe", params={"name": "sampled"},
+                   headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
+    assert seen == {"lifespan": True, "unsampled": False, "sampled": True}
