@@ -113,3 +113,45 @@ async def test_entries_a_failed_read_left_pending_go_out_first(redis, monkeypatc
     assert await relay.drain_once() == 2
     assert await relay.drain_once() == 1
     assert publisher.published == ["lost-1", "lost-2", "newer"]
+
+
+async def test_the_relay_publishes_a_persistent_message_with_the_envelopes_properties(
+    rabbitmq_url: str,
+) -> None:
+    """What the relays publish (EventPublisher, confirmed): persistent, the CloudEvents id,
+    type and subject as AMQP properties, the envelope's headers with the publish span's
+    traceparent, the body as it is."""
+    import aio_pika
+    from faststream.rabbit import RabbitBroker
+
+    from sagakit.events import OrderCancelled
+    from sagakit.outbox import EventPublisher
+    from sagakit.topology import EVENTS
+
+    connection = await aio_pika.connect(rabbitmq_url)
+    broker = RabbitBroker(rabbitmq_url)
+    await broker.connect()
+    try:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(EVENTS.name, aio_pika.ExchangeType.TOPIC,
+                                                  durable=True, arguments=EVENTS.arguments)
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, routing_key="order.cancelled")
+        order_id = uuid4()
+        event = OutgoingEvent.build(OrderCancelled(order_id=order_id, reason="changed my mind",
+                                                   requested_by="customer"),
+                                    source="saga-shop/order", subject=str(order_id))
+        await EventPublisher(broker).publish_all([event])
+        message = await queue.get(timeout=5)
+        assert message.delivery_mode is aio_pika.DeliveryMode.PERSISTENT
+        assert (message.message_id, message.correlation_id, message.type,
+                message.content_type) == (str(event.id), str(order_id), "order.cancelled",
+                                          "application/json")
+        assert message.routing_key == "order.cancelled"
+        assert message.body == event.body
+        headers = dict(message.headers)
+        assert headers["ce-id"] == str(event.id)
+        assert str(headers["traceparent"]).startswith("00-")
+    finally:
+        await broker.stop()
+        await connection.close()
