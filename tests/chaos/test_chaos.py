@@ -104,11 +104,23 @@ def drained(chaos: ChaosStack) -> None:
 
 
 def _blocked_in(pid: int | None) -> str:
-    """Where the kernel holds a process that does not stop (e.g. ``pipe_write``: its log)."""
+    """Where the kernel holds a process that does not stop (e.g. ``pipe_write``: its log), and
+    what it does with SIGTERM: pending (SigPnd/ShdPnd), blocked, ignored or caught, per thread
+    (bit 15 of each mask; a container's PID 1 never sees a signal it does not catch)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-        return f"state {state}, waiting in {Path(f'/proc/{pid}/wchan').read_text() or '-'}"
-    except (OSError, IndexError):
+        where = f"state {state}, waiting in {Path(f'/proc/{pid}/wchan').read_text() or '-'}"
+        term = 1 << (signal.SIGTERM - 1)
+        threads = []
+        for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+            status = dict(line.split(":\t", 1) for line in
+                          (task / "status").read_text().splitlines() if ":\t" in line)
+            flags = [name for name in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+                     if int(status.get(name, "0"), 16) & term]
+            threads.append(f"{status.get('Name', '?').strip()}[{task.name}]: "
+                           f"{'/'.join(flags) or 'SIGTERM nowhere'}")
+        return f"{where}; SIGTERM per thread: {', '.join(threads)}"
+    except (OSError, IndexError, ValueError):
         return "not readable here"
 
 
