@@ -163,10 +163,10 @@ def add_asyncapi_route(app: FastAPI, service: str, messaging: Messaging) -> None
 # frees, and every collection walks all the objects of that generation. An asyncio service
 # allocates a future, a task or a frame per message, most of them freed by reference counting
 # anyway: at the default thresholds the collector cost ~5 % of the saga's CPU (~9 % of the order
-# service's; docs/performance.md, round four). A youngest generation of 50 000 objects (a few
-# MB at most) makes collections rare; what is left at start-up is frozen (:func:`settle_heap`)
-# so no collection walks it again. Reference counting still frees everything without a cycle at
-# once; only cyclic garbage waits longer.
+# service's; docs/performance.md, round four). A youngest generation of 50 000 objects makes
+# collections rare; what is left at start-up is frozen (:func:`settle_heap`) so no collection
+# walks it again. Reference counting still frees everything without a cycle at once; only
+# cyclic garbage waits longer (with whatever it holds: an exception and its frames, say).
 GC_THRESHOLDS = (50_000, 20, 100)
 # Set by serve(): this process is a service's own (not a test's), so its heap is its to settle.
 _own_process = False
