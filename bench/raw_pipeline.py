@@ -183,7 +183,8 @@ async def _drive(url: str, sagas: int, window: int, timeout: float) -> dict[str,
         started[order_id] = time.monotonic()
         _spawn(exchange.publish(_message(order_id, "order.created"), "order.created"))
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(done.wait(), max(1.0, timeout - (time.monotonic() - begin)))
+        async with asyncio.timeout(max(1.0, timeout - (time.monotonic() - begin))):
+            await done.wait()
     elapsed = time.monotonic() - begin
     await connection.close()
     latencies.sort()

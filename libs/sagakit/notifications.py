@@ -20,6 +20,8 @@ from typing import Any
 
 import asyncpg
 
+from sagakit.waits import woken
+
 log = logging.getLogger("sagakit.notifications")
 
 
@@ -45,11 +47,7 @@ class Subscription:
 
     async def wait(self, timeout: float) -> bool:
         """True when woken (now or since :meth:`clear`), False after ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._woken.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await woken(self._woken, timeout)
 
     @property
     def active(self) -> bool:
@@ -121,7 +119,7 @@ class NotificationFanout:
 
     async def _keep_listening(self) -> None:
         """Reconnect when the connection is lost (a database restart), then wake everyone."""
-        while True:
+        while not self.stopped:  # not only the cancel: asyncpg.connect may swallow one
             await asyncio.sleep(self.reconnect_seconds)
             if not self.listening and await self._connect():
                 log.info("listening on %s again", self.channel)

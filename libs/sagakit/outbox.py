@@ -34,6 +34,7 @@ from sagakit.backoff import Backoff
 from sagakit.envelope import OutgoingEvent
 from sagakit.postgres import row_to_event
 from sagakit.streams import ensure_group
+from sagakit.waits import woken
 
 log = logging.getLogger("sagakit.outbox")
 
@@ -90,8 +91,7 @@ class _Relay:
             metrics.OUTBOX_BACKLOG.set(await self.backlog())
 
     async def _wait_for_work(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.sweep_seconds)
+        await woken(self._wake, self.sweep_seconds)
         self._wake.clear()
 
     async def _run(self) -> None:

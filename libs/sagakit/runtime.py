@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import io
 import logging
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, Protocol
 
 import asyncpg
@@ -18,6 +22,7 @@ from fastapi.responses import HTMLResponse
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.specification import AsyncAPI
+from uvicorn.config import STARTUP_FAILURE
 
 from sagakit import logs, metrics, postgres, telemetry
 from sagakit.archive import PostgresArchive
@@ -58,6 +63,7 @@ class Messaging:
         self.publisher = EventPublisher(self.broker)
         self._document_publishers(publishes)
         self._sampler: asyncio.Task[None] | None = None
+        self._closing = False
 
     def _document_publishers(self, publishes: Sequence[type[Event]]) -> None:
         """Put the events this service publishes into its AsyncAPI document.
@@ -99,7 +105,7 @@ class Messaging:
         Lag is what waits in each consumer queue, not yet delivered: the broker's own count,
         the same for every replica (they share the queue), so no offset bookkeeping is needed.
         """
-        while True:
+        while not self._closing:  # not only the cancel: aiormq may swallow one (sagakit.waits)
             with contextlib.suppress(Exception):  # the broker is away: keep the last values
                 metrics.DEAD_LETTERS.set(await self._depth(dead_letter_queue(self.service).name))
                 for consumer in self.queues:
@@ -116,6 +122,7 @@ class Messaging:
             await subscriber.stop()
 
     async def close(self) -> None:
+        self._closing = True
         if self._sampler is not None:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -181,6 +188,46 @@ def settle_heap() -> None:
         gc.freeze()
 
 
+# A graceful stop that takes longer than this logs what it is still waiting on (every task's
+# stack): within compose's 30 s stop_grace_period, after uvicorn's and FastStream's own timeouts
+# would normally have ended it.
+STOP_REPORT_SECONDS = 25.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying when a stop signal arrives and, if the stop then takes too long,
+    what it waits on.
+
+    uvicorn logs nothing until its main loop notices the signal, and nothing while the
+    lifespan's shutdown runs: a stop that hangs would leave no trace of where. The handler runs
+    in the main thread between two bytecodes, possibly inside a logging call: it only queues a
+    callback for the event loop (``call_soon_threadsafe`` is safe there), which does the rest."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        with contextlib.suppress(RuntimeError):  # no loop running: nothing left to stop
+            asyncio.get_running_loop().call_soon_threadsafe(_stopping, signal.Signals(sig).name)
+
+
+_log = logging.getLogger("sagakit.runtime")
+
+
+def _stopping(signal_name: str) -> None:
+    _log.info("%s received: stopping (in-flight work finishes first)", signal_name)
+    asyncio.get_running_loop().call_later(STOP_REPORT_SECONDS, _report_slow_stop)
+
+
+def _report_slow_stop() -> None:
+    """Log every task still running, each with where it waits: what keeps the stop from ending."""
+    waiting = []
+    for task in asyncio.all_tasks():
+        stack = io.StringIO()
+        task.print_stack(file=stack)  # "Stack for <task ...> (most recent call last):", frames
+        waiting.append(stack.getvalue())
+    _log.warning("still stopping after %.0f s; %d tasks:\n%s", STOP_REPORT_SECONDS,
+                 len(waiting), "\n".join(waiting))
+
+
 def serve(factory: str, settings: ServiceSettings, service: str) -> None:
     """``python -m <service>``: the one entry point, the same in native and compose mode.
 
@@ -190,7 +237,7 @@ def serve(factory: str, settings: ServiceSettings, service: str) -> None:
     logs.configure(service, settings.log_level)
     gc.set_threshold(*GC_THRESHOLDS)
     _own_process = True
-    uvicorn.run(
+    server = _Server(uvicorn.Config(
         factory,
         factory=True,
         host=settings.http_host,
@@ -204,7 +251,11 @@ def serve(factory: str, settings: ServiceSettings, service: str) -> None:
         # one just as nginx sends a POST on it, a 502 nginx must not retry.
         timeout_keep_alive=75,
         proxy_headers=True,
-    )
+    ))
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl+C during the stop
+        server.run()
+    if not server.started:  # as uvicorn.run: a start-up that failed exits non-zero
+        sys.exit(STARTUP_FAILURE)
 
 
 Retention = Callable[[asyncpg.Pool, int], Awaitable[object]]
@@ -302,8 +353,10 @@ async def every(seconds: float, work: Callable[[], Awaitable[object]],
     and the next one tries again, so a database away for a while stops nothing for good."""
     log = logging.getLogger(f"sagakit.{name}")
 
+    stopping = False
+
     async def loop() -> None:
-        while True:
+        while not stopping:  # not only the cancel: a library may swallow one (sagakit.waits)
             await asyncio.sleep(seconds)
             try:
                 with telemetry.untraced():
@@ -315,6 +368,7 @@ async def every(seconds: float, work: Callable[[], Awaitable[object]],
     try:
         yield
     finally:
+        stopping = True
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sagakit import logs, telemetry
 from sagakit.consuming import OUTAGE
 from sagakit.docs import add_swagger_ui, docs_paths
+from sagakit.waits import within
 
 log = logging.getLogger("sagakit.web")
 
@@ -248,7 +249,7 @@ def create_app(
         checks = readiness(app)
         with telemetry.untraced():  # probes come every few seconds: not worth a trace each
             results = await asyncio.gather(
-                *(asyncio.wait_for(check(), 2.0) for check in checks.values()),
+                *(within(2.0, check()) for check in checks.values()),
                 return_exceptions=True,
             )
         report = {

@@ -17,6 +17,7 @@ from sagakit.routing import of_type
 from sagakit.runtime import Messaging, event_meta
 from sagakit.settings import ServiceSettings
 from sagakit.topology import ConsumerQueue
+from sagakit.waits import within
 from tests.amqp import text_header
 
 SERVICE = f"kit{uuid.uuid4().hex[:6]}"
@@ -78,13 +79,13 @@ async def parked(channel: aio_pika.abc.AbstractChannel, event_id: str,
 
 async def test_a_handler_that_succeeds_is_called_once(harness):
     await publish(harness["channel"], b'{"n": 1}', "probe.ping")
-    await asyncio.wait_for(harness["done"].setdefault(1, asyncio.Event()).wait(), 5)
+    await within(5, harness["done"].setdefault(1, asyncio.Event()).wait())
     assert harness["seen"][1] == [1]
 
 
 async def test_retry_later_comes_back_with_growing_attempts(harness):
     await publish(harness["channel"], b'{"n": 2, "fail_times": 2}', "probe.ping")
-    await asyncio.wait_for(harness["done"].setdefault(2, asyncio.Event()).wait(), 10)
+    await within(10, harness["done"].setdefault(2, asyncio.Event()).wait())
     assert harness["seen"][2] == [1, 2, 3]
 
 

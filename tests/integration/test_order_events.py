@@ -19,6 +19,7 @@ from order.stream_api import _follow
 from sagakit import postgres
 from sagakit.envelope import EventMeta
 from sagakit.notifications import NotificationFanout, TooManySubscribers
+from sagakit.waits import within
 from tests.conftest import Infra
 from tests.integration.conftest import ServiceProcess
 from tests.integration.test_order_store import MIGRATIONS, ROLE, _new_order
@@ -128,7 +129,7 @@ async def test_the_stream_sends_each_entry_as_it_commits_and_ends_after_the_term
     assert [e["data"] for e in _events(chunks)] and b": heartbeat\n\n" in chunks
     for status in (Status.PAID, Status.RECEIVED, Status.IN_PRODUCTION, Status.FINISHED):
         order = await _step(pool, order, status)
-    await asyncio.wait_for(reader, 5)  # the stream ended by itself
+    await within(5, reader)  # the stream ended by itself
     events = _events(chunks)
     assert [json.loads(e["data"])["status"] for e in events] == [
         "pending_payment", "paid", "received", "in_production", "finished"]

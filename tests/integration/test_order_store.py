@@ -23,6 +23,7 @@ from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.events import OrderCreated, OrderLine, OrderReceived
 from sagakit.faults import PostgresFaultStore
 from sagakit.outbox import PostgresOutboxRelay
+from sagakit.waits import within
 from tests.conftest import Infra
 
 ROLE = "order_svc"
@@ -117,13 +118,13 @@ async def test_only_a_write_that_announces_an_event_wakes_the_relay(pool, infra,
             assert await store.transition(
                 conn, order, Status.PAID, reason=None, event=_meta(), trace_id="0" * 32,
                 announce=[_event(OrderReceived(order_id=order.id, lines=()))])
-            assert await asyncio.wait_for(woken.get(), 5) == "outbox"
+            assert await within(5, woken.get()) == "outbox"
             paid, _ = await store.read(conn, order.id)
             assert paid is not None
             assert await store.transition(conn, paid, Status.RECEIVED, reason=None,
                                           event=_meta(), trace_id="0" * 32)
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(woken.get(), 0.5)
+            await within(0.5, woken.get())
     finally:
         await listener.close()
 

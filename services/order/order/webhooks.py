@@ -39,6 +39,7 @@ from standardwebhooks.webhooks import Webhook
 from order.callbacks import CallbackPolicy, CallbackRefused
 from sagakit import telemetry
 from sagakit.backoff import Backoff
+from sagakit.waits import woken
 
 log = logging.getLogger("order.webhooks")
 EVENT_TYPE = "order.status_changed"
@@ -128,6 +129,7 @@ class WebhookSender:
         self.pool, self.dsn, self.policy, self.settings = pool, dsn, policy, settings
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._listener: asyncpg.Connection | None = None
         self._http = httpx.AsyncClient(timeout=settings.timeout_seconds, follow_redirects=False,
                                        trust_env=False,
@@ -138,6 +140,7 @@ class WebhookSender:
         self._task = asyncio.create_task(self._run(), name="webhook-sender")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -155,7 +158,7 @@ class WebhookSender:
     async def _run(self) -> None:
         backoff = Backoff()
         with telemetry.untraced():  # the sweeps are not traced
-            while True:
+            while not self._stopping:  # not only the cancel (sagakit.waits says why)
                 try:
                     if await self.deliver_due() < self.settings.batch_size:
                         await self._wait()
@@ -169,8 +172,7 @@ class WebhookSender:
     async def _wait(self) -> None:
         if self._listener is None or self._listener.is_closed():
             await self._listen()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.settings.sweep_seconds)
+        await woken(self._wake, self.settings.sweep_seconds)
         self._wake.clear()
 
     async def deliver_due(self) -> int:

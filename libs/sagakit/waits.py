@@ -1,0 +1,38 @@
+"""Waiting with a time limit without losing a cancellation.
+
+On Python 3.11 ``asyncio.wait_for`` can swallow a cancellation: when the waiting task is
+cancelled in the same turn of the event loop as the awaited thing completes, it returns the
+result and the ``CancelledError`` is gone (CPython gh-86296; 3.12 rebuilt ``wait_for`` on
+``asyncio.timeout`` to fix it). A background loop that stops by being cancelled then never
+stops, and neither does the service: here the order service's webhook sender did, about once
+in ten SIGTERMs under load, until Docker killed the container (``sagakit.runtime`` logs what a
+slow stop waits on; that is how it was found). ``asyncio.timeout`` counts the cancellations
+it did not make (``Task.uncancel``) and turns only its own into ``TimeoutError``.
+
+So: no ``asyncio.wait_for`` in this project; these two instead. And every background loop also
+checks a stop flag of its own, so a cancellation some library swallows still ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def woken(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set (True) or ``seconds`` have passed (False)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+async def within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """``awaitable``'s result, or ``TimeoutError`` after ``seconds`` (it is cancelled then)."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
