@@ -42,7 +42,8 @@ CONFIG = "supervisord.conf"
 # Restart policy (module docstring): alive this long counts as started; retries before FATAL.
 START_SECONDS = 2
 START_RETRIES = 20
-STOP_WAIT_SECONDS = 15
+# Past a graceful stop's own limits (sagakit.runtime.STOP_REPORT_SECONDS): a hung one is killed.
+STOP_WAIT_SECONDS = 60
 # supervisord's process states (supervisor.states.ProcessStates) the runner tells apart.
 ALIVE = {"STARTING", "RUNNING"}
 FAILED = {"BACKOFF", "FATAL", "EXITED", "UNKNOWN"}

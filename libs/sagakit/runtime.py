@@ -89,6 +89,7 @@ class Messaging:
         ))
 
     async def start(self) -> None:
+        self._closing = False
         await self.broker.connect()
         await self.topology.declare(self.broker)
         await self.broker.start()
@@ -188,10 +189,12 @@ def settle_heap() -> None:
         gc.freeze()
 
 
-# A graceful stop that takes longer than this logs what it is still waiting on (every task's
-# stack): within compose's 30 s stop_grace_period, after uvicorn's and FastStream's own timeouts
-# would normally have ended it.
-STOP_REPORT_SECONDS = 25.0
+# The stop's own time limits, one after the other: uvicorn's for open requests (20 s), then in
+# the lifespan FastStream's for deliveries in hand (15 s) and the outbox relay's flush (5 s).
+# A stop still running past their sum waits on something that has no limit: it logs every task
+# and where each waits. compose's stop_grace_period and supervisord's stopwaitsecs are longer.
+HTTP_DRAIN_SECONDS = 20
+STOP_REPORT_SECONDS = 45.0
 
 
 class _Server(uvicorn.Server):
@@ -203,18 +206,26 @@ class _Server(uvicorn.Server):
     in the main thread between two bytecodes, possibly inside a logging call: it only queues a
     callback for the event loop (``call_soon_threadsafe`` is safe there), which does the rest."""
 
+    _report: asyncio.TimerHandle | None = None
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         with contextlib.suppress(RuntimeError):  # no loop running: nothing left to stop
-            asyncio.get_running_loop().call_soon_threadsafe(_stopping, signal.Signals(sig).name)
+            asyncio.get_running_loop().call_soon_threadsafe(self._stopping,
+                                                            signal.Signals(sig).name)
+
+    def _stopping(self, signal_name: str) -> None:
+        if self.force_exit:  # a second Ctrl+C: uvicorn stops waiting for open requests
+            _log.info("%s received again: stopping without waiting for open requests",
+                      signal_name)
+        else:
+            _log.info("%s received: stopping (in-flight work finishes first)", signal_name)
+        if self._report is None:
+            self._report = asyncio.get_running_loop().call_later(STOP_REPORT_SECONDS,
+                                                                 _report_slow_stop)
 
 
 _log = logging.getLogger("sagakit.runtime")
-
-
-def _stopping(signal_name: str) -> None:
-    _log.info("%s received: stopping (in-flight work finishes first)", signal_name)
-    asyncio.get_running_loop().call_later(STOP_REPORT_SECONDS, _report_slow_stop)
 
 
 def _report_slow_stop() -> None:
@@ -246,13 +257,14 @@ def serve(factory: str, settings: ServiceSettings, service: str) -> None:
         access_log=False,
         loop="uvloop",
         http="httptools",
-        timeout_graceful_shutdown=20,
+        timeout_graceful_shutdown=HTTP_DRAIN_SECONDS,
         # Longer than nginx keeps an idle upstream connection (60 s): otherwise uvicorn may close
         # one just as nginx sends a POST on it, a 502 nginx must not retry.
         timeout_keep_alive=75,
         proxy_headers=True,
     ))
-    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl+C during the stop
+    # uvicorn raises a Ctrl+C again once it has stopped (SIGINT's default action): done.
+    with contextlib.suppress(KeyboardInterrupt):
         server.run()
     if not server.started:  # as uvicorn.run: a start-up that failed exits non-zero
         sys.exit(STARTUP_FAILURE)

@@ -5,12 +5,14 @@ cancelled in the same turn of the event loop as the awaited thing completes, it 
 result and the ``CancelledError`` is gone (CPython gh-86296; 3.12 rebuilt ``wait_for`` on
 ``asyncio.timeout`` to fix it). A background loop that stops by being cancelled then never
 stops, and neither does the service: here the order service's webhook sender did, about once
-in ten SIGTERMs under load, until Docker killed the container (``sagakit.runtime`` logs what a
-slow stop waits on; that is how it was found). ``asyncio.timeout`` counts the cancellations
-it did not make (``Task.uncancel``) and turns only its own into ``TimeoutError``.
+in ten SIGTERMs under load, for good (``docker compose stop`` would have killed it after its
+grace period; ``sagakit.runtime`` logs what a slow stop waits on, which is how it was found).
+``asyncio.timeout`` counts the cancellations it did not make (``Task.uncancel``) and turns only
+its own into ``TimeoutError``.
 
-So: no ``asyncio.wait_for`` in this project; these two instead. And every background loop also
-checks a stop flag of its own, so a cancellation some library swallows still ends it.
+So: no ``asyncio.wait_for`` in this project's code (ruff bans it); these two instead. The
+libraries underneath (asyncpg, aiormq, uvicorn) still use it, so every background loop of ours
+also checks a stop flag of its own: a cancellation swallowed down there still ends it.
 """
 
 from __future__ import annotations

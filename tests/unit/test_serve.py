@@ -26,8 +26,9 @@ import pytest
 from sagakit import runtime
 
 APP = textwrap.dedent("""
-    import contextlib, logging, sys
+    import asyncio, contextlib, logging, sys
     from fastapi import FastAPI
+    from sagakit import runtime
     from sagakit.runtime import serve
     from sagakit.settings import ServiceSettings
 
@@ -36,6 +37,8 @@ APP = textwrap.dedent("""
         if sys.argv[2] == "fail":
             raise RuntimeError("the database is away")
         yield
+        if sys.argv[2] == "slow":  # a stop that outlasts the report's delay
+            await asyncio.sleep(1.0)
         logging.getLogger("probe").info("lifespan shutdown ran")
 
     def build():
@@ -48,6 +51,7 @@ APP = textwrap.dedent("""
         return app
 
     if __name__ == "__main__":  # uvicorn imports this module again for build()
+        runtime.STOP_REPORT_SECONDS = 0.3
         serve("probe_app:build", ServiceSettings(http_port=int(sys.argv[1])), "probe")
 """)
 
@@ -79,8 +83,8 @@ def _messages(output: str) -> list[str]:
     return found
 
 
-def test_sigterm_is_said_as_it_arrives_and_the_stop_is_graceful(tmp_path: Path) -> None:
-    process, port = _start(tmp_path, "ok")
+def _stop_when_up(process: subprocess.Popen[str], port: int) -> str:
+    """SIGTERM once the probe answers; its whole output once it has ended."""
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -93,9 +97,14 @@ def test_sigterm_is_said_as_it_arrives_and_the_stop_is_graceful(tmp_path: Path) 
             assert time.monotonic() < deadline, "the probe service never answered"
             time.sleep(0.1)
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+        return process.communicate(timeout=30)[0]
     finally:
         process.kill()
+
+
+def test_sigterm_is_said_as_it_arrives_and_the_stop_is_graceful(tmp_path: Path) -> None:
+    process, port = _start(tmp_path, "ok")
+    output = _stop_when_up(process, port)
     messages = _messages(output)
     said = "SIGTERM received: stopping (in-flight work finishes first)"
     assert said in messages, output
@@ -105,6 +114,16 @@ def test_sigterm_is_said_as_it_arrives_and_the_stop_is_graceful(tmp_path: Path) 
     # In this order: the signal, then the stop the lifespan makes, then uvicorn's last line.
     assert (messages.index(said) < messages.index("lifespan shutdown ran")
             < messages.index("Application shutdown complete.")), output
+    assert not any(m.startswith("still stopping") for m in messages), output  # a quick stop
+
+
+def test_a_stop_past_its_limits_logs_what_it_waits_on(tmp_path: Path) -> None:
+    process, port = _start(tmp_path, "slow")  # the report after 0.3 s, a stop of 1 s
+    messages = _messages(_stop_when_up(process, port))
+    reports = [m for m in messages if m.startswith("still stopping after")]
+    assert len(reports) == 1, messages
+    assert "LifespanOn.main()" in reports[0], reports  # the task the stop waits on, named
+    assert messages.index(reports[0]) < messages.index("lifespan shutdown ran"), messages
 
 
 def test_a_start_up_that_fails_exits_non_zero(tmp_path: Path) -> None:

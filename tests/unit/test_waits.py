@@ -46,10 +46,7 @@ async def _stops_when_cancelled(wait: Callable[[asyncio.Event, float], Awaitable
             await task
     except asyncio.CancelledError:
         return True
-    except TimeoutError:
-        task.cancel()  # a second cancel, on a plain event wait, ends it
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    except TimeoutError:  # the loop went on; the timeout's own cancel, later, ended it
         return False
     raise AssertionError(f"the loop returned by itself after {turns} turns")
 
