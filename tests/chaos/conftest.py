@@ -303,7 +303,12 @@ class Books:
             pending.difference_update(i for i, s in now.items() if s in TERMINAL)
             return not pending
 
-        until(all_terminal, f"{len(pending)} orders still not terminal ({scenario})", deadline)
+        def stuck() -> str:  # worked out at the deadline, not when the wait began
+            left = self.statuses(sorted(pending))
+            return (f"{len(left)} of {len(ids)} orders still not terminal ({scenario}): "
+                    f"{dict(Counter(left.values()))}, e.g. {sorted(left)[:3]}")
+
+        until(all_terminal, stuck, deadline)
         statuses = self.statuses(ids)
         ledgers = self.ledgers(ids)
         problems = []
