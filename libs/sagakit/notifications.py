@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from sagakit.waits import woken
+from sagakit.waits import cancelled, woken
 
 log = logging.getLogger("sagakit.notifications")
 
@@ -131,10 +131,7 @@ class NotificationFanout:
 
     async def stop(self) -> None:
         self.stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancelled(self._task)
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()

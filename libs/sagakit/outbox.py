@@ -34,7 +34,7 @@ from sagakit.backoff import Backoff
 from sagakit.envelope import OutgoingEvent
 from sagakit.postgres import row_to_event
 from sagakit.streams import ensure_group
-from sagakit.waits import woken
+from sagakit.waits import cancelled, woken
 
 log = logging.getLogger("sagakit.outbox")
 
@@ -120,10 +120,7 @@ class _Relay:
         """Stop, first publishing what is already committed (bounded by ``flush_seconds``)."""
         self._stopping = True
         self._wake.set()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancelled(self._task)
         with contextlib.suppress(Exception), telemetry.untraced():
             async with asyncio.timeout(flush_seconds):
                 while await self.drain_once():

@@ -34,6 +34,7 @@ from sagakit.outbox import EventPublisher, PostgresOutboxRelay
 from sagakit.routing import Subscription
 from sagakit.settings import ServiceSettings
 from sagakit.topology import EVENTS, ConsumerQueue, Topology, dead_letter_queue
+from sagakit.waits import cancelled
 
 # How often the depth of the service's dead-letter and consumer queues is sampled for /metrics.
 QUEUE_SAMPLE_SECONDS = 5.0
@@ -124,10 +125,7 @@ class Messaging:
 
     async def close(self) -> None:
         self._closing = True
-        if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
+        await cancelled(self._sampler)
         await self.broker.stop()
 
     async def ready(self) -> bool:
@@ -195,6 +193,7 @@ def settle_heap() -> None:
 # and where each waits. compose's stop_grace_period and supervisord's stopwaitsecs are longer.
 HTTP_DRAIN_SECONDS = 20
 STOP_REPORT_SECONDS = 45.0
+_log = logging.getLogger("sagakit.runtime")
 
 
 class _Server(uvicorn.Server):
@@ -223,9 +222,6 @@ class _Server(uvicorn.Server):
         if self._report is None:
             self._report = asyncio.get_running_loop().call_later(STOP_REPORT_SECONDS,
                                                                  _report_slow_stop)
-
-
-_log = logging.getLogger("sagakit.runtime")
 
 
 def _report_slow_stop() -> None:
@@ -381,9 +377,7 @@ async def every(seconds: float, work: Callable[[], Awaitable[object]],
         yield
     finally:
         stopping = True
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancelled(task)
 
 
 def database_ready(app: FastAPI) -> Callable[[], Awaitable[bool]]:

@@ -10,7 +10,7 @@ grace period; ``sagakit.runtime`` logs what a slow stop waits on, which is how i
 ``asyncio.timeout`` counts the cancellations it did not make (``Task.uncancel``) and turns only
 its own into ``TimeoutError``.
 
-So: no ``asyncio.wait_for`` in this project's code (ruff bans it); these two instead. The
+So: no ``asyncio.wait_for`` in this project's code (ruff bans it); these instead. The
 libraries underneath (asyncpg, aiormq, uvicorn) still use it, so every background loop of ours
 also checks a stop flag of its own: a cancellation swallowed down there still ends it.
 """
@@ -18,8 +18,9 @@ also checks a stop flag of its own: a cancellation swallowed down there still en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -38,3 +39,13 @@ async def within(seconds: float, awaitable: Awaitable[T]) -> T:
     """``awaitable``'s result, or ``TimeoutError`` after ``seconds`` (it is cancelled then)."""
     async with asyncio.timeout(seconds):
         return await awaitable
+
+
+async def cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background ``task`` (none: nothing to do) and wait until it has ended; the loop
+    it runs should also check a stop flag its owner set first (see above)."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

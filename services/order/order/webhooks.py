@@ -39,7 +39,7 @@ from standardwebhooks.webhooks import Webhook
 from order.callbacks import CallbackPolicy, CallbackRefused
 from sagakit import telemetry
 from sagakit.backoff import Backoff
-from sagakit.waits import woken
+from sagakit.waits import cancelled, woken
 
 log = logging.getLogger("order.webhooks")
 EVENT_TYPE = "order.status_changed"
@@ -141,10 +141,7 @@ class WebhookSender:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancelled(self._task)
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
