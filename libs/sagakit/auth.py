@@ -56,6 +56,8 @@ SCHEME = "OAuth2"
 RELOAD_SECONDS = 5.0
 # Verification tolerates this much clock difference between the identity and a service.
 LEEWAY_SECONDS = 10
+# Tokens verified already, remembered per process (see KeySet.remembered): at most this many.
+VERIFIED_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class KeySet:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
+        # token -> (its principal, its expiry (epoch seconds), the kid and key that verified it)
+        self._verified: dict[str, tuple[Principal, float, str, jwt.PyJWK]] = {}
         self._load()
 
     @classmethod
@@ -122,12 +126,45 @@ class KeySet:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def remembered(self, token: str) -> Principal | None:
+        """The principal of ``token`` if this process verified it already, it has not expired
+        and the key that verified it is still in the set (a key removed from the set takes its
+        tokens' acceptance with it at once).
+
+        A client sends the same token with every request until it expires (15 minutes here),
+        and checking an Ed25519 signature is the dearest part of a request's own work (~4 % of
+        the order service's CPU under load, docs/performance.md): so each token is verified
+        once. Only tokens that passed :func:`verify` are kept, at most ``VERIFIED_TOKENS``, the
+        oldest dropped first. Tokens are never revoked before their expiry in this project
+        (short-lived access tokens, no revocation list); one that could be would need its
+        revocation checked here.
+        """
+        found = self._verified.get(token)
+        if found is None:
+            return None
+        principal, expires, kid, key = found
+        if time.time() >= expires or self._keys.get(kid) is not key:
+            del self._verified[token]
+            return None
+        return principal
+
+    def remember(self, token: str, principal: Principal, kid: str) -> None:
+        key = self._keys.get(kid)
+        if key is None:
+            return
+        self._verified[token] = (principal, float(principal.claims["exp"]), kid, key)
+        if len(self._verified) > VERIFIED_TOKENS:
+            del self._verified[next(iter(self._verified))]  # dicts keep insertion order
+
 
 def verify(token: str, keys: KeySet) -> Principal:
     """The principal of a valid access token; :class:`ApiError` 401 for anything else."""
+    if (known := keys.remembered(token)) is not None:
+        return known
     try:
         header = jwt.get_unverified_header(token)
-        key = keys.key(str(header.get("kid", "")))
+        kid = str(header.get("kid", ""))
+        key = keys.key(kid)
         if key is None:
             raise jwt.InvalidTokenError("signed by an unknown key")
         claims = jwt.decode(token, key=key, algorithms=["EdDSA"], audience=AUDIENCE,
@@ -136,7 +173,7 @@ def verify(token: str, keys: KeySet) -> Principal:
     except jwt.InvalidTokenError as exc:
         raise unauthorized(f"The bearer token is not valid: {exc}.", error="invalid_token") \
             from exc
-    return Principal(
+    found = Principal(
         subject=str(claims["sub"]),
         scopes=frozenset(str(claims.get("scope", "")).split()),
         kind=str(claims.get("kind", "client")),
@@ -144,6 +181,8 @@ def verify(token: str, keys: KeySet) -> Principal:
         name=claims.get("name"),
         claims=claims,
     )
+    keys.remember(token, found, kid)
+    return found
 
 
 def unauthorized(detail: str, *, error: str | None = None) -> ApiError:

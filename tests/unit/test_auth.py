@@ -90,6 +90,76 @@ def test_after_a_rotation_services_accept_the_new_key_without_a_restart(tmp_path
         keys.retire(tmp_path, jwt.get_unverified_header(new)["kid"])  # never the last one
 
 
+def _counting_decode(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = jwt.decode
+
+    def decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(auth.jwt, "decode", decode)
+    return calls
+
+
+def test_a_token_is_verified_once_until_it_expires(tmp_path, monkeypatch):
+    keys.init(tmp_path)
+    key_set = _key_set(tmp_path)
+    token = Signer(keys.load(tmp_path), 900).issue("a", ["orders"], "customer")["access_token"]
+    expiry = jwt.decode(token, options={"verify_signature": False})["exp"]
+    decoded = _counting_decode(monkeypatch)
+    first = auth.verify(token, key_set)
+    assert auth.verify(token, key_set) == first and auth.verify(token, key_set) == first
+    assert len(decoded) == 1  # the signature was checked once
+    monkeypatch.setattr(auth.time, "time", lambda: expiry + 1.0)  # past its exp
+    auth.verify(token, key_set)  # (still within PyJWT's leeway, so valid once re-checked)
+    assert len(decoded) == 2  # not served from memory past its expiry
+
+
+def test_a_bad_token_is_checked_every_time(tmp_path, monkeypatch):
+    keys.init(tmp_path)
+    key_set = _key_set(tmp_path)
+    newest = keys.load(tmp_path)["keys"][0]
+    expired = jwt.encode(_claims(exp=int(time.time()) - 3600), jwt.PyJWK(newest),
+                         algorithm="EdDSA", headers={"kid": newest["kid"]})
+    decoded = _counting_decode(monkeypatch)
+    for _ in range(2):
+        with pytest.raises(ApiError):
+            auth.verify(expired, key_set)
+    assert len(decoded) == 2
+
+
+def test_a_remembered_token_goes_with_the_key_that_signed_it(tmp_path, monkeypatch):
+    keys.init(tmp_path)
+    key_set = _key_set(tmp_path)
+    old = Signer(keys.load(tmp_path), 900).issue("a", ["orders"], "customer")["access_token"]
+    assert auth.verify(old, key_set).subject == "a"  # remembered
+    keys.rotate(tmp_path)
+    keys.retire(tmp_path, jwt.get_unverified_header(old)["kid"])
+    new = Signer(keys.load(tmp_path), 900).issue("a", ["orders"], "customer")["access_token"]
+    monkeypatch.setattr(auth, "RELOAD_SECONDS", 0.0)
+    assert auth.verify(new, key_set).subject == "a"  # its unknown kid re-reads the set
+    with pytest.raises(ApiError) as raised:
+        auth.verify(old, key_set)  # its key left the set: no longer accepted from memory
+    assert raised.value.status == 401
+
+
+def test_at_most_so_many_tokens_are_remembered(tmp_path, monkeypatch):
+    keys.init(tmp_path)
+    key_set = _key_set(tmp_path)
+    signer = Signer(keys.load(tmp_path), 900)
+    monkeypatch.setattr(auth, "VERIFIED_TOKENS", 3)
+    tokens = [signer.issue(f"c{n}", ["orders"], "customer")["access_token"] for n in range(5)]
+    for token in tokens:
+        auth.verify(token, key_set)
+    decoded = _counting_decode(monkeypatch)
+    for token in tokens[-3:]:
+        auth.verify(token, key_set)
+    assert decoded == []  # the newest three are remembered
+    auth.verify(tokens[0], key_set)
+    assert decoded == [tokens[0]]  # the oldest was let go
+
+
 def test_secrets_come_from_the_variable_or_its_file(tmp_path):
     secret = tmp_path / "s"
     secret.write_text("from-a-file\n")
