@@ -15,7 +15,7 @@ import pytest
 
 from order import store
 from order.domain import OrderRef, Status
-from order.stream_api import _follow
+from order.stream_api import RECONNECT_MS, _follow
 from sagakit import postgres
 from sagakit.envelope import EventMeta
 from sagakit.notifications import NotificationFanout, TooManySubscribers
@@ -71,8 +71,15 @@ def _events(chunks: list[bytes]) -> list[dict[str, str]]:
     return events
 
 
+async def _followed(pool: asyncpg.Pool, *orders: OrderRef, seconds: float = 60) -> None:
+    async with pool.acquire() as conn:
+        for order in orders:
+            await store.follow(conn, order.id, seconds)
+
+
 async def test_a_committed_entry_wakes_only_the_subscribers_of_its_order(pool, feed):
     mine, theirs = await _new_order(pool), await _new_order(pool)
+    await _followed(pool, mine, theirs)
     first, second = feed.subscribe(str(mine.id)), feed.subscribe(str(mine.id))
     other = feed.subscribe(str(theirs.id))
     await asyncio.sleep(0.3)  # the two creations' own notifications may still be on their way
@@ -83,8 +90,33 @@ async def test_a_committed_entry_wakes_only_the_subscribers_of_its_order(pool, f
     assert not await other.wait(0.3)
 
 
+async def test_only_an_order_someone_follows_notifies_and_only_while_followed(
+        pool, database_url):
+    """A NOTIFY costs every committing transaction a database-wide lock: the timeline sends
+    one only for an order a stream follows (store.follow), until its time is up."""
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(database_url)
+    await listener.add_listener(store.TIMELINE_CHANNEL, lambda *a: heard.put_nowait(a[3]))
+    try:
+        unfollowed, followed, lapsed = [await _new_order(pool) for _ in range(3)]
+        await _followed(pool, lapsed, seconds=0.2)
+        await asyncio.sleep(0.4)  # the lapsed follower's time is up
+        await _followed(pool, followed)
+        for order in (unfollowed, followed, lapsed):
+            await _step(pool, order, Status.PAID)
+        assert await within(5, heard.get()) == str(followed.id)
+        await asyncio.sleep(0.3)
+        assert heard.empty()  # nothing for the other two
+        async with pool.acquire() as conn:  # and the lapsed one's note is gone
+            left = await conn.fetch("SELECT order_id FROM order_followers")
+        assert lapsed.id not in {r["order_id"] for r in left}
+    finally:
+        await listener.close()
+
+
 async def test_a_rolled_back_entry_wakes_nobody(pool, feed):
     order = await _new_order(pool)
+    await _followed(pool, order)
     subscription = feed.subscribe(str(order.id))
     subscription.clear()
     async with pool.acquire() as conn:
@@ -174,9 +206,30 @@ async def test_resuming_with_a_last_event_id_sends_only_later_entries(pool, feed
         "in_production", "finished"]
 
 
+async def test_the_stream_is_woken_by_the_notify_of_its_own_order(pool, feed):
+    """The heartbeat is far away: only the NOTIFY for the order the stream follows can bring
+    its new entry this soon."""
+    order = await _new_order(pool)
+    subscription = feed.subscribe(str(order.id))
+    stream = _follow(pool, order.id, 0, False, subscription, heartbeat=30)
+    try:
+        assert await within(5, anext(stream)) == f"retry: {RECONNECT_MS}\n\n".encode()
+        assert json.loads(_events([await within(5, anext(stream))])[0]["data"])["status"] == (
+            "pending_payment")
+        waiting = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.2)
+        await _step(pool, order, Status.PAID)
+        paid = await within(2, waiting)
+        assert json.loads(_events([paid])[0]["data"])["status"] == "paid"
+    finally:
+        subscription.close()
+        await stream.aclose()
+
+
 async def test_a_listener_that_lost_its_connection_listens_again_and_wakes_everyone(
         pool, feed):
     order = await _new_order(pool)
+    await _followed(pool, order)
     subscription = feed.subscribe(str(order.id))
     subscription.clear()
     feed.reconnect_seconds = 0.1

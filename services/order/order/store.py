@@ -201,8 +201,22 @@ async def timeline(conn: asyncpg.Connection, order_id: UUID) -> list[asyncpg.Rec
 
 
 # Where a live follower (GET /api/v1/orders/{id}/events) learns of new entries: the trigger of
-# migrations/006_timeline_notify.sql NOTIFYs it with the order id when one commits.
+# migrations/006_timeline_notify.sql NOTIFYs it with the order id when one commits, for an
+# order someone follows (:func:`follow`, migrations/010_timeline_followers.sql).
 TIMELINE_CHANNEL = "order_timeline"
+
+
+async def follow(conn: asyncpg.Connection, order_id: UUID, seconds: float) -> None:
+    """Someone follows ``order_id`` live for the next ``seconds``: its new timeline entries
+    NOTIFY until then (call it again to go on). Followers whose time is up are let go."""
+    await conn.execute(
+        "WITH gone AS (DELETE FROM order_followers WHERE until < now())"
+        " INSERT INTO order_followers (order_id, until)"
+        " VALUES ($1, now() + make_interval(secs => $2))"
+        " ON CONFLICT (order_id) DO UPDATE"
+        " SET until = GREATEST(order_followers.until, EXCLUDED.until)",
+        order_id, seconds,
+    )
 
 
 async def timeline_after(

@@ -2,11 +2,15 @@
 
 ``GET /api/v1/orders/{id}/events``: the same access rule as reading the order (order.api's
 ``load_order``); woken by the timeline's NOTIFY (sagakit.notifications), never by polling.
+The timeline notifies only for an order someone follows (``store.follow``,
+migrations/010_timeline_followers.sql): a stream notes its order before its first read, and
+again while it lasts.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 from uuid import UUID
@@ -32,6 +36,9 @@ router = APIRouter(prefix="/api/v1", route_class=JsonRoute)
 
 # How long a client waits before reconnecting after the stream broke (the SSE `retry` field).
 RECONNECT_MS = 2000
+# A stream notes its order as followed for this long (store.follow), and notes it again once
+# half of it has passed; never less than a few heartbeats, as it only looks between them.
+FOLLOW_SECONDS = 60.0
 
 
 class EventStream(StreamingResponse):
@@ -66,10 +73,15 @@ async def _follow(pool: asyncpg.Pool, order_id: UUID, after: int, ended: bool,
     sent (perhaps nothing: a client resuming after the end) nothing more can come.
     """
     yield f"retry: {RECONNECT_MS}\n\n".encode()
+    follow_for = max(FOLLOW_SECONDS, 4 * heartbeat)
+    follow_again = float("-inf")
     try:
         while subscription.active:
             subscription.clear()  # before reading: an entry committed after the read wakes us
             async with pool.acquire() as conn:
+                if time.monotonic() >= follow_again and not ended:  # noted before the read
+                    await store.follow(conn, order_id, follow_for)
+                    follow_again = time.monotonic() + follow_for / 2
                 steps = await store.timeline_after(conn, order_id, after)
             for step in steps:
                 after = step["seq"]
