@@ -38,7 +38,7 @@ from faststream.exceptions import HandlerException, SubscriberNotFound
 from faststream.rabbit import RabbitBroker
 from pydantic import ValidationError
 
-from sagakit import logs, metrics, telemetry, topology
+from sagakit import logs, metrics, telemetry, topology, units
 from sagakit.envelope import EventMeta
 
 log = logging.getLogger("sagakit.consuming")
@@ -176,6 +176,7 @@ class RetryPolicy:
         class DeliveryScope(BaseMiddleware):
             async def on_receive(self) -> None:
                 raw: IncomingMessage = self.msg  # type: ignore[assignment]
+                self.unit = units.begin()  # what the handler writes wakes the relay after it
                 # Which of the service's queues it came from, told by its routing key (the
                 # broker does not say); the subscriber FastStream keeps in its context is private.
                 self.queue = policy.queue_of(raw.routing_key or "")
@@ -199,8 +200,11 @@ class RetryPolicy:
                 exc_val: BaseException | None = None,
                 exc_tb: TracebackType | None = None,
             ) -> bool | None:
-                with self.scope:  # ends the span (marked as an error if rerouting fails)
-                    return await self.settle(exc_val)
+                try:
+                    with self.scope:  # ends the span (marked as an error if rerouting fails)
+                        return await self.settle(exc_val)
+                finally:
+                    self.unit.end()  # the handler's transactions are over: wake the relay
 
             async def settle(self, exc: BaseException | None) -> bool:
                 if exc is None:

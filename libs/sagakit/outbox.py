@@ -5,8 +5,10 @@ and the production service's Lua scripts); a relay then publishes them with publ
 confirms and forgets them only once the broker has confirmed. A crash in between publishes an
 event twice, never zero times; consumers' inboxes make the second copy harmless.
 
-The relays do not poll in a tight loop: PostgreSQL wakes its relay with LISTEN/NOTIFY, Redis
-with a blocking stream read. A slow periodic sweep covers a missed notification.
+The relays do not poll in a tight loop: a PostgreSQL relay is woken by the unit of work (a
+delivery, a request) that wrote events, once it ended (sagakit.units: no NOTIFY, whose commit
+lock and cost we measured), a Redis relay by a blocking stream read. A slow periodic sweep
+takes what no wake-up announced (a replica that died between commit and publish, say).
 
 Confirmed events are archived in the step that forgets them (:mod:`sagakit.archive`).
 
@@ -28,7 +30,7 @@ import asyncpg
 from faststream.rabbit import RabbitBroker
 from redis.asyncio import Redis
 
-from sagakit import metrics, telemetry, topology
+from sagakit import metrics, telemetry, topology, units
 from sagakit.archive import RedisArchive, published_insert
 from sagakit.backoff import Backoff
 from sagakit.envelope import OutgoingEvent
@@ -146,27 +148,15 @@ class PostgresOutboxRelay(_Relay):
     sagakit.faults). It is part of the statement that takes each batch: no round trip of its
     own, and no batch taken after the switch was committed, in any replica."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str, publisher: EventPublisher,
+    def __init__(self, pool: asyncpg.Pool, publisher: EventPublisher,
                  held_while: str | None = None) -> None:
         super().__init__(publisher)
         self.pool = pool
-        self.dsn = dsn
         self._take_batch = _take_batch(held_while)
-        self._listener: asyncpg.Connection | None = None
 
     async def start(self) -> None:
-        await self._listen()
+        units.register_relay(self._wake)  # woken by this process's writes (sagakit.units)
         await super().start()
-
-    async def _listen(self) -> None:
-        with contextlib.suppress(Exception):
-            self._listener = await asyncpg.connect(self.dsn)
-            await self._listener.add_listener("outbox", lambda *_: self._wake.set())
-
-    async def _wait_for_work(self) -> None:
-        if self._listener is None or self._listener.is_closed():
-            await self._listen()  # the database restarted: listen again (sweep meanwhile)
-        await super()._wait_for_work()
 
     async def drain_once(self) -> int:
         # Take a batch (rows other relays hold are skipped), publish, and only then commit the
@@ -186,10 +176,8 @@ class PostgresOutboxRelay(_Relay):
             return int(await conn.fetchval("SELECT count(*) FROM outbox"))
 
     async def stop(self, flush_seconds: float = 5.0) -> None:
+        units.unregister_relay(self._wake)
         await super().stop(flush_seconds)
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
 
 
 class RedisStreamOutboxRelay(_Relay):

@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
+from sagakit import units
 from sagakit.archive import consumed_columns, consumed_insert
 from sagakit.envelope import EventMeta, OutgoingEvent
 
@@ -118,7 +119,13 @@ def inbox_insert(event_id: int, event_type: int, *, when: str | None = None) -> 
 
 
 def outbox_columns(events: Sequence[OutgoingEvent]) -> tuple[list[object], ...]:
-    """Events as the five column arrays :func:`outbox_insert` takes."""
+    """Events as the five column arrays :func:`outbox_insert` takes.
+
+    Every write to an outbox passes here, so this is where the current unit of work learns it
+    wrote events: its end wakes the relay (sagakit.units), once the write has committed.
+    """
+    if events:
+        units.events_written()
     return (
         [e.id for e in events], [e.type for e in events], [e.subject for e in events],
         [orjson.dumps(e.headers).decode() for e in events], [e.body for e in events],

@@ -24,7 +24,7 @@ from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.specification import AsyncAPI
 from uvicorn.config import STARTUP_FAILURE
 
-from sagakit import logs, metrics, postgres, telemetry
+from sagakit import logs, metrics, postgres, telemetry, units
 from sagakit.archive import PostgresArchive
 from sagakit.audit import PostgresAuditLog
 from sagakit.consuming import RetryPolicy, event_meta
@@ -335,8 +335,8 @@ def postgres_lifespan(
                 await prepare(pool)
             app.state.pool, app.state.settings = pool, settings
             app.state.audit_log = PostgresAuditLog(pool, service)
-            relay = PostgresOutboxRelay(pool, settings.database_dsn, messaging.publisher,
-                                        relay_held_while)
+            relay = PostgresOutboxRelay(pool, messaging.publisher, relay_held_while)
+            relay.sweep_seconds = settings.outbox_sweep_seconds
             async with running(messaging, relay), every(
                 settings.retention_sweep_seconds, retention_sweep(pool, settings, retention),
                 "retention",
@@ -367,7 +367,7 @@ async def every(seconds: float, work: Callable[[], Awaitable[object]],
         while not stopping:  # not only the cancel: a library may swallow one (sagakit.waits)
             await asyncio.sleep(seconds)
             try:
-                with telemetry.untraced():
+                with telemetry.untraced(), units.unit_of_work():  # its events wake the relay
                     await work()
             except Exception as exc:
                 log.warning("%s failed: %s; trying again in %.0fs", name, exc, seconds)

@@ -33,6 +33,9 @@ class ServiceSettings(BaseSettings):
     auth_jwks: str | None = Field(None, validation_alias="AUTH_JWKS")
     # How long the event archive keeps an event (sagakit.archive); SECURITY.md states why.
     archive_retention_days: int = Field(400, ge=1, validation_alias="ARCHIVE_RETENTION_DAYS")
+    # How often an outbox relay looks for events no wake-up announced (sagakit.units): a
+    # replica's that died between commit and publish, an operator's SQL.
+    outbox_sweep_seconds: float = Field(1.0, gt=0, validation_alias="OUTBOX_SWEEP_SECONDS")
     # How often the order service looks for erasures whose customer's sagas have ended.
     sweep_seconds: float = Field(5.0, gt=0, validation_alias="SWEEP_SECONDS")
     # Retention (SECURITY.md): personal data older than this is anonymised by each service's

@@ -30,7 +30,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sagakit import logs, telemetry
+from sagakit import logs, telemetry, units
 from sagakit.consuming import OUTAGE
 from sagakit.docs import add_swagger_ui, docs_paths
 from sagakit.waits import within
@@ -186,7 +186,8 @@ async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 
 class RequestContext:
-    """Pure ASGI middleware: tag logs with the request id (the trace is OpenTelemetry's)."""
+    """Pure ASGI middleware: tag logs with the request id (the trace is OpenTelemetry's); the
+    request is a unit of work (sagakit.units)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -199,7 +200,11 @@ class RequestContext:
         request_id = headers.get(b"x-request-id")
         logs.request_id_var.set(request_id.decode() if request_id else None)
         logs.order_id_var.set(None)
-        await self.app(scope, receive, send)
+        unit = units.begin()  # events the request wrote wake the relay once it is done
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            unit.end()
 
 
 def create_app(

@@ -68,6 +68,9 @@ async def service(rabbitmq_url: str, database_url: str,
         "RABBITMQ_URL": rabbitmq_url,
         "RETRY_DELAYS_MS": json.dumps(RETRY_DELAYS_MS),
         "ORDER_TOKEN_WAIT_SECONDS": "0.5",
+        # Longer than any wait here: every event must come out through the wake-up of the
+        # request or delivery that wrote it (sagakit.units), not the relay's sweep.
+        "OUTBOX_SWEEP_SECONDS": "600",
     }
     log_path: Path = tmp_path_factory.mktemp("order") / "service.log"
     async with ServiceProcess("order", env, log_path) as running:

@@ -18,12 +18,11 @@ import pytest
 
 from order import store
 from order.domain import Line, OrderFaults, OrderRef, PricedOrder, Status
-from sagakit import postgres
+from sagakit import postgres, units
 from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.events import OrderCreated, OrderLine, OrderReceived
 from sagakit.faults import PostgresFaultStore
 from sagakit.outbox import PostgresOutboxRelay
-from sagakit.waits import within
 from tests.conftest import Infra
 
 ROLE = "order_svc"
@@ -108,25 +107,34 @@ async def test_of_two_steps_decided_on_one_version_only_the_first_applies(pool):
     assert seen_winner  # its redelivery will be recognised
 
 
-async def test_only_a_write_that_announces_an_event_wakes_the_relay(pool, infra, own_name):
+async def test_only_a_unit_of_work_that_announced_an_event_wakes_the_relay(pool):
+    """No NOTIFY (it costs every committing transaction a database-wide lock): the delivery or
+    request that wrote events wakes this process's relay when it ends (sagakit.units)."""
     order = await _new_order(pool)
-    woken: asyncio.Queue[str] = asyncio.Queue()
-    listener = await asyncpg.connect(infra.postgres_url(own_name, ROLE, ROLE))
-    await listener.add_listener("outbox", lambda *args: woken.put_nowait(args[2]))
+    wake = asyncio.Event()
+    units.register_relay(wake)
     try:
-        async with pool.acquire() as conn:
-            assert await store.transition(
-                conn, order, Status.PAID, reason=None, event=_meta(), trace_id="0" * 32,
-                announce=[_event(OrderReceived(order_id=order.id, lines=()))])
-            assert await within(5, woken.get()) == "outbox"
-            paid, _ = await store.read(conn, order.id)
-            assert paid is not None
-            assert await store.transition(conn, paid, Status.RECEIVED, reason=None,
-                                          event=_meta(), trace_id="0" * 32)
-        with pytest.raises(TimeoutError):
-            await within(0.5, woken.get())
+        with units.unit_of_work() as unit:
+            async with pool.acquire() as conn:
+                assert await store.transition(
+                    conn, order, Status.PAID, reason=None, event=_meta(), trace_id="0" * 32,
+                    announce=[_event(OrderReceived(order_id=order.id, lines=()))])
+                assert not wake.is_set()  # not before the unit ends (its commit, in general)
+                assert unit.wrote_events
+                paid, _ = await store.read(conn, order.id)
+        assert wake.is_set()
+        wake.clear()
+        assert paid is not None
+        with units.unit_of_work():
+            async with pool.acquire() as conn:
+                assert await store.transition(conn, paid, Status.RECEIVED, reason=None,
+                                              event=_meta(), trace_id="0" * 32)
+        assert not wake.is_set()  # announced nothing
+        async with pool.acquire() as conn:  # and the database notifies nobody any more
+            assert not await conn.fetchval(
+                "SELECT count(*) FROM pg_trigger WHERE tgname = 'outbox_notify'")
     finally:
-        await listener.close()
+        units.unregister_relay(wake)
 
 
 async def test_a_change_by_any_other_writer_bumps_the_version_too(pool):
@@ -176,7 +184,7 @@ async def test_the_relay_takes_no_batch_while_the_relay_paused_switch_is_on(pool
     was turned on stays in the outbox, whichever replica's relay looks next."""
     faults = PostgresFaultStore(lambda: pool, OrderFaults().model_dump())
     recorder = _Recorder()
-    relay = PostgresOutboxRelay(pool, "unused: not started", recorder,  # type: ignore[arg-type]
+    relay = PostgresOutboxRelay(pool, recorder,  # type: ignore[arg-type]
                                 held_while=faults.condition("relay_paused"))
     while await relay.drain_once():  # what earlier tests of this module left
         pass

@@ -52,7 +52,8 @@ def tap_keys() -> Sequence[str]:
 @pytest.fixture(scope="module")
 async def service(rabbitmq_url: str, database_url: str,
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
-    env = {"PAYMENT_DATABASE_URL": database_url, "RABBITMQ_URL": rabbitmq_url}
+    env = {"PAYMENT_DATABASE_URL": database_url, "RABBITMQ_URL": rabbitmq_url,
+           "OUTBOX_SWEEP_SECONDS": "600"}  # events go out on a wake-up only (sagakit.units)
     log_path: Path = tmp_path_factory.mktemp("payment") / "service.log"
     async with ServiceProcess("payment", env, log_path) as running:
         yield running
