@@ -60,6 +60,13 @@ async def _step(pool: asyncpg.Pool, order: OrderRef, status: Status) -> OrderRef
     return moved
 
 
+async def _read(pool: asyncpg.Pool, order: OrderRef) -> OrderRef:
+    async with pool.acquire() as conn:
+        now, _ = await store.read(conn, order.id)
+    assert now is not None
+    return now
+
+
 def _events(chunks: list[bytes]) -> list[dict[str, str]]:
     """The SSE events among ``chunks`` (comments and the ``retry`` field left out)."""
     events = []
@@ -110,6 +117,12 @@ async def test_only_an_order_someone_follows_notifies_and_only_while_followed(
         async with pool.acquire() as conn:  # and the lapsed one's note is gone
             left = await conn.fetch("SELECT order_id FROM order_followers")
         assert lapsed.id not in {r["order_id"] for r in left}
+        # Followed again after its time was up (its own stale note let go in the same statement).
+        await _followed(pool, followed, seconds=0.2)
+        await asyncio.sleep(0.4)
+        await _followed(pool, followed)
+        await _step(pool, await _read(pool, followed), Status.RECEIVED)
+        assert await within(5, heard.get()) == str(followed.id)
     finally:
         await listener.close()
 
