@@ -104,6 +104,8 @@ async def test_only_an_order_someone_follows_notifies_and_only_while_followed(
     heard: asyncio.Queue[str] = asyncio.Queue()
     listener = await asyncpg.connect(database_url)
     await listener.add_listener(store.TIMELINE_CHANNEL, lambda *a: heard.put_nowait(a[3]))
+    # (and no other NOTIFY: the webhook senders' is for an order with a callback URL only)
+    await listener.add_listener("webhook_deliveries", lambda *a: heard.put_nowait(a[2]))
     try:
         unfollowed, followed, lapsed = [await _new_order(pool) for _ in range(3)]
         await _followed(pool, lapsed, seconds=0.2)
