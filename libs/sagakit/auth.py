@@ -95,6 +95,7 @@ class KeySet:
     def __init__(self, loader: Callable[[], str | None]) -> None:
         self._loader = loader
         self._keys: dict[str, jwt.PyJWK] = {}
+        self._jwks: dict[str, dict[str, Any]] = {}  # each key's JWK as last read
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
         # token -> (its principal, its expiry (epoch seconds), the kid and key that verified it)
@@ -111,11 +112,15 @@ class KeySet:
         if not text:
             self._keys = {}
             return
-        keys = {}
+        keys, jwks = {}, {}
         for entry in json.loads(text).get("keys", []):
             public = {k: v for k, v in entry.items() if k != "d"}  # never keep a private part
-            keys[str(entry["kid"])] = jwt.PyJWK(public)
-        self._keys = keys
+            kid = str(entry["kid"])
+            # An unchanged key stays the same object: the tokens it verified stay remembered.
+            unchanged = kid in self._keys and self._jwks.get(kid) == public
+            keys[kid] = self._keys[kid] if unchanged else jwt.PyJWK(public)
+            jwks[kid] = public
+        self._keys, self._jwks = keys, jwks
 
     def key(self, kid: str) -> jwt.PyJWK | None:
         if kid not in self._keys and time.monotonic() - self._loaded_at > RELOAD_SECONDS:
@@ -144,7 +149,7 @@ class KeySet:
             return None
         principal, expires, kid, key = found
         if time.time() >= expires or self._keys.get(kid) is not key:
-            del self._verified[token]
+            self._verified.pop(token, None)
             return None
         return principal
 

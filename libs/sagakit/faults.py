@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, create_model
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from sagakit import logs
+from sagakit import logs, units
 from sagakit.audit import Audit
 from sagakit.auth import Caller, allow
 
@@ -103,6 +103,7 @@ class PostgresFaultStore:
                 " UPDATE fault_switches SET value = $2, changed_by = $3, request_id = $4,"
                 " changed_at = (SELECT changed_at FROM noted) RETURNING changed_at",
                 old, new, who, request_id)
+        units.wake_relays()  # a relay paused by a switch (relay_paused) looks again at once
         return FaultSetting(new, who, at)
 
     async def history(self, limit: int) -> list[FaultChange]:

@@ -50,6 +50,13 @@ class Subscription:
         return await woken(self._woken, timeout)
 
     @property
+    def connection(self) -> int:
+        """Which connection of its fanout listens now (a number that grows with each one): a
+        subscriber that registered its interest with the database registers it again when it
+        changes, as a restarted database may have forgotten it."""
+        return self._fanout.connections
+
+    @property
     def active(self) -> bool:
         """Neither closed nor its process stopping: worth waiting on again."""
         return not self.closed and not self._fanout.stopped
@@ -72,6 +79,7 @@ class NotificationFanout:
         self._connection: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self.stopped = False
+        self.connections = 0  # connections made so far (Subscription.connection)
 
     @property
     def subscribers(self) -> int:
@@ -115,6 +123,7 @@ class NotificationFanout:
             log.warning("cannot listen on %s: %r; retrying", self.channel, exc)
             return False
         self._connection = connection
+        self.connections += 1
         return True
 
     async def _keep_listening(self) -> None:

@@ -6,9 +6,9 @@ events in a PostgreSQL outbox says so (:func:`events_written`, called by
 ``sagakit.postgres.outbox_columns`` and ``add_to_outbox``, the only ways to write one), and
 when the unit ends, its transactions committed, every outbox relay of this process is woken.
 
-Why not LISTEN/NOTIFY, as before: a NOTIFY takes a database-wide lock at commit to append to
-PostgreSQL's notification queue, so notifying commits queue behind one another, and it cost
-~70 µs of server CPU per transaction here (docs/performance.md, "Round five"), for a wake-up the
+Why not LISTEN/NOTIFY, as before: at commit a NOTIFY takes a lock shared by the whole server to
+append to PostgreSQL's notification queue, so notifying commits queue behind one another, and it
+cost 70-120 µs of CPU per transaction here (docs/performance.md, "Round five"), for a wake-up the
 writing process can give its own relay for nothing. Any relay may publish any row (they take
 batches with SKIP LOCKED), so waking the writer's own is enough; what no unit of work wrote
 (another replica that died before its relay ran, an operator's SQL) is taken by a relay's sweep,

@@ -119,12 +119,13 @@ async def test_only_an_order_someone_follows_notifies_and_only_while_followed(
         async with pool.acquire() as conn:  # and the lapsed one's note is gone
             left = await conn.fetch("SELECT order_id FROM order_followers")
         assert lapsed.id not in {r["order_id"] for r in left}
-        # Followed again after its time was up (its own stale note let go in the same statement).
-        await _followed(pool, followed, seconds=0.2)
+        # Followed again after its time was up (its own stale note replaced by the new one).
+        again = await _new_order(pool)
+        await _followed(pool, again, seconds=0.2)
         await asyncio.sleep(0.4)
-        await _followed(pool, followed)
-        await _step(pool, await _read(pool, followed), Status.RECEIVED)
-        assert await within(5, heard.get()) == str(followed.id)
+        await _followed(pool, again)
+        await _step(pool, again, Status.PAID)
+        assert await within(5, heard.get()) == str(again.id)
     finally:
         await listener.close()
 
@@ -233,6 +234,53 @@ async def test_the_stream_is_woken_by_the_notify_of_its_own_order(pool, feed):
             "pending_payment")
         waiting = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0.2)
+        await _step(pool, order, Status.PAID)
+        paid = await within(2, waiting)
+        assert json.loads(_events([paid])[0]["data"])["status"] == "paid"
+    finally:
+        subscription.close()
+        await stream.aclose()
+
+
+async def test_a_follow_waits_for_a_step_in_flight_so_no_entry_falls_between(pool):
+    """A step that updated the order but has not committed holds its row: the note waits for it,
+    so the follower's next read sees that step's entry (and later steps see the note)."""
+    order = await _new_order(pool)
+    async with pool.acquire() as stepping:
+        transaction = stepping.transaction()
+        await transaction.start()
+        assert await store.transition(stepping, order, Status.PAID, reason=None,
+                                      trace_id="0" * 32, event=None)
+        noting = asyncio.ensure_future(_followed(pool, order))
+        await asyncio.sleep(0.3)
+        assert not noting.done()  # waiting for the step in flight
+        await transaction.commit()
+    await within(5, noting)
+
+
+async def test_a_stream_notes_its_order_again_after_its_listener_reconnected(pool, feed):
+    """A restarted database has emptied order_followers (UNLOGGED): each stream notes its order
+    again once its listener is back, or its entries would wait for the heartbeat."""
+    feed.reconnect_seconds = 0.1
+    order = await _new_order(pool)
+    subscription = feed.subscribe(str(order.id))
+    stream = _follow(pool, order.id, 0, False, subscription, heartbeat=30)
+    try:
+        await within(5, anext(stream))  # retry:
+        await within(5, anext(stream))  # pending_payment
+        waiting = asyncio.ensure_future(anext(stream))
+        connected = feed.connections
+        async with pool.acquire() as conn:  # what a crash does to the table and the listener
+            await conn.execute("TRUNCATE order_followers")
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+        for _ in range(50):
+            if feed.connections > connected:
+                break
+            await asyncio.sleep(0.1)
+        assert feed.connections > connected
+        await asyncio.sleep(0.3)  # the stream, woken by the reconnection, reads and notes again
         await _step(pool, order, Status.PAID)
         paid = await within(2, waiting)
         assert json.loads(_events([paid])[0]["data"])["status"] == "paid"

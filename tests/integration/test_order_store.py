@@ -198,7 +198,13 @@ async def test_the_relay_takes_no_batch_while_the_relay_paused_switch_is_on(pool
                                           str(order.id))
         assert waiting == 1 and recorder.published == []
     finally:
-        await faults.change({"relay_paused": False}, who="test", request_id=None)
+        wake = asyncio.Event()
+        units.register_relay(wake)
+        try:
+            await faults.change({"relay_paused": False}, who="test", request_id=None)
+        finally:
+            units.unregister_relay(wake)
+    assert wake.is_set()  # turning the switch off wakes the relays: no wait for a sweep
     assert await relay.drain_once() == 1
     assert [(e.type, e.subject) for e in recorder.published] == [("order.created", str(order.id))]
 

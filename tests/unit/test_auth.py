@@ -144,6 +144,20 @@ def test_a_remembered_token_goes_with_the_key_that_signed_it(tmp_path, monkeypat
     assert raised.value.status == 401
 
 
+def test_a_reload_that_keeps_a_key_keeps_its_tokens_remembered(tmp_path, monkeypatch):
+    keys.init(tmp_path)
+    key_set = _key_set(tmp_path)
+    old = Signer(keys.load(tmp_path), 900).issue("a", ["orders"], "customer")["access_token"]
+    auth.verify(old, key_set)
+    keys.rotate(tmp_path)  # a new key joins; the old one stays
+    new = Signer(keys.load(tmp_path), 900).issue("b", ["orders"], "customer")["access_token"]
+    monkeypatch.setattr(auth, "RELOAD_SECONDS", 0.0)
+    decoded = _counting_decode(monkeypatch)
+    assert auth.verify(new, key_set).subject == "b"  # re-reads the set
+    assert auth.verify(old, key_set).subject == "a"
+    assert decoded == [new]  # the old token was not checked again
+
+
 def test_at_most_so_many_tokens_are_remembered(tmp_path, monkeypatch):
     keys.init(tmp_path)
     key_set = _key_set(tmp_path)

@@ -208,11 +208,20 @@ TIMELINE_CHANNEL = "order_timeline"
 
 async def follow(conn: asyncpg.Connection, order_id: UUID, seconds: float) -> None:
     """Someone follows ``order_id`` live for the next ``seconds``: its new timeline entries
-    NOTIFY until then (call it again to go on). Followers whose time is up are let go."""
+    NOTIFY until then (call it again to go on). Other followers whose time is up are let go.
+
+    The order's row is share-locked first: a step in flight (which holds it, updated) commits
+    before the note does, so the follower's next read sees that step's entry; a step that
+    comes later waits for the note, and its trigger sees it. No entry falls between the two.
+    Expired notes another follower holds are skipped, never waited for (no deadlock).
+    """
     await conn.execute(
-        "WITH gone AS (DELETE FROM order_followers WHERE until < now())"
+        "WITH held AS (SELECT id FROM orders WHERE id = $1 FOR SHARE),"
+        " gone AS (DELETE FROM order_followers WHERE order_id IN ("
+        "  SELECT order_id FROM order_followers WHERE until < now() AND order_id <> $1"
+        "  FOR UPDATE SKIP LOCKED))"
         " INSERT INTO order_followers (order_id, until)"
-        " VALUES ($1, now() + make_interval(secs => $2))"
+        " SELECT id, now() + make_interval(secs => $2) FROM held"
         " ON CONFLICT (order_id) DO UPDATE"
         " SET until = GREATEST(order_followers.until, EXCLUDED.until)",
         order_id, seconds,

@@ -74,12 +74,16 @@ async def _follow(pool: asyncpg.Pool, order_id: UUID, after: int, ended: bool,
     """
     yield f"retry: {RECONNECT_MS}\n\n".encode()
     follow_for = max(FOLLOW_SECONDS, 4 * heartbeat)
-    follow_again = float("-inf")
+    follow_again, noted_on = float("-inf"), -1
     try:
         while subscription.active:
             subscription.clear()  # before reading: an entry committed after the read wakes us
             async with pool.acquire() as conn:
-                if time.monotonic() >= follow_again and not ended:  # noted before the read
+                # Noted before the read; again when half its time has passed, and when the
+                # listener reconnected (a restarted database has emptied order_followers).
+                if not ended and (time.monotonic() >= follow_again
+                                  or subscription.connection != noted_on):
+                    noted_on = subscription.connection
                     await store.follow(conn, order_id, follow_for)
                     follow_again = time.monotonic() + follow_for / 2
                 steps = await store.timeline_after(conn, order_id, after)
