@@ -222,6 +222,14 @@ async def test_resuming_with_a_last_event_id_sends_only_later_entries(pool, feed
         "in_production", "finished"]
 
 
+async def _step_arrives_at_once(pool: asyncpg.Pool, order: OrderRef,
+                                next_chunk: asyncio.Future[bytes]) -> None:
+    """Pay ``order``: its stream's next chunk is that entry, long before any heartbeat."""
+    await _step(pool, order, Status.PAID)
+    paid = await within(2, next_chunk)
+    assert json.loads(_events([paid])[0]["data"])["status"] == "paid"
+
+
 async def test_the_stream_is_woken_by_the_notify_of_its_own_order(pool, feed):
     """The heartbeat is far away: only the NOTIFY for the order the stream follows can bring
     its new entry this soon."""
@@ -234,9 +242,7 @@ async def test_the_stream_is_woken_by_the_notify_of_its_own_order(pool, feed):
             "pending_payment")
         waiting = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0.2)
-        await _step(pool, order, Status.PAID)
-        paid = await within(2, waiting)
-        assert json.loads(_events([paid])[0]["data"])["status"] == "paid"
+        await _step_arrives_at_once(pool, order, waiting)
     finally:
         subscription.close()
         await stream.aclose()
@@ -281,9 +287,7 @@ async def test_a_stream_notes_its_order_again_after_its_listener_reconnected(poo
             await asyncio.sleep(0.1)
         assert feed.connections > connected
         await asyncio.sleep(0.3)  # the stream, woken by the reconnection, reads and notes again
-        await _step(pool, order, Status.PAID)
-        paid = await within(2, waiting)
-        assert json.loads(_events([paid])[0]["data"])["status"] == "paid"
+        await _step_arrives_at_once(pool, order, waiting)
     finally:
         subscription.close()
         await stream.aclose()

@@ -98,7 +98,7 @@ def _counting_decode(monkeypatch) -> list[str]:
         calls.append(token)
         return real(token, *args, **kwargs)
 
-    monkeypatch.setattr(auth.jwt, "decode", decode)
+    monkeypatch.setattr(jwt, "decode", decode)
     return calls
 
 
@@ -111,7 +111,7 @@ def test_a_token_is_verified_once_until_it_expires(tmp_path, monkeypatch):
     first = auth.verify(token, key_set)
     assert auth.verify(token, key_set) == first and auth.verify(token, key_set) == first
     assert len(decoded) == 1  # the signature was checked once
-    monkeypatch.setattr(auth.time, "time", lambda: expiry + 1.0)  # past its exp
+    monkeypatch.setattr(time, "time", lambda: expiry + 1.0)  # past its exp
     auth.verify(token, key_set)  # (still within PyJWT's leeway, so valid once re-checked)
     assert len(decoded) == 2  # not served from memory past its expiry
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -66,7 +66,7 @@ def _sse(step: Mapping[str, Any]) -> bytes:
 
 
 async def _follow(pool: asyncpg.Pool, order_id: UUID, after: int, ended: bool,
-                  subscription: Subscription, heartbeat: float) -> AsyncIterator[bytes]:
+                  subscription: Subscription, heartbeat: float) -> AsyncGenerator[bytes]:
     """Every timeline entry after ``after``, each as soon as it commits, until the terminal one.
 
     ``ended``: the order was terminal already when loaded, so once what is after ``after`` is
