@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -154,6 +156,32 @@ def faults_off_after(client) -> Iterator[None]:
     for path, body in (("/api/v1/orders/faults", {"relay_paused": False}),
                        ("/api/v1/payments/faults", {"decline_rate": 0, "latency_ms": 0})):
         assert client.put(path, json=body).status_code == 200
+
+
+def test_a_slow_first_load_of_the_switches_never_undoes_the_operators_change(tab, client,
+                                                                           faults_off_after):
+    """The panel reads every form's switches when it opens, one after another; an operator
+    quicker than that read must keep what they set, on screen and in the form."""
+    page = tab.page
+    held: list[Any] = []
+    page.route("**/api/v1/orders/faults",
+               lambda route: held.append(route) if route.request.method == "GET"
+               else route.continue_())
+    log_in_as_operator(tab)
+    relay = page.locator("#faults-order")
+    until_held = time.monotonic() + 20
+    while not held and time.monotonic() < until_held:
+        page.wait_for_timeout(50)
+    assert held, "the panel never read the order service's switches"
+    relay.get_by_label("Pause the outbox relay").check()
+    relay.get_by_role("button", name="Set relay").click()
+    relay.locator(".status").filter(has_text="relay_paused true").wait_for()
+    for route in held:  # the first read's answer arrives now, older than the change
+        route.fulfill(json={"relay_paused": False, "changed_by": None, "changed_at": None})
+    page.wait_for_timeout(500)
+    assert "Set by ops-console" in relay.locator(".status").inner_text()
+    assert relay.get_by_label("Pause the outbox relay").is_checked()
+    assert client.get("/api/v1/orders/faults").json()["relay_paused"] is True
 
 
 def test_the_operator_pauses_the_relay_from_the_panel_and_orders_wait(tab, ana, client,

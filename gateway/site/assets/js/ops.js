@@ -256,11 +256,25 @@ async function sampleMetrics() {
 
 // --- Fault switches (payment, kitchen, order relay) -------------------------------------------------
 
+// Each form counts the operator's edits and changes: a load that began before one must not show
+// its answer over them (the first load, one form after another, is still on its way
+// when a quick operator, or a test, sets a switch).
+const faultChanges = new WeakMap();
+
+function changedByOperator(form) {
+  faultChanges.set(form, (faultChanges.get(form) || 0) + 1);
+}
+
 async function loadFaults() {
-  for (const form of document.querySelectorAll("form[data-path]")) {
+  const forms = [...document.querySelectorAll("form[data-path]")];
+  const before = new Map(forms.map((form) => [form, faultChanges.get(form) || 0]));
+  for (const form of forms) {
     const status = form.querySelector(".status");
+    const changes = before.get(form);
+    if ((faultChanges.get(form) || 0) !== changes) continue;  // changed since this load began
     try {
       const current = await api(form.dataset.path);
+      if ((faultChanges.get(form) || 0) !== changes) continue;  // changed meanwhile: keep that
       for (const [name, value] of Object.entries(current)) {
         const input = form.elements[name];
         if (!input || input === document.activeElement) continue;
@@ -271,7 +285,7 @@ async function loadFaults() {
         ? `Last changed by ${current.changed_by} at ${new Date(current.changed_at).toLocaleTimeString()}`
         : "Never changed: off");
     } catch (error) {
-      unavailable(form, status, error);
+      if ((faultChanges.get(form) || 0) === changes) unavailable(form, status, error);
     }
   }
 }
@@ -290,6 +304,7 @@ async function onSetFaults(event) {
   const status = form.querySelector(".status");
   const body = Object.fromEntries([...form.querySelectorAll("input")]
     .map((input) => [input.name, input.type === "checkbox" ? input.checked : Number(input.value)]));
+  changedByOperator(form);
   try {
     const now = await api(form.dataset.path, { method: "PUT", body });
     // The answer is the switches as stored, with who changed them: show that, not what was sent.
@@ -317,5 +332,7 @@ $("dlq-refresh").addEventListener("click", loadDeadLetters);
 $("order-filter").addEventListener("change", loadOrders);
 for (const form of document.querySelectorAll("form[data-path]")) {
   form.addEventListener("submit", onSetFaults);
+  // What the operator edits is theirs: a load still on its way leaves the form alone.
+  form.addEventListener("input", () => changedByOperator(form));
 }
 showConsole();
