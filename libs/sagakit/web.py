@@ -200,11 +200,8 @@ class RequestContext:
         request_id = headers.get(b"x-request-id")
         logs.request_id_var.set(request_id.decode() if request_id else None)
         logs.order_id_var.set(None)
-        unit = units.begin()  # events the request wrote wake the relay once it is done
-        try:
+        with units.unit_of_work():  # events the request wrote wake the relay once it is done
             await self.app(scope, receive, send)
-        finally:
-            unit.end()
 
 
 def create_app(

@@ -261,20 +261,22 @@ async function sampleMetrics() {
 // when a quick operator, or a test, sets a switch).
 const faultChanges = new WeakMap();
 
+const changesOf = (form) => faultChanges.get(form) || 0;
+
 function changedByOperator(form) {
-  faultChanges.set(form, (faultChanges.get(form) || 0) + 1);
+  faultChanges.set(form, changesOf(form) + 1);
 }
 
 async function loadFaults() {
   const forms = [...document.querySelectorAll("form[data-path]")];
-  const before = new Map(forms.map((form) => [form, faultChanges.get(form) || 0]));
+  const before = new Map(forms.map((form) => [form, changesOf(form)]));
   for (const form of forms) {
     const status = form.querySelector(".status");
     const changes = before.get(form);
-    if ((faultChanges.get(form) || 0) !== changes) continue;  // changed since this load began
+    if (changesOf(form) !== changes) continue;  // changed since this load began
     try {
       const current = await api(form.dataset.path);
-      if ((faultChanges.get(form) || 0) !== changes) continue;  // changed meanwhile: keep that
+      if (changesOf(form) !== changes) continue;  // changed meanwhile: keep that
       for (const [name, value] of Object.entries(current)) {
         const input = form.elements[name];
         if (!input || input === document.activeElement) continue;
@@ -285,7 +287,7 @@ async function loadFaults() {
         ? `Last changed by ${current.changed_by} at ${new Date(current.changed_at).toLocaleTimeString()}`
         : "Never changed: off");
     } catch (error) {
-      if ((faultChanges.get(form) || 0) === changes) unavailable(form, status, error);
+      if (changesOf(form) === changes) unavailable(form, status, error);
     }
   }
 }
