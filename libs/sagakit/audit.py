@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 
 from sagakit import logs
 from sagakit.auth import Caller, allow
-from sagakit.web import ApiError
+from sagakit.web import ApiError, JsonRoute
 
 Outcome = Literal["succeeded", "failed"]
 
@@ -175,7 +175,8 @@ class AuditOut(BaseModel):
 
 def audit_router(service: str) -> APIRouter:
     """``GET /api/v1/ops/<service>/audit``: this service's operator actions, newest first."""
-    router = APIRouter(prefix=f"/api/v1/ops/{service}/audit", tags=["operations"])
+    router = APIRouter(prefix=f"/api/v1/ops/{service}/audit", tags=["operations"],
+                       route_class=JsonRoute)
 
     @router.get("", response_model=AuditOut, **allow("ops"),
                 summary="Operator actions on this service: who, what, when, request id, outcome")

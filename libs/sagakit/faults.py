@@ -32,6 +32,7 @@ from redis.exceptions import WatchError
 from sagakit import logs, units
 from sagakit.audit import Audit
 from sagakit.auth import Caller, allow
+from sagakit.web import JsonRoute
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def faults_router(prefix: str, switches: type[BaseModel],
         changed_by=(str | None, Field(None, description="who changed them last (token subject)")),
         changed_at=(datetime | None, Field(None, description="when (null: never changed)")),
     )
-    router = APIRouter(prefix=prefix, tags=["faults"])
+    router = APIRouter(prefix=prefix, tags=["faults"], route_class=JsonRoute)
 
     def out(setting: FaultSetting) -> Any:
         return state(**setting.values, changed_by=setting.changed_by,

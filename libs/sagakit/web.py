@@ -15,7 +15,6 @@ guessing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -100,8 +99,13 @@ class JsonRoute(APIRoute):
                                    field="Content-Type", headers={"Accept": "application/json"})
                 # What FastAPI's request.json() returns; if the body is no JSON, FastAPI parses it
                 # again and answers its malformed-JSON 400.
-                with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+                try:
                     request._json = parse_json(body)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    pass
+                except RecursionError:  # FastAPI's own parse would end in a 500
+                    raise ApiError(400, "Malformed JSON", "The request body is nested too "
+                                   "deeply to be read.", field="body") from None
             return await handler(request)
 
         return strict_json
@@ -254,11 +258,15 @@ def create_app(
                 *(within(2.0, check()) for check in checks.values()),
                 return_exceptions=True,
             )
-        report = {
-            name: ("ok" if not isinstance(r, BaseException) and r is not False else
-                   f"failing: {r!r}" if isinstance(r, BaseException) else "failing")
-            for name, r in zip(checks, results, strict=True)
-        }
+        # The probe is public (through the gateway too): the error's kind, not its text, which
+        # may name hosts and addresses; the text goes to the log.
+        report = {}
+        for name, r in zip(checks, results, strict=True):
+            if isinstance(r, BaseException):
+                log.warning("readiness check %s failing: %r", name, r)
+                report[name] = f"failing: {type(r).__name__}"
+            else:
+                report[name] = "ok" if r is not False else "failing"
         ok = all(v == "ok" for v in report.values())
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "service": service, "checks": report},

@@ -48,6 +48,8 @@ NOT_IN_COMPOSE = {
 # Read by the OpenTelemetry SDK, not by the settings classes.
 TELEMETRY_ENV = {"OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT",
                  "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_RESOURCE_ATTRIBUTES"}
+# Also the SDK's, and a knob: the caller's sampler, as natively (README, "Follow one order").
+SAMPLER_ENV = {"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
 # The only published ports: (host ip, host port, container port); "" = every interface.
 PUBLISHED = {
     "gateway": {("127.0.0.1", "8080", "8080")},
@@ -150,7 +152,7 @@ def test_this_test_reads_settings_names_as_pydantic_settings_does() -> None:
 @pytest.mark.parametrize("service", SETTINGS)
 def test_service_sets_exactly_the_variables_its_settings_read(service: str) -> None:
     wanted = set(env_names(SETTINGS[service]).values()) - set(NOT_IN_COMPOSE)
-    given = set(env_of(service)) - TELEMETRY_ENV
+    given = set(env_of(service)) - TELEMETRY_ENV - SAMPLER_ENV
     assert not wanted - given, f"{service}: compose does not set {sorted(wanted - given)}"
     assert not given - wanted, f"{service}: no setting reads {sorted(given - wanted)}"
 
@@ -196,8 +198,10 @@ def test_topology_is_literal_and_knobs_default_to_native() -> None:
         for name, value in service_env(raw_compose()["services"][service]).items():
             if name.endswith(("_URL", "_HTTP_HOST", "_HTTP_PORT")) or name in TELEMETRY_ENV:
                 assert "$" not in value, f"{service}: {name} must not come from the shell"
-    tuned = service_env(compose({"LOG_LEVEL": "DEBUG"})["services"]["order"])
+    tuned = service_env(compose({"LOG_LEVEL": "DEBUG", "OTEL_TRACES_SAMPLER":
+                                 "parentbased_always_on"})["services"]["order"])
     assert tuned["LOG_LEVEL"] == "DEBUG", "tuning knobs take the caller's environment"
+    assert tuned["OTEL_TRACES_SAMPLER"] == "parentbased_always_on", "the sampler too"
 
 
 def _mount(service: str, volume: str) -> str:

@@ -215,6 +215,20 @@ def test_sign_up_then_log_in(anonymous) -> None:
     assert me.json()["email"] == email and me.json()["name"] == "Nova Cliente"
 
 
+def test_a_password_is_kept_as_typed_spaces_included(anonymous) -> None:
+    email = f"spaces-{uuid.uuid4().hex[:8]}@example.com"
+    typed = "  two words, spaced  "
+    made = anonymous.post("/api/v1/customers", json={"name": " Nova ", "email": email,
+                                                     "password": typed})
+    assert made.status_code == 201 and made.json()["name"] == "Nova", made.text
+    token = anonymous.post("/api/v1/auth/token", data={
+        "grant_type": "password", "username": email, "password": typed})
+    assert token.status_code == 200, token.text
+    trimmed = anonymous.post("/api/v1/auth/token", data={
+        "grant_type": "password", "username": email, "password": typed.strip()})
+    assert trimmed.status_code == 400 and trimmed.json()["error"] == "invalid_grant"
+
+
 @pytest.mark.parametrize(("form", "status", "error"), [
     ({"grant_type": "client_credentials", "client_id": "ops-console",
       "client_secret": "wrong"}, 401, "invalid_client"),

@@ -46,6 +46,7 @@ BAD_ORDERS = [
     ("malformed token", good(payment_token="visa please"), 422, "payment_token"),
     ("unknown token", good(payment_token="tok_doesNotExist"), 422, "payment_token"),
     ("items not a list", good(items="fries"), 422, "items"),
+    ("NUL in callback_url", good(callback_url="http://127.0.0.1/\u0000"), 422, "callback_url"),
 ]
 
 
@@ -65,6 +66,28 @@ def test_malformed_json_is_a_400_naming_the_body(client):
                            headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert fields(response) == ["body"]
+
+
+def test_json_nested_too_deeply_is_a_400_naming_the_body(client):
+    before = newest_order(client)
+    response = client.post("/api/v1/orders", content=b"[" * 5000 + b"]" * 5000,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert fields(response) == ["body"]
+    assert newest_order(client) == before
+
+
+@pytest.mark.parametrize("form", [
+    {"grant_type": "password", "username": "ana@example.com\u0000", "password": "x" * 8},
+    {"grant_type": "password", "username": "ana@example.com", "password": "\u0000" * 8},
+    {"grant_type": "client_credentials", "client_id": "ops\u0000", "client_secret": "x"},
+])
+def test_a_nul_in_the_token_form_is_a_400_naming_the_field(anonymous, form):
+    response = anonymous.post("/api/v1/auth/token", data=form)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_request"
+    field = next(name for name, value in form.items() if "\u0000" in value)
+    assert fields(response) == [field]
 
 
 def test_unknown_and_malformed_order_ids(client):

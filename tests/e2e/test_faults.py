@@ -115,12 +115,31 @@ def test_a_paused_relay_holds_new_orders_until_resumed(client):
     ("/api/v1/production/faults", {"slowness_ms": 10_001}, "slowness_ms"),
     ("/api/v1/orders/faults", {"relay_paused": "perhaps"}, "relay_paused"),
     ("/api/v1/orders/faults", {"relay_stopped": True}, "relay_stopped"),
+    # Strict types: JSON true is no rate (it would decline every charge), "7" is no number.
+    ("/api/v1/payments/faults", {"decline_rate": True}, "decline_rate"),
+    ("/api/v1/payments/faults", {"latency_ms": "7"}, "latency_ms"),
+    ("/api/v1/production/faults", {"failure_rate": True}, "failure_rate"),
+    ("/api/v1/orders/faults", {"relay_paused": "yes"}, "relay_paused"),
+    ("/api/v1/orders/faults", {"relay_paused": 1}, "relay_paused"),
 ])
 def test_bad_values_are_refused_naming_the_field(client, path, body, field):
     before = client.get(f"{path}/history", params={"limit": 1}).json()
     response = client.put(path, json=body)
     assert response.status_code == 422, response.text
     assert field in {e["field"] for e in response.json()["errors"]}
+    assert client.get(f"{path}/history", params={"limit": 1}).json() == before
+
+
+@pytest.mark.parametrize("path", list(SWITCHES))
+def test_a_switch_body_is_strict_json_like_every_other(client, path):
+    before = client.get(f"{path}/history", params={"limit": 1}).json()
+    name = next(iter(SWITCHES[path]))
+    twice = client.put(path, content=f'{{"{name}": 0, "{name}": 0}}'.encode(),
+                       headers={"content-type": "application/json"})
+    assert twice.status_code == 400 and name in twice.text, twice.text
+    text = client.put(path, content=b"relay_paused=true", headers={"content-type": "text/plain"})
+    assert text.status_code == 415, text.text
+    assert [e["field"] for e in text.json()["errors"]] == ["Content-Type"]
     assert client.get(f"{path}/history", params={"limit": 1}).json() == before
 
 

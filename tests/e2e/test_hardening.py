@@ -57,12 +57,15 @@ def _assert_json_problem(response: Raw | httpx.Response, status: int) -> None:
 # --- Limits sized to the stack ------------------------------------------------------------------
 
 
-def test_300_list_calls_in_a_second_from_one_client_meet_429_with_retry_after(stack, client):
-    """Lists draw from a stricter bucket: 300 calls at once are far beyond its burst."""
+@pytest.mark.parametrize("path", ["/api/v1/orders?limit=1", "/metrics/order"])
+def test_300_list_calls_in_a_second_from_one_client_meet_429_with_retry_after(stack, client,
+                                                                               path):
+    """Lists (and the public metrics, each scrape a count over the orders) draw from a
+    stricter bucket: 300 calls at once are far beyond its burst."""
     headers = bearer(ANA.token(stack.base_url))
     started = time.monotonic()
     with ThreadPoolExecutor(6) as pool:
-        batches = pool.map(lambda _: flood(stack.base_url, "GET", "/api/v1/orders?limit=1",
+        batches = pool.map(lambda _: flood(stack.base_url, "GET", path,
                                            headers, count=50, source=LIST_FLOODER), range(6))
         responses = [r for batch in batches for r in batch]
     elapsed = time.monotonic() - started
@@ -74,9 +77,9 @@ def test_300_list_calls_in_a_second_from_one_client_meet_429_with_retry_after(st
     _assert_json_problem(limited, 429)
     assert int(limited.headers["retry-after"]) >= 1
     if stack.mode == "native":  # another address has its own budget: untouched
-        assert client.get("/api/v1/orders", params={"limit": 1}).status_code == 200
+        assert client.get(path).status_code == 200
     with _from(stack, LIST_FLOODER, headers=headers) as flooder:
-        wait_until_allowed(flooder, "/api/v1/orders?limit=1")
+        wait_until_allowed(flooder, path)
 
 
 def test_another_client_is_unaffected_by_a_flood(stack, anonymous):

@@ -157,6 +157,12 @@ def test_a_delivery_is_parked_after_its_last_attempt_and_replayed(ana, client, r
     assert verified(secret(ana), replayed[-1:])[0]["data"]["status"] == "pending_payment"
     again = client.post(f"/api/v1/orders/webhooks/failed/{parked['id']}/replay")
     assert again.status_code == 404 and again.json()["errors"][0]["field"] == "delivery_id"
+    # Both replays are in the order service's operator audit, the refused one as failed.
+    records = [r for r in client.get("/api/v1/ops/order/audit",
+                                     params={"action": "webhook.replay"}).json()["records"]
+               if r["target"] == parked["id"]]
+    assert [r["outcome"] for r in records] == ["failed", "succeeded"], records
+    assert records[0]["actor"] == "ops-console"
 
 
 def _wait_attempts(receiver: Receiver, path: str, webhook_id: str,

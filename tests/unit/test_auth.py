@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import jwt
 import pytest
 
 from identity import keys
-from identity.tokens import Signer, check_password, hash_password
+from identity.tokens import HashGate, Signer, check_password, hash_password
 from sagakit import auth
 from sagakit.web import ApiError
 
@@ -196,3 +197,31 @@ def test_allow_declares_the_openapi_security_and_refuses_unknown_scopes():
     assert declared["openapi_extra"]["security"] == [{"OAuth2": ["orders"]}, {"OAuth2": ["ops"]}]
     with pytest.raises(ValueError, match="unknown scopes"):
         auth.allow("admin")
+
+
+async def test_the_hash_gate_runs_two_at_once_queues_a_few_and_refuses_the_rest() -> None:
+    gate = HashGate(at_once=2, waiting=1)
+    release = threading.Event()
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def work() -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        release.wait(5)
+        with lock:
+            running -= 1
+        return 1
+
+    held = [asyncio.create_task(gate.run(work)) for _ in range(3)]  # two run, one waits
+    await asyncio.sleep(0.05)
+    with pytest.raises(ApiError) as refused:
+        await gate.run(work)
+    assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+    release.set()
+    assert await asyncio.gather(*held) == [1, 1, 1]
+    assert most == 2
+    assert await gate.run(lambda: 7) == 7  # free again once they are done

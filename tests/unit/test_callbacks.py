@@ -70,6 +70,38 @@ def test_public_addresses():
     assert not any(is_public(a) for a in ("192.168.1.1", "0.0.0.0", "224.0.0.1", "fe80::1"))
 
 
+@pytest.mark.parametrize("carrier", [
+    "64:ff9b::a00:1",  # NAT64 of 10.0.0.1 (Python alone calls it global)
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254, the cloud metadata address
+    "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo of a client at 10.0.0.1
+])
+def test_an_ipv6_address_carrying_an_internal_ipv4_is_not_public(carrier):
+    assert not is_public(carrier)
+
+
+def test_nat64_of_a_public_address_stays_public():
+    assert is_public("64:ff9b::808:808")  # 8.8.8.8
+
+
+def test_a_refusal_names_no_internal_address(monkeypatch):
+    with pytest.raises(CallbackRefused) as refused:
+        target("https://a.partner.test/h", ["10.9.8.7"], monkeypatch)
+    assert "10.9.8.7" not in str(refused.value)
+
+
+def test_an_entry_with_a_port_admits_that_port_only():
+    pinned = CallbackPolicy.from_setting("hooks.example.com:8443 http://[::1]:9000 *.p.test:443")
+    assert pinned.entry_for("https://hooks.example.com:8443/x")[1].port == 8443
+    assert pinned.entry_for("http://[::1]:9000/x")[1].host == "::1"
+    assert pinned.entry_for("https://a.p.test/x")[1].wildcard  # 443 by default
+    for url in ("https://hooks.example.com/x", "https://hooks.example.com:22/x",
+                "http://[::1]:5432/x", "https://a.p.test:8443/x"):
+        with pytest.raises(CallbackRefused, match="not on the webhook allow-list"):
+            pinned.entry_for(url)
+    assert CallbackPolicy.from_setting("::1").entry_for("https://[::1]:1/x")[1].port is None
+
+
 def test_retries_back_off_exponentially_with_bounded_jitter():
     low = [retry_delay(n, 2.0, 60.0, 0.0) for n in range(1, 8)]
     high = [retry_delay(n, 2.0, 60.0, 0.999999) for n in range(1, 8)]

@@ -6,14 +6,17 @@ in-process ASGI transport: no server, milliseconds.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Form
+from fastapi import APIRouter, FastAPI, Form, params
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from sagakit.text import VISIBLE_TEXT, Email, Text, visible
@@ -162,6 +165,39 @@ async def test_malformed_json_stays_a_400_naming_the_body() -> None:
     assert response.status_code == 400 and _fields(response) == ["body"]
 
 
+@pytest.mark.parametrize("path", ["/api/people", "/direct"])
+async def test_json_nested_past_the_parsers_depth_is_a_400_not_a_500(path: str) -> None:
+    # 10 kB, far below the body limit: Python's parser gives up on the depth (RecursionError),
+    # which FastAPI's own parse would let through as a 500.
+    response = await _post(path, "[" * 5000 + "]" * 5000)
+    assert response.status_code == 400, response.text
+    assert _fields(response) == ["body"]
+
+
+def _routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, APIRoute]]:
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI keeps included routers
+        if included is not None:
+            yield from _routes(included.routes, prefix + route.include_context.prefix)
+        elif isinstance(route, APIRoute):
+            yield prefix + route.path, route
+
+
+def test_every_route_of_every_service_that_takes_a_body_reads_it_strictly() -> None:
+    # A router made without route_class=JsonRoute is a plain APIRoute: a repeated key passes
+    # and a text/plain body is a 422 instead of a 415 (the fault switches and sign-up once were).
+    with_body = []
+    for service in ("order", "payment", "production", "identity"):
+        app = importlib.import_module(f"{service}.app").build()
+        for path, route in _routes(app.routes):
+            if route.body_field is None or isinstance(route.body_field.field_info, params.Form):
+                continue
+            with_body.append(path)
+            assert isinstance(route, JsonRoute), f"{service} {path} is a {type(route).__name__}"
+    assert {"/api/v1/orders", "/api/v1/customers", "/api/v1/payments/faults",
+            "/api/v1/production/stock/{sku}"} <= set(with_body)
+
+
 # --- Media types -----------------------------------------------------------------------------
 
 
@@ -194,3 +230,17 @@ async def test_no_redirect_is_built_from_the_host_header() -> None:
         response = await client.get("/health/live/")
     assert response.status_code == 404
     assert "location" not in response.headers
+
+
+async def test_a_failing_readiness_check_names_its_kind_not_its_addresses() -> None:
+    async def database() -> bool:
+        raise ConnectionRefusedError("connect call failed ('10.1.2.3', 5432)")
+
+    app = create_app("probe", title="probe", description="probe", lifespan=_no_lifespan,
+                     readiness=lambda _app: {"database": database})
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        response = await client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "failing: ConnectionRefusedError"}
+    assert "10.1.2.3" not in response.text

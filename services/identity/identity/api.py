@@ -15,28 +15,30 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from identity import keys
 from identity.settings import IdentitySettings
 from identity.tokens import Signer, check_password, hash_password
 from sagakit.auth import Caller, allow
 from sagakit.text import Email, Text
-from sagakit.web import ApiError, problem
+from sagakit.web import ApiError, JsonRoute, problem
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 class SignUp(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     name: Text = Field(min_length=1, max_length=200, examples=["Ana Souza"])
     email: Email = Field(examples=["ana@example.com"])
-    password: str = Field(min_length=8, max_length=128, examples=["correct horse battery"])
+    # Kept as typed, spaces included: the token endpoint compares what is typed there.
+    password: Annotated[str, StringConstraints(strip_whitespace=False)] = Field(
+        min_length=8, max_length=128, examples=["correct horse battery"])
 
 
 class CustomerOut(BaseModel):
@@ -104,6 +106,11 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     return client_id, secret
 
 
+def _with_nul(fields: dict[str, str]) -> str | None:
+    """The first field holding a NUL character, which no PostgreSQL text can hold."""
+    return next((name for name, value in fields.items() if "\x00" in value), None)
+
+
 @router.post("/api/v1/auth/token", response_model=TokenOut, tags=["auth"],
              summary="Get an access token (OAuth 2.0: password or client_credentials)",
              responses={400: {"description": "invalid_request, invalid_grant, invalid_scope or "
@@ -129,6 +136,9 @@ async def token(request: Request) -> Response:
                             "(application/x-www-form-urlencoded).")
     form = await request.form()
     fields = {k: str(v) for k, v in form.items() if isinstance(v, str)}
+    if unreadable := _with_nul(fields):  # PostgreSQL stores no NUL: a 400, not its error
+        return _oauth_error(400, "invalid_request", f"{unreadable} holds a NUL character.",
+                            unreadable)
     grant = fields.get("grant_type")
     requested = set(fields.get("scope", "").split())
     if not grant:
@@ -154,6 +164,9 @@ async def token(request: Request) -> Response:
     elif grant == "client_credentials":
         basic = _basic_credentials(request)
         client_id, secret = basic or (fields.get("client_id", ""), fields.get("client_secret", ""))
+        if unreadable := _with_nul({"client_id": client_id, "client_secret": secret}):
+            return _oauth_error(400, "invalid_request", f"{unreadable} holds a NUL character.",
+                                unreadable)
         async with pool.acquire() as conn:
             row = await conn.fetchrow("SELECT client_id, secret_hash, scopes FROM clients"
                                       " WHERE client_id = $1", client_id)

@@ -16,21 +16,55 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from sagakit.auth import AUDIENCE, ISSUER
+from sagakit.web import ApiError
+
+T = TypeVar("T")
 
 HASHER = PasswordHasher()
 _DUMMY = HASHER.hash("not a password anyone has")
 
 
+class HashGate:
+    """At most ``at_once`` Argon2 runs in a process, and at most ``waiting`` requests queued
+    behind them; past that, a 503 with Retry-After.
+
+    Each run costs tens of milliseconds of a core and 64 MiB, and the token and sign-up
+    endpoints are public: without a bound, a few addresses posting wrong passwords as fast as
+    the gateway's per-address limit lets them would take every core of the machine from the
+    saga. With it, guessing is as slow as the gate and the rest of the stack keeps its CPU.
+    """
+
+    def __init__(self, at_once: int = 2, waiting: int = 32) -> None:
+        self.at_once, self.waiting = at_once, waiting
+        self._slots = asyncio.Semaphore(at_once)
+        self._queued = 0
+
+    async def run(self, work: Callable[[], T]) -> T:
+        if self._queued >= self.at_once + self.waiting:
+            raise ApiError(503, "Service unavailable", "Too many sign-ins at once; retry "
+                           "shortly.", headers={"Retry-After": "1"},
+                           error="temporarily_unavailable")
+        self._queued += 1
+        try:
+            async with self._slots:
+                return await asyncio.to_thread(work)
+        finally:
+            self._queued -= 1
+
+
+GATE = HashGate()
+
+
 async def hash_password(password: str) -> str:
-    return await asyncio.to_thread(HASHER.hash, password)
+    return await GATE.run(lambda: HASHER.hash(password))
 
 
 async def check_password(hashed: str | None, password: str) -> bool:
@@ -40,7 +74,7 @@ async def check_password(hashed: str | None, password: str) -> bool:
         except (VerificationError, InvalidHashError):
             return False
 
-    return await asyncio.to_thread(check)
+    return await GATE.run(check)
 
 
 class Signer:

@@ -295,6 +295,6 @@ class OrderRef:
 class OrderFaults(BaseModel):
     """The order service's fault switch (sagakit.faults); the default is "off"."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # true is no rate, "7" no ms
     relay_paused: bool = Field(False, description="the outbox relay publishes nothing: new "
                                "orders wait in pending_payment, their events in the outbox")

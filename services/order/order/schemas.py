@@ -43,7 +43,7 @@ class PlaceOrder(BaseModel):
         description="tok_visa, tok_chargeDeclined, tok_chargeDeclinedInsufficientFunds, or a "
         "token from POST /api/v1/payments/cards",
     )
-    callback_url: str | None = Field(
+    callback_url: Text | None = Field(  # Text: no NUL or other control character
         None, max_length=MAX_URL_LENGTH, examples=["https://hooks.example.com/saga"],
         description="where each status change of the order is POSTed (Standard Webhooks, "
         "signed with your secret from GET /api/v1/orders/webhook-secret); its host must be on "

@@ -15,10 +15,11 @@ from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, Field
 
 from order import webhooks
+from sagakit.audit import Audit
 from sagakit.auth import Caller, allow
-from sagakit.web import ApiError
+from sagakit.web import ApiError, JsonRoute
 
-router = APIRouter(prefix="/api/v1/orders", tags=["webhooks"])
+router = APIRouter(prefix="/api/v1/orders", tags=["webhooks"], route_class=JsonRoute)
 
 
 class WebhookSecret(BaseModel):
@@ -72,8 +73,9 @@ async def parked_webhooks(
              summary="Send a parked webhook delivery again (same webhook-id, fresh attempts)",
              responses={404: {"description": "No parked delivery with this id"}},
              **allow("ops"))
-async def replay_webhook(delivery_id: UUID, request: Request) -> Replayed:
-    async with _pool(request).acquire() as conn:
+async def replay_webhook(delivery_id: UUID, request: Request, audit: Audit) -> Replayed:
+    async with (audit.action("webhook.replay", target=str(delivery_id)),
+                _pool(request).acquire() as conn):
         if not await webhooks.replay(conn, delivery_id):
             raise ApiError(404, "No such parked delivery",
                            f"no parked webhook delivery with id {delivery_id}",

@@ -170,7 +170,7 @@ FAULT_DECLINE = "fault: decline_rate"
 class PaymentFaults(BaseModel):
     """The payment service's fault switches (sagakit.faults); the defaults are "off"."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # true is no rate, "7" no ms
     decline_rate: float = Field(0.0, ge=0, le=1, description="share of charges the bank "
                                 "declines (reason `fault: decline_rate`), 0..1")
     latency_ms: int = Field(0, ge=0, le=MAX_FAULT_LATENCY_MS,

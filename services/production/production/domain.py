@@ -129,7 +129,7 @@ FAULT_FAILURE = "fault: failure_rate"
 class ProductionFaults(BaseModel):
     """The kitchen's fault switches (sagakit.faults); the defaults are "off"."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # true is no rate, "7" no ms
     failure_rate: float = Field(0.0, ge=0, le=1, description="share of paid orders the kitchen "
                                 "cannot make (reason `fault: failure_rate`: refunded), 0..1")
     slowness_ms: int = Field(0, ge=0, le=MAX_FAULT_SLOWNESS_MS,
