@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from prometheus_client import Counter, Gauge
 
 from sagakit import telemetry
-from sagakit.web import ApiError
+from sagakit.errors import ApiError
 
 log = logging.getLogger("sagakit.admission")
 

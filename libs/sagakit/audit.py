@@ -35,7 +35,8 @@ from redis.asyncio import Redis
 
 from sagakit import logs
 from sagakit.auth import Caller, allow
-from sagakit.web import ApiError, JsonRoute
+from sagakit.errors import ApiError
+from sagakit.web import JsonRoute
 
 Outcome = Literal["succeeded", "failed"]
 

@@ -42,7 +42,7 @@ from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlowPassword
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import OAuth2
 
-from sagakit.web import ApiError
+from sagakit.errors import ApiError
 
 ISSUER = "saga-shop-identity"
 AUDIENCE = "saga-shop"

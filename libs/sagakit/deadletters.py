@@ -38,7 +38,8 @@ from sagakit import topology
 from sagakit.audit import Audit
 from sagakit.auth import allow
 from sagakit.envelope import jsonable
-from sagakit.web import ApiError, JsonRoute
+from sagakit.errors import ApiError
+from sagakit.web import JsonRoute
 
 # Headers the retry and park path (and the broker's own dead-lettering) add; a replay drops
 # them so the message starts its attempts afresh, as if just published.

@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from sagakit import telemetry
+from sagakit.auth import allow
 
 EVENTS_PUBLISHED = Counter(
     "saga_events_published", "Events published to the broker and confirmed, by type", ["type"]
@@ -55,10 +56,6 @@ def add_metrics_route(app: FastAPI, service: str, *samplers: Sampler) -> None:
             # is still worth a scrape.
             await asyncio.gather(*(sample() for sample in samplers), return_exceptions=True)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    # Imported here: sagakit.auth needs sagakit.web, which needs consuming, which counts with
-    # this module's metrics.
-    from sagakit.auth import allow
 
     app.add_api_route("/metrics", saga_metrics, include_in_schema=False)
     ops = APIRouter(prefix=f"/api/v1/ops/{service}", tags=["operations"])

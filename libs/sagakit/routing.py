@@ -27,7 +27,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from faststream.rabbit import RabbitMessage
 from faststream.rabbit.subscriber import RabbitSubscriber
@@ -35,9 +35,6 @@ from pydantic import BaseModel
 
 from sagakit.events import EventType
 from sagakit.topology import ConsumerQueue
-
-if TYPE_CHECKING:
-    from sagakit.runtime import Messaging
 
 Body = TypeVar("Body", bound=BaseModel)
 Needs = TypeVar("Needs")
@@ -86,6 +83,13 @@ class Subscription:
         return register
 
 
+class Subscribes(Protocol):
+    """Where a router subscribes its handlers: :class:`sagakit.runtime.Messaging` (a protocol,
+    so that this module, which the runtime uses, does not import it back)."""
+
+    def subscriber(self, queue: ConsumerQueue, description: str) -> Subscription: ...
+
+
 @dataclass(frozen=True)
 class Route(Generic[Needs]):
     queue: ConsumerQueue
@@ -124,7 +128,7 @@ class Router(Generic[Needs]):
 
         return register
 
-    def include(self, messaging: Messaging, needs: Needs) -> None:
+    def include(self, messaging: Subscribes, needs: Needs) -> None:
         """Subscribe every handler on ``messaging``'s broker, each given ``needs``."""
         for queue, description in self._queues.items():
             subscription = messaging.subscriber(queue, description)

@@ -28,7 +28,8 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
 
 from opentelemetry import context, propagate, trace
 from opentelemetry._logs import set_logger_provider
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     from aio_pika import IncomingMessage
     from fastapi import FastAPI
 
-    from sagakit.envelope import OutgoingEvent
 
 log = logging.getLogger("sagakit.telemetry")
 tracer = trace.get_tracer("sagakit")
@@ -230,8 +230,20 @@ def _messaging(operation: str, event_type: str, headers: Mapping[str, Any],
     return {k: str(v) for k, v in attributes.items() if v is not None}
 
 
+class Publishable(Protocol):
+    """What a publish span needs of an event (:class:`sagakit.envelope.OutgoingEvent` is one;
+    a protocol, so that this module, which the envelope uses, does not import it back)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def id(self) -> UUID: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
 @contextmanager
-def publishing(event: OutgoingEvent, exchange: str) -> Iterator[dict[str, Any]]:
+def publishing(event: Publishable, exchange: str) -> Iterator[dict[str, Any]]:
     """The PRODUCER span of one publish; yields the headers to send, which name this span.
 
     Its parent is the context the event was created in (the ``traceparent`` the outbox kept),

@@ -29,9 +29,10 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sagakit import logs, telemetry, units
+from sagakit import auth, logs, telemetry, units
 from sagakit.consuming import OUTAGE
 from sagakit.docs import add_swagger_ui, docs_paths
+from sagakit.errors import ApiError
 from sagakit.waits import within
 
 log = logging.getLogger("sagakit.web")
@@ -109,20 +110,6 @@ class JsonRoute(APIRoute):
             return await handler(request)
 
         return strict_json
-
-
-class ApiError(Exception):
-    """A client-facing error: its status, a title, and (when one input is to blame) the field."""
-
-    def __init__(
-        self, status: int, title: str, detail: str, *, field: str | None = None,
-        headers: Mapping[str, str] | None = None, **extra: Any
-    ) -> None:
-        super().__init__(detail)
-        self.status, self.title, self.detail, self.field, self.extra = (
-            status, title, detail, field, extra,
-        )
-        self.headers = dict(headers or {})
 
 
 def problem(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None,
@@ -240,8 +227,6 @@ def create_app(
     app.add_exception_handler(Exception, _on_unexpected)
     app.add_middleware(RequestContext)
     telemetry.instrument_app(app)
-    from sagakit import auth  # here: auth builds on this module's ApiError
-
     auth.document(app)
 
     @app.get("/health/live", tags=["health"], summary="The process is up",

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from sagakit.admission import Admission
-from sagakit.web import ApiError
+from sagakit.errors import ApiError
 
 
 def admission(*values: int | Exception, bound: int = 10, retry: int = 2) -> Admission:

@@ -6,7 +6,7 @@ import pytest
 
 from sagakit import logs
 from sagakit.audit import AuditRecord, AuditTrail
-from sagakit.web import ApiError
+from sagakit.errors import ApiError
 
 
 class MemoryLog:

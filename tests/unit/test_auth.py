@@ -15,7 +15,7 @@ import pytest
 from identity import keys
 from identity.tokens import HashGate, Signer, check_password, hash_password
 from sagakit import auth
-from sagakit.web import ApiError
+from sagakit.errors import ApiError
 
 
 def _key_set(directory: Path) -> auth.KeySet:

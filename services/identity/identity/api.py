@@ -26,8 +26,9 @@ from identity import keys
 from identity.settings import IdentitySettings
 from identity.tokens import Signer, check_password, hash_password
 from sagakit.auth import Caller, allow
+from sagakit.errors import ApiError
 from sagakit.text import Email, Text
-from sagakit.web import ApiError, JsonRoute, problem
+from sagakit.web import JsonRoute, problem
 
 router = APIRouter(route_class=JsonRoute)
 

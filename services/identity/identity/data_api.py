@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 from identity import customer_data
 from sagakit.audit import Audit
 from sagakit.auth import Caller, Principal, allow
-from sagakit.web import ApiError, JsonRoute
+from sagakit.errors import ApiError
+from sagakit.web import JsonRoute
 
 router = APIRouter(prefix="/api/v1/customers", tags=["customer data"], route_class=JsonRoute)
 CustomerId = Annotated[UUID, Path(description="the customer's id (their tokens' sub)")]

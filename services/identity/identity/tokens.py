@@ -24,7 +24,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from sagakit.auth import AUDIENCE, ISSUER
-from sagakit.web import ApiError
+from sagakit.errors import ApiError
 
 T = TypeVar("T")
 

@@ -31,8 +31,9 @@ from order.schemas import (
 )
 from order.settings import OrderSettings
 from sagakit.auth import Caller, Principal, allow
+from sagakit.errors import ApiError
 from sagakit.logs import mask_email
-from sagakit.web import ApiError, JsonRoute
+from sagakit.web import JsonRoute
 
 log = logging.getLogger("order.api")
 router = APIRouter(prefix="/api/v1", route_class=JsonRoute)

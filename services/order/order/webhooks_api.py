@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field
 from order import webhooks
 from sagakit.audit import Audit
 from sagakit.auth import Caller, allow
-from sagakit.web import ApiError, JsonRoute
+from sagakit.errors import ApiError
+from sagakit.web import JsonRoute
 
 router = APIRouter(prefix="/api/v1/orders", tags=["webhooks"], route_class=JsonRoute)
 

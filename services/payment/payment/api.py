@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt
 from payment import service, store
 from payment.domain import Card, InvalidCard
 from sagakit.auth import Caller, allow
+from sagakit.errors import ApiError
 from sagakit.events import Money
 from sagakit.text import Text
-from sagakit.web import ApiError, JsonRoute
+from sagakit.web import JsonRoute
 
 router = APIRouter(prefix="/api/v1", route_class=JsonRoute)
 

@@ -17,7 +17,8 @@ from production.domain import Ticket, TicketStatus
 from production.store import ProductionStore
 from sagakit.audit import Audit
 from sagakit.auth import allow
-from sagakit.web import ApiError, JsonRoute
+from sagakit.errors import ApiError
+from sagakit.web import JsonRoute
 
 # The kitchen, its stock and its tickets are the operators' (scope ops), reads included.
 OPS = allow("ops")
