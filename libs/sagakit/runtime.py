@@ -35,6 +35,7 @@ from sagakit.routing import Subscription
 from sagakit.settings import ServiceSettings
 from sagakit.topology import EVENTS, ConsumerQueue, Topology, dead_letter_queue
 from sagakit.waits import cancelled
+from sagakit.web import JsonErrorsHttpProtocol
 
 # How often the depth of the service's dead-letter and consumer queues is sampled for /metrics.
 QUEUE_SAMPLE_SECONDS = 5.0
@@ -252,7 +253,7 @@ def serve(factory: str, settings: ServiceSettings, service: str) -> None:
         log_config=None,
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        http=JsonErrorsHttpProtocol,  # httptools, its 400 in JSON
         timeout_graceful_shutdown=HTTP_DRAIN_SECONDS,
         # Longer than nginx keeps an idle upstream connection (60 s): otherwise uvicorn may close
         # one just as nginx sends a POST on it, a 502 nginx must not retry.

@@ -28,6 +28,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sagakit import auth, logs, telemetry, units
 from sagakit.consuming import OUTAGE
@@ -104,9 +106,14 @@ class JsonRoute(APIRoute):
                     request._json = parse_json(body)
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     pass
-                except RecursionError:  # FastAPI's own parse would end in a 500
+                # FastAPI's own parse would fail the same way, as a 500: a body nested too
+                # deeply, or an integer of more digits than Python converts (4300).
+                except RecursionError:
                     raise ApiError(400, "Malformed JSON", "The request body is nested too "
                                    "deeply to be read.", field="body") from None
+                except ValueError as exc:
+                    raise ApiError(400, "Malformed JSON", f"The request body cannot be read: "
+                                   f"{exc}.", field="body") from None
             return await handler(request)
 
         return strict_json
@@ -164,7 +171,7 @@ async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
 _UNAVAILABLE = OUTAGE
 
 
-async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+def _unexpected(exc: Exception) -> JSONResponse:
     if isinstance(exc, _UNAVAILABLE):
         log.warning("store unavailable: %r", exc)
         response = problem(503, "Service unavailable",
@@ -174,6 +181,30 @@ async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         return response
     log.error("unhandled error", exc_info=exc)
     return problem(500, "Internal error", "Something went wrong; the request id identifies it.")
+
+
+class JsonErrorsHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, with its one plain-text answer in the JSON shape of every other.
+
+    A request uvicorn's parser refuses (a control byte in a header value, a raw non-ASCII byte
+    in the target: nginx passes both on) never reaches the app; uvicorn answers it with a
+    ``text/plain`` 400 of its own. This is that 400, as a problem document. Which header or
+    byte was to blame the parser does not say, so the field is the request itself.
+    """
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps({"type": "about:blank", "title": "Bad Request", "status": 400,
+                           "detail": f"{msg} A header holds a control character, or the "
+                           "target a byte outside ASCII (percent-encode it).",
+                           "errors": [{"field": "request", "message": msg}]}).encode()
+        content = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend([b"content-type: application/json\r\n",
+                        b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                        b"connection: close\r\n\r\n", body])
+        self.transport.write(b"".join(content))
+        self.transport.close()
 
 
 class RequestContext:
@@ -191,8 +222,24 @@ class RequestContext:
         request_id = headers.get(b"x-request-id")
         logs.request_id_var.set(request_id.decode() if request_id else None)
         logs.order_id_var.set(None)
+        started = False
+
+        async def sending(message: AsgiMessage) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         with units.unit_of_work():  # events the request wrote wake the relay once it is done
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, sending)
+            except Exception as exc:
+                # Answered here, not by an exception handler: Starlette answers those from its
+                # outermost middleware and then raises the error again, and uvicorn closes the
+                # connection for it; nginx may have sent another client's request on that
+                # keep-alive connection already, which then gets a 502.
+                if started:
+                    raise  # half an answer is out: only closing the connection says so
+                await _unexpected(exc)(scope, receive, send)
 
 
 def create_app(
@@ -224,7 +271,6 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected)
     app.add_middleware(RequestContext)
     telemetry.instrument_app(app)
     auth.document(app)

@@ -194,6 +194,10 @@ NGINX_ERRORS = {
                              + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
     "501 unknown transfer encoding": (b"POST /api/v1/customers HTTP/1.1\r\n" + HOST.encode()
                                       + b"Transfer-Encoding: gzip\r\n\r\n", 501),
+    "416 range outside a file": (b"GET / HTTP/1.1\r\n" + HOST.encode()
+                                 + b"Range: bytes=99999999-\r\nConnection: close\r\n\r\n", 416),
+    "505 HTTP/2.0 request line": (b"GET / HTTP/2.0\r\n" + HOST.encode()
+                                  + b"Connection: close\r\n\r\n", 505),
 }
 
 
@@ -209,6 +213,33 @@ def test_an_unknown_method_is_json_501(stack, path):
     response = send_raw(stack.base_url, f"BREW {path} HTTP/1.1\r\n{HOST}"
                         "Connection: close\r\n\r\n".encode())
     _assert_json_problem(response, 501)
+
+
+def test_the_gateway_logs_the_method_the_client_sent_even_for_its_own_errors(stack):
+    ids = {f"method-{uuid.uuid4().hex[:12]}" for _ in range(2)}
+    brew, big = sorted(ids)
+    send_raw(stack.base_url, f"BREW /health HTTP/1.1\r\n{HOST}X-Request-ID: {brew}\r\n"
+             "Connection: close\r\n\r\n".encode())
+    send_raw(stack.base_url, f"POST /api/v1/customers HTTP/1.1\r\n{HOST}X-Request-ID: {big}\r\n"
+             "Content-Type: application/json\r\nContent-Length: 70000\r\n"
+             "Connection: close\r\n\r\n".encode())
+    entries = gateway_log(stack, ids)
+    assert (entries[brew]["method"], entries[brew]["status"]) == ("BREW", 501)
+    assert (entries[big]["method"], entries[big]["status"]) == ("POST", 413)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /api/v1/products HTTP/1.1\r\n" + HOST.encode() + b"X-Note: a\x01b\r\n",
+    b"GET /api/v1/products HTTP/1.1\r\n" + HOST.encode() + b"Idempotency-Key: \x7f\r\n",
+    b"GET /api/v1/products?x=\xff HTTP/1.1\r\n" + HOST.encode(),
+], ids=["control byte in a header", "DEL in a header", "raw byte in the target"])
+def test_what_the_services_parser_refuses_is_a_json_400_too(stack, request_bytes):
+    # nginx passes these on; the service's HTTP parser refuses them before any app code.
+    response = send_raw(stack.base_url, request_bytes + b"Connection: close\r\n\r\n")
+    assert response.status_code == 400, response.body[:200]
+    assert response.headers["content-type"].startswith("application/json")
+    problem = response.json()
+    assert problem["status"] == 400 and problem["errors"][0]["field"] == "request"
 
 
 # --- No redirect built from the client's Host --------------------------------------------------

@@ -174,6 +174,14 @@ async def test_json_nested_past_the_parsers_depth_is_a_400_not_a_500(path: str) 
     assert _fields(response) == ["body"]
 
 
+@pytest.mark.parametrize("path", ["/api/people", "/direct"])
+async def test_an_integer_of_more_digits_than_python_reads_is_a_400_not_a_500(path: str) -> None:
+    body = '{"name": "Ana Souza", "email": "ana@example.com", "score": 1' + "1" * 4400 + "}"
+    response = await _post(path, body)
+    assert response.status_code == 400, response.text
+    assert _fields(response) == ["body"]
+
+
 def _routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, APIRoute]]:
     for route in routes:
         included = getattr(route, "original_router", None)  # FastAPI keeps included routers
