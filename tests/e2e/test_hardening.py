@@ -71,8 +71,9 @@ def test_300_list_calls_in_a_second_from_one_client_meet_429_with_retry_after(st
     elapsed = time.monotonic() - started
     statuses = [r.status_code for r in responses]
     assert set(statuses) == {200, 429}, set(statuses)
-    # No more got through than the bucket holds plus what it refilled meanwhile.
-    assert statuses.count(200) <= LIST_RATE_BURST + LIST_RATE_LIMIT * (elapsed + 1)
+    # No more got through than the bucket holds plus what it refilled meanwhile (tight enough
+    # that the general bucket alone, four times the rate, would let more through).
+    assert statuses.count(200) <= LIST_RATE_BURST + 2 + LIST_RATE_LIMIT * (elapsed + 0.2)
     limited = next(r for r in responses if r.status_code == 429)
     _assert_json_problem(limited, 429)
     assert int(limited.headers["retry-after"]) >= 1

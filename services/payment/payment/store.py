@@ -136,8 +136,7 @@ async def charge_once(
         "  SELECT $4::uuid, $3::uuid, 'charge', $5::text, $6::numeric, $7::text, $8::text,"
         "   $9::text, $10::text FROM state WHERE first_delivery AND NOT cancelled AND NOT charged"
         "  RETURNING id"
-        # Only when the charge row was inserted: its RETURNING row is the condition (and the
-        # outbox's row trigger wakes the relay only then).
+        # Only when the charge row was inserted: its RETURNING row is the condition.
         f"), announced AS ({outbox_insert(11, when='charge')})"
         " SELECT first_delivery, cancelled, charged FROM state",
         meta.id, meta.type, charge.order_id, charge.payment_id, charge.outcome, charge.amount,
