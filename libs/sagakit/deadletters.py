@@ -17,15 +17,17 @@ Replays and discards are operator actions: each is recorded in the service's ope
 (:mod:`sagakit.audit`) with who asked and how it ended.
 
 Two listings at the same moment each see only what the other is not holding; they are meant for
-an operator, not for concurrent automation.
+an operator, not for concurrent automation. A replay or discard of one id looks again, briefly,
+for an id another request may be holding, before it answers 404.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 import aio_pika
@@ -49,6 +51,8 @@ _ADDED_ON_THE_WAY = ("x-dead-letter-reason", "x-attempts", "x-attempt", "x-parke
                      "x-first-death-reason", "x-last-death-exchange", "x-last-death-queue",
                      "x-last-death-reason")
 MAX_SCAN = 10_000  # messages one request reads at most
+# Pauses before looking again for an id another request may hold (see ParkedQueue._holding).
+LOOK_AGAIN_SECONDS = (0.1, 0.3, 1.0)
 
 
 class ParkedMessage(BaseModel):
@@ -161,12 +165,32 @@ class ParkedQueue:
             total, held = await self._read(channel, limit)
             return ParkedList(queue=self.queue, total=total, messages=[describe(m) for m in held])
 
+    async def _holding(self, channel: AbstractChannel,
+                       event_id: str | None) -> Sequence[AbstractIncomingMessage]:
+        """Every parked message held on ``channel`` (all of them, or the one ``event_id``).
+
+        Another request reading the queue at this moment holds what it read, and those
+        messages are not handed to us until it is done; an id not found may be one of them, so
+        it is looked for again, after that other request's time (tens of milliseconds), before
+        it is called not parked."""
+        for pause in LOOK_AGAIN_SECONDS:
+            _, held = await self._read(channel, MAX_SCAN)
+            chosen = [m for m in held if event_id is None or message_id(m) == event_id]
+            if chosen or event_id is None:
+                return chosen
+            # Hand back what we read (as closing the channel would): the other request may be
+            # looking for one of ours, as we for one of its.
+            for message in held:
+                await message.nack(requeue=True)
+            await asyncio.sleep(pause)
+        _, held = await self._read(channel, MAX_SCAN)
+        return [m for m in held if message_id(m) == event_id]
+
     async def replay(self, event_id: str | None) -> ReplayOutcome:
         """Replay one message (by id) or, with ``event_id`` None, all parked right now."""
         outcome = ReplayOutcome(replayed=[])
         async with self._channel() as channel:
-            _, held = await self._read(channel, MAX_SCAN)
-            chosen = [m for m in held if event_id is None or message_id(m) == event_id]
+            chosen = await self._holding(channel, event_id)
             if event_id is not None and not chosen:
                 raise _not_parked(event_id)
             exchange = await channel.get_exchange(topology.REQUEUE.name, ensure=True)
@@ -189,11 +213,9 @@ class ParkedQueue:
 
     async def discard(self, event_id: str) -> DiscardOutcome:
         async with self._channel() as channel:
-            _, held = await self._read(channel, MAX_SCAN)
-            for message in held:
-                if message_id(message) == event_id:
-                    await message.ack()
-                    return DiscardOutcome(discarded=event_id)
+            for message in await self._holding(channel, event_id):
+                await message.ack()
+                return DiscardOutcome(discarded=event_id)
         raise _not_parked(event_id)
 
 

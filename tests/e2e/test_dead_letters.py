@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,3 +128,18 @@ def test_unrouted_messages_are_visible(client, stack):
     assert response.status_code == 200, response.text
     found = [m for m in response.json()["messages"] if m["id"] == event_id]
     assert found and found[0]["routing_key"] == "nobody.listens"
+
+
+def test_two_operators_discarding_two_messages_at_once_both_succeed(client, stack):
+    # Each request holds what it read until it is done: without looking again, each could
+    # miss the id the other was holding and answer a false 404.
+    events = [inject_poison(stack.rabbitmq_url, "order.created") for _ in range(6)]
+    for event_id in events:
+        wait_parked(client, "payment", event_id)
+    for first, second in zip(events[::2], events[1::2], strict=True):
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(
+                lambda event_id: client.delete(f"{OPS}/payment/dead-letters/{event_id}"),
+                (first, second)))
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert not set(events) & set(parked(client, "payment"))

@@ -66,8 +66,11 @@ async def _add_part(conn: asyncpg.Connection, table: str, request_id: UUID, serv
 
 
 async def _customer(conn: asyncpg.Connection, customer_id: UUID) -> asyncpg.Record:
+    """The account, its row locked until the transaction ends: an export and an erasure of one
+    customer take turns (without it, an export committed while an erasure deleted the
+    customer's exports outlived the erasure, with the name and email in its parts)."""
     row = await conn.fetchrow("SELECT id, name, email, created_at, erased_at FROM customers"
-                              " WHERE id = $1", customer_id)
+                              " WHERE id = $1 FOR UPDATE", customer_id)
     if row is None:
         raise UnknownCustomer(str(customer_id))
     return row
@@ -77,16 +80,14 @@ async def export(pool: asyncpg.Pool, customer_id: UUID, requested_by: str,
                  reuse_seconds: int) -> dict[str, Any]:
     """The customer's newest export if pending or recent enough, else a new one (requested)."""
     async with pool.acquire() as conn, conn.transaction():
-        account = await _customer(conn, customer_id)
-        # One export per customer at a time: serialise concurrent requests of the same one.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", str(customer_id))
+        account = await _customer(conn, customer_id)  # one export or erasure at a time
+        if account["erased_at"] is not None:
+            raise UnknownCustomer(str(customer_id))  # nothing to export any more
         row = await conn.fetchrow(
             "SELECT * FROM data_exports WHERE customer_id = $1"
             " AND (completed_at IS NULL OR completed_at > now() - $2::interval)"
             " ORDER BY created_at DESC LIMIT 1", customer_id, timedelta(seconds=reuse_seconds))
         if row is None:
-            if account["erased_at"] is not None:
-                raise UnknownCustomer(str(customer_id))
             row = await conn.fetchrow(
                 "INSERT INTO data_exports (id, customer_id, requested_by) VALUES ($1, $2, $3)"
                 " RETURNING *", uuid4(), customer_id, requested_by)
