@@ -12,7 +12,8 @@ Everything comes from the environment, so a second, isolated stack is just other
 
     SAGA_RUN_DIR=.run/test GATEWAY_PORT=18080 ORDER_HTTP_PORT=18001 ... python deploy/native.py up
 
-Replicas: ``ORDER_REPLICAS``, ``PAYMENT_REPLICAS``, ``PRODUCTION_REPLICAS`` (default 1) processes
+Replicas: ``ORDER_REPLICAS``, ``PAYMENT_REPLICAS``, ``PRODUCTION_REPLICAS``,
+``IDENTITY_REPLICAS`` (default 1) processes
 per service, competing consumers on the same queues, balanced by nginx. Replica ``i`` (0-based)
 listens on ``<SERVICE>_HTTP_PORT + 10*i`` and is named ``order``, ``order-2``, ``order-3`` ...
 

@@ -64,8 +64,7 @@ class Messaging:
         self.broker.add_middleware(self.retries.middleware())
         self.publisher = EventPublisher(self.broker)
         self._document_publishers(publishes)
-        self._sampler: asyncio.Task[None] | None = None
-        self._closing = False
+        self._sampling = contextlib.AsyncExitStack()
 
     def _document_publishers(self, publishes: Sequence[type[Event]]) -> None:
         """Put the events this service publishes into its AsyncAPI document.
@@ -91,11 +90,11 @@ class Messaging:
         ))
 
     async def start(self) -> None:
-        self._closing = False
         await self.broker.connect()
         await self.topology.declare(self.broker)
         await self.broker.start()
-        self._sampler = asyncio.create_task(self._sample_queues(), name="queue-depths")
+        await self._sampling.enter_async_context(
+            every(QUEUE_SAMPLE_SECONDS, self._sample_queues, "queue-depths"))
 
     async def _depth(self, name: str) -> int:
         """Messages ready in a queue: a passive declare answers with its depth."""
@@ -103,18 +102,15 @@ class Messaging:
         return (await queue.declare()).message_count or 0
 
     async def _sample_queues(self) -> None:
-        """Keep the dead-letter and consumer-lag gauges current.
+        """Keep the dead-letter and consumer-lag gauges current (while the broker is away, they
+        keep their last values).
 
         Lag is what waits in each consumer queue, not yet delivered: the broker's own count,
         the same for every replica (they share the queue), so no offset bookkeeping is needed.
         """
-        while not self._closing:  # not only the cancel: aiormq may swallow one (sagakit.waits)
-            with contextlib.suppress(Exception):  # the broker is away: keep the last values
-                metrics.DEAD_LETTERS.set(await self._depth(dead_letter_queue(self.service).name))
-                for consumer in self.queues:
-                    metrics.CONSUMER_LAG.labels(consumer.name).set(
-                        await self._depth(consumer.name))
-            await asyncio.sleep(QUEUE_SAMPLE_SECONDS)
+        metrics.DEAD_LETTERS.set(await self._depth(dead_letter_queue(self.service).name))
+        for consumer in self.queues:
+            metrics.CONSUMER_LAG.labels(consumer.name).set(await self._depth(consumer.name))
 
     async def stop_consuming(self) -> None:
         """Take no more deliveries; in-flight handlers get ``graceful_timeout`` to finish.
@@ -125,8 +121,7 @@ class Messaging:
             await subscriber.stop()
 
     async def close(self) -> None:
-        self._closing = True
-        await cancelled(self._sampler)
+        await self._sampling.aclose()
         await self.broker.stop()
 
     async def ready(self) -> bool:

@@ -27,8 +27,10 @@ class ServiceSettings(BaseSettings):
     )
     # Unacknowledged deliveries a consumer may hold at once.
     prefetch: int = Field(32, ge=1, validation_alias="RABBITMQ_PREFETCH")
-    # The identity's public key set (sagakit.auth reads these same variables): the JWKS itself,
-    # or a file holding it (the one `make up` writes natively, a volume in compose).
+    # The identity's public key set: the JWKS itself, or a file holding it (the one `make up`
+    # writes natively, a volume in compose). sagakit.auth reads these same variables itself
+    # (it also serves code with no settings object); they are here so that this class lists
+    # every variable a service reads.
     auth_jwks_file: str | None = Field(None, validation_alias="AUTH_JWKS_FILE")
     auth_jwks: str | None = Field(None, validation_alias="AUTH_JWKS")
     # How long the event archive keeps an event (sagakit.archive); SECURITY.md states why.

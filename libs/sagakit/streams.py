@@ -1,6 +1,6 @@
 """Redis streams read by consumer groups: the one way a group is created.
 
-The outbox relay (sagakit.outbox.RedisOutboxRelay) and the kitchen's cooks
+The outbox relay (sagakit.outbox.RedisStreamOutboxRelay) and the kitchen's cooks
 (production.store) both read a stream through a consumer group; each creates its group when it
 starts, and every replica does so, so creating an existing group is not an error.
 """

@@ -13,7 +13,6 @@ from order.domain import (
     TRANSITIONS,
     CancelRoute,
     Emit,
-    IllegalTransition,
     Line,
     OrderRef,
     Product,
@@ -22,11 +21,10 @@ from order.domain import (
     Trigger,
     UnknownSku,
     Verdict,
-    can_customer_cancel,
+    cancel_route,
     decide,
     decide_cancel,
     judge,
-    next_status,
     price,
 )
 from sagakit.events import OrderCancellationRequested, OrderCancelled, OrderReceived
@@ -37,7 +35,7 @@ S, T, E = Status, Trigger, Emit
 def walk(*triggers: Trigger) -> list[Status]:
     status, seen = S.PENDING_PAYMENT, [S.PENDING_PAYMENT]
     for trigger in triggers:
-        status = next_status(status, trigger)
+        status = TRANSITIONS[(status, trigger)].to  # a KeyError: not a step of the table
         seen.append(status)
     return seen
 
@@ -62,7 +60,8 @@ def test_cancel_before_payment_ends_cancelled_when_payment_voids():
 
 @pytest.mark.parametrize("status", list(Status))
 def test_customer_can_cancel_only_before_the_kitchen_starts(status):
-    assert can_customer_cancel(status) == (status in {S.PENDING_PAYMENT, S.PAID, S.RECEIVED})
+    cancellable = cancel_route(status) is not CancelRoute.REFUSE
+    assert cancellable == (status in {S.PENDING_PAYMENT, S.PAID, S.RECEIVED})
 
 
 @pytest.mark.parametrize("status", sorted(TERMINAL))
@@ -70,8 +69,6 @@ def test_customer_can_cancel_only_before_the_kitchen_starts(status):
 def test_terminal_statuses_accept_nothing(status, trigger):
     assert (status, trigger) not in TRANSITIONS
     assert judge(status, trigger) is Verdict.STALE
-    with pytest.raises(IllegalTransition):
-        next_status(status, trigger)
 
 
 def test_events_for_a_later_step_are_early_and_retried():

@@ -9,6 +9,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- History: dropped by 001_outbox_no_notify.sql. The unit of work that wrote an event now wakes
+-- its process's relay after its commit (sagakit/units.py): a NOTIFY cost every commit a
+-- server-wide lock (docs/performance.md, round five). Kept as it ran, as migrations are.
 -- Wake the relay as soon as a transaction that wrote an event commits (NOTIFY is transactional).
 -- A row trigger, not a statement trigger: a statement trigger fires even for an INSERT of no
 -- rows, as in a transition's data-modifying CTE that announces nothing. PostgreSQL folds the

@@ -74,11 +74,11 @@ def build(settings: OrderSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        """The saga's lifecycle, and inside it the one LISTEN connection that wakes every live
+        """The saga's lifecycle, and inside it the LISTEN connection that wakes every live
         follower of an order (GET /api/v1/orders/{id}/events) of this process, its webhook
-        sender, the sweep that erases customers whose last saga has ended
-        (order.customer_data), and admission control's sample of the orders waiting on a machine
-        step (sagakit.admission)."""
+        sender (which listens on a connection of its own), the sweep that erases customers
+        whose last saga has ended (order.customer_data), and admission control's sample of the
+        orders waiting on a machine step (sagakit.admission)."""
         async with saga_lifespan(app), every(
             settings.sweep_seconds, lambda: customer_data.erase_pending(app.state.pool), "erasures",
         ), admission.sampling():

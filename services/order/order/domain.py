@@ -109,19 +109,6 @@ def judge(status: Status, trigger: Trigger) -> Verdict:
     return Verdict.STALE
 
 
-class IllegalTransition(Exception):
-    def __init__(self, status: Status, trigger: Trigger) -> None:
-        super().__init__(f"an order that is {status} cannot take '{trigger}'")
-        self.status, self.trigger = status, trigger
-
-
-def next_status(status: Status, trigger: Trigger) -> Status:
-    try:
-        return TRANSITIONS[(status, trigger)].to
-    except KeyError:
-        raise IllegalTransition(status, trigger) from None
-
-
 class CancelRoute(StrEnum):
     NOW = "now"  # nothing reached the kitchen: cancel, payment refunds or voids
     ASK_KITCHEN = "ask kitchen"  # the kitchen may have started: it decides (then we compensate)
@@ -136,10 +123,6 @@ def cancel_route(status: Status, *, already_requested: bool = False) -> CancelRo
     if (status, T.PRODUCTION_CANCELLED) in TRANSITIONS and not already_requested:
         return CancelRoute.ASK_KITCHEN
     return CancelRoute.REFUSE
-
-
-def can_customer_cancel(status: Status) -> bool:
-    return cancel_route(status) is not CancelRoute.REFUSE
 
 
 CUSTOMER_REASON = "cancelled by the customer"

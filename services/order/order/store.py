@@ -201,8 +201,9 @@ async def timeline(conn: asyncpg.Connection, order_id: UUID) -> list[asyncpg.Rec
 
 
 # Where a live follower (GET /api/v1/orders/{id}/events) learns of new entries: the trigger of
-# migrations/006_timeline_notify.sql NOTIFYs it with the order id when one commits, for an
-# order someone follows (:func:`follow`, migrations/010_timeline_followers.sql).
+# migrations/006_timeline_notify.sql, its function as migrations/010_timeline_followers.sql
+# redefines it, NOTIFYs it with the order id when one commits, only for an order someone
+# follows (:func:`follow`).
 TIMELINE_CHANNEL = "order_timeline"
 
 

@@ -66,11 +66,6 @@ def _charge(row: asyncpg.Record) -> Charge | None:
                   row["payment_token"], row["refunded"])
 
 
-async def card(conn: asyncpg.Connection, token: str) -> Card | None:
-    row = await conn.fetchrow(f"SELECT {_CARD_COLUMNS} FROM cards WHERE token = $1", token)
-    return None if row is None else _card(row)
-
-
 async def lock_order_and_find_card(
     conn: asyncpg.Connection, order_id: UUID, token: str,
 ) -> Card | None:
@@ -78,7 +73,7 @@ async def lock_order_and_find_card(
 
     Reading the card with the snapshot of a statement that may have waited for the lock is
     safe: a card never changes once tokenized, and it is committed before any order names it
-    (the order service accepts only tokens it heard of in card.tokenized).
+    (the order service accepts only tokens it heard of in payment.card_tokenized).
     """
     row = await conn.fetchrow(
         f"SELECT {_CARD_COLUMNS}"

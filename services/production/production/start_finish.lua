@@ -3,7 +3,7 @@
 -- order, production.started before order.finished, just as the two steps would append them; a
 -- cancellation simply cannot land between them. One round trip instead of two.
 --
--- store.py puts the two scripts' text in place of the comments below, each as the body of a
+-- layout.script (layout.py) puts the two scripts' text in place of the comments below, each as the body of a
 -- function taking the KEYS and ARGV it expects: their rules exist once, in their own files.
 --
 -- KEYS: 1-5 start.lua's keys   6-10 finish.lua's keys
