@@ -16,9 +16,9 @@ message that fails again and is re-parked is not replayed in a loop.
 Replays and discards are operator actions: each is recorded in the service's operator audit
 (:mod:`sagakit.audit`) with who asked and how it ended.
 
-Two listings at the same moment each see only what the other is not holding; they are meant for
-an operator, not for concurrent automation. A replay or discard of one id looks again, briefly,
-for an id another request may be holding, before it answers 404.
+Requests on one queue take turns (from any replica: the lock is an exclusive queue, which the
+broker keeps): a request holds what it read until it ends, so two at once would each miss what
+the other holds.
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPError, DeliveryError
+from aiormq.exceptions import ChannelLockedResource
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
@@ -51,8 +53,8 @@ _ADDED_ON_THE_WAY = ("x-dead-letter-reason", "x-attempts", "x-attempt", "x-parke
                      "x-first-death-reason", "x-last-death-exchange", "x-last-death-queue",
                      "x-last-death-reason")
 MAX_SCAN = 10_000  # messages one request reads at most
-# Pauses before looking again for an id another request may hold (see ParkedQueue._holding).
-LOOK_AGAIN_SECONDS = (0.1, 0.3, 1.0)
+# How long a request waits for its turn on a queue (ParkedQueue._take_turn).
+TURN_WAIT_SECONDS = 10.0
 
 
 class ParkedMessage(BaseModel):
@@ -142,11 +144,36 @@ class ParkedQueue:
         except (AMQPError, OSError, ConnectionError) as exc:
             raise ApiError(503, "Broker unavailable", f"cannot reach RabbitMQ: {exc}") from exc
         try:
-            # Closing the connection returns every message read but not acked to the queue.
+            # Closing the connection returns every message read but not acked to the queue,
+            # and deletes the lock below.
             async with connection:
+                await self._take_turn(connection)
                 yield await connection.channel(publisher_confirms=True, on_return_raises=True)
         except (AMQPError, ConnectionError) as exc:
             raise ApiError(503, "Broker unavailable", f"RabbitMQ failed: {exc}") from exc
+
+    async def _take_turn(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        """Wait until no other request, of any replica, works on this queue.
+
+        A request holds every message it read until it ends, and another request at the same
+        moment would not see them (a replay or discard of one of them would answer 404, a
+        listing would miss them). So requests take turns, with a lock the broker keeps: an
+        exclusive queue, which only one connection at a time may declare and which the broker
+        deletes with that connection, however the request ends (the process killed too).
+        """
+        deadline = asyncio.get_running_loop().time() + TURN_WAIT_SECONDS
+        while True:
+            channel = await connection.channel()
+            try:
+                await channel.declare_queue(f"{self.queue}.operator-turn", exclusive=True,
+                                            auto_delete=True)
+                return
+            except ChannelLockedResource:  # another request's turn; this channel is closed
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ApiError(503, "Busy", f"another operator request is working on "
+                                   f"{self.queue}; retry shortly",
+                                   headers={"Retry-After": "1"}) from None
+                await asyncio.sleep(random.uniform(0.02, 0.1))
 
     async def _read(self, channel: AbstractChannel,
                     limit: int) -> tuple[int, list[AbstractIncomingMessage]]:
@@ -167,24 +194,9 @@ class ParkedQueue:
 
     async def _holding(self, channel: AbstractChannel,
                        event_id: str | None) -> Sequence[AbstractIncomingMessage]:
-        """Every parked message held on ``channel`` (all of them, or the one ``event_id``).
-
-        Another request reading the queue at this moment holds what it read, and those
-        messages are not handed to us until it is done; an id not found may be one of them, so
-        it is looked for again, after that other request's time (tens of milliseconds), before
-        it is called not parked."""
-        for pause in LOOK_AGAIN_SECONDS:
-            _, held = await self._read(channel, MAX_SCAN)
-            chosen = [m for m in held if event_id is None or message_id(m) == event_id]
-            if chosen or event_id is None:
-                return chosen
-            # Hand back what we read (as closing the channel would): the other request may be
-            # looking for one of ours, as we for one of its.
-            for message in held:
-                await message.nack(requeue=True)
-            await asyncio.sleep(pause)
+        """Every parked message now held on ``channel`` (all of them, or the one ``event_id``)."""
         _, held = await self._read(channel, MAX_SCAN)
-        return [m for m in held if message_id(m) == event_id]
+        return [m for m in held if event_id is None or message_id(m) == event_id]
 
     async def replay(self, event_id: str | None) -> ReplayOutcome:
         """Replay one message (by id) or, with ``event_id`` None, all parked right now."""

@@ -158,6 +158,22 @@ def faults_off_after(client) -> Iterator[None]:
         assert client.put(path, json=body).status_code == 200
 
 
+def test_a_ticket_read_in_two_columns_of_the_board_shows_once_in_the_furthest(tab):
+    """The board reads its columns one request each: a ticket that moves on between two reads
+    is in both answers (CI met it: queued and done at once), and the page shows it once."""
+    page = tab.page
+    order_id = str(uuid.uuid4())
+    ticket = {"order_id": order_id, "lines": [{"sku": "fries", "name": "Fries", "quantity": 1}],
+              "created_at": "2026-12-06T10:00:00Z", "started_at": "2026-12-06T10:00:01Z",
+              "finished_at": "2026-12-06T10:00:02Z", "status": "done"}
+    page.route(re.compile(r".*/api/v1/production/queue\?status=(queued|done)\b.*"),
+               lambda route: route.fulfill(json=[ticket]))
+    log_in_as_operator(tab)
+    page.locator(f'#board-done li[data-order="{order_id}"]').wait_for()
+    assert page.locator(f'#board-queued li[data-order="{order_id}"]').count() == 0
+    assert page.locator("#count-queued").inner_text() == "(0)"
+
+
 def test_a_slow_first_load_of_the_switches_never_undoes_the_operators_change(tab, client,
                                                                            faults_off_after):
     """The panel reads every form's switches when it opens, one after another; an operator

@@ -99,6 +99,13 @@ async function loadBoard() {
   $("line-state").textContent = line.paused ? "paused" : "running";
   $("line-toggle").textContent = line.paused ? "Resume the line" : "Pause the line";
   $("line-toggle").dataset.paused = String(line.paused);
+  // The columns are read at slightly different moments: a ticket that moved on meanwhile is in
+  // two of them. It is shown once, in the furthest (tickets only move forward).
+  const further = new Set();
+  for (let i = BOARD.length - 1; i >= 0; i--) {
+    columns[i] = columns[i].filter((ticket) => !further.has(ticket.order_id));
+    columns[i].forEach((ticket) => further.add(ticket.order_id));
+  }
   BOARD.forEach((status, i) => {
     update($(`board-${status}`), columns[i].length ? columns[i].map(ticketItem)
       : [h("li", { class: "hint" }, "none")]);
