@@ -176,6 +176,20 @@ def test_export_then_erasure_leaves_nothing_personal_and_the_books_balance(
         assert Decimal(charge["amount"]) == Decimal(order["total"])
         assert charge["status"] == "approved"
 
+    # The customer's token, issued before the erasure, is still valid until it expires: it
+    # can read what is left, and write nothing personal again (no order, no card).
+    assert http.get(f"/api/v1/orders/{order_ids[0]}").json()["customer"]["name"] == "[erased]"
+    for attempt in ({}, {"Idempotency-Key": str(uuid.uuid4())}):
+        refused = http.post("/api/v1/orders", headers=attempt, json={
+            "items": [{"sku": "fries", "quantity": 1}], "payment_token": "tok_visa"})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["title"] == "Account erased"
+    refused = http.post("/api/v1/payments/cards", json={
+        "number": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2040, "cvc": "123",
+        "holder": customer["holder"]})
+    assert refused.status_code == 403, refused.text
+    assert {o["id"] for o in http.get("/api/v1/orders").json()} == set(order_ids)
+
     # Nothing personal left: every table, Redis key and stream, parked message, the archive,
     # and every log line of the stack.
     personal = (customer["name"], customer["email"], customer["holder"])

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -33,6 +34,7 @@ from faststream.rabbit import RabbitBroker
 
 from identity import keys
 from identity.tokens import Signer
+from sagakit import postgres
 from sagakit.envelope import OutgoingEvent
 from sagakit.outbox import EventPublisher
 from sagakit.topology import EVENTS
@@ -323,6 +325,31 @@ def own_name(infra: Infra, request: pytest.FixtureRequest) -> str:
     test_payment_service.py (after the e2e vhost, so a side-by-side session has its own)."""
     module = request.module.__name__.rpartition(".")[2]
     return f"{infra.namespace}_{module.removeprefix('test_').removesuffix('_service')}"
+
+
+SERVICES = Path(__file__).parents[2] / "services"
+
+
+async def _migrated_pool(infra: Infra, name: str, role: str, service: str) -> asyncpg.Pool:
+    created = await postgres.create_pool(infra.fresh_database(name, role, role), max_size=4)
+    await postgres.migrate(created, [SERVICES / service / service / "migrations"])
+    return created
+
+
+@pytest.fixture(scope="module")
+async def order_db(infra: Infra, own_name: str) -> AsyncIterator[asyncpg.Pool]:
+    """A fresh database of the order service's, migrated, for tests of its store."""
+    pool = await _migrated_pool(infra, own_name, "order_svc", "order")
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="module")
+async def payment_db(infra: Infra, own_name: str) -> AsyncIterator[asyncpg.Pool]:
+    """A fresh database of the payment service's, migrated, for tests of its store."""
+    pool = await _migrated_pool(infra, f"{own_name}_payment", "payment_svc", "payment")
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture(scope="module")

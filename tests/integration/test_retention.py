@@ -4,10 +4,8 @@ however often it is delivered."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from uuid import uuid4
 
 import asyncpg
@@ -18,29 +16,6 @@ from payment import customer_data as payment_data
 from sagakit import postgres
 from sagakit.archive import PostgresArchive
 from sagakit.envelope import PERSONAL_DATA, EventMeta
-from tests.conftest import Infra
-
-SERVICES = Path(__file__).parents[2] / "services"
-
-
-async def _pool(infra: Infra, name: str, role: str, service: str) -> asyncpg.Pool:
-    created = await postgres.create_pool(infra.fresh_database(name, role, role), max_size=3)
-    await postgres.migrate(created, [SERVICES / service / service / "migrations"])
-    return created
-
-
-@pytest.fixture(scope="module")
-async def orders(infra: Infra, own_name: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await _pool(infra, own_name, "order_svc", "order")
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture(scope="module")
-async def payments(infra: Infra, own_name: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await _pool(infra, f"{own_name}_payment", "payment_svc", "payment")
-    yield pool
-    await pool.close()
 
 
 async def _order(pool: asyncpg.Pool, status: str, age_days: int) -> str:
@@ -55,12 +30,12 @@ async def _order(pool: asyncpg.Pool, status: str, age_days: int) -> str:
     return str(order_id)
 
 
-async def test_ended_orders_past_the_retention_are_anonymised_and_kept(orders):
-    old, young, running = (await _order(orders, "finished", 800),
-                           await _order(orders, "finished", 10),
-                           await _order(orders, "in_production", 800))
-    assert await order_data.anonymise_older_than(orders, 730) == 1
-    async with orders.acquire() as conn:
+async def test_ended_orders_past_the_retention_are_anonymised_and_kept(order_db):
+    old, young, running = (await _order(order_db, "finished", 800),
+                           await _order(order_db, "finished", 10),
+                           await _order(order_db, "in_production", 800))
+    assert await order_data.anonymise_older_than(order_db, 730) == 1
+    async with order_db.acquire() as conn:
         rows = {str(r["id"]): r for r in await conn.fetch(
             "SELECT id, customer_name, customer_email, total, status FROM orders"
             " WHERE id = ANY($1::uuid[])", [old, young, running])}
@@ -68,18 +43,18 @@ async def test_ended_orders_past_the_retention_are_anonymised_and_kept(orders):
     assert rows[old]["total"] == Decimal("1.00") and rows[old]["status"] == "finished"
     assert rows[young]["customer_email"] == "old@example.com"
     assert rows[running]["customer_email"] == "old@example.com"  # its saga still runs
-    assert await order_data.anonymise_older_than(orders, 730) == 0  # idempotent
+    assert await order_data.anonymise_older_than(order_db, 730) == 0  # idempotent
 
 
-async def test_card_holders_past_the_retention_are_anonymised(payments):
-    async with payments.acquire() as conn:
+async def test_card_holders_past_the_retention_are_anonymised(payment_db):
+    async with payment_db.acquire() as conn:
         for token, age in (("tok_old", 800), ("tok_young", 1)):
             await conn.execute(
                 "INSERT INTO cards (token, brand, last4, exp_month, exp_year, holder, created_at)"
                 " VALUES ($1, 'visa', '4242', 12, 2040, 'Old Holder', now() - $2::interval)",
                 token, timedelta(days=age))
-    assert await payment_data.anonymise_older_than(payments, 730) == 1
-    async with payments.acquire() as conn:
+    assert await payment_data.anonymise_older_than(payment_db, 730) == 1
+    async with payment_db.acquire() as conn:
         holders = dict(await conn.fetch("SELECT token, holder FROM cards"))
     assert holders == {"tok_old": payment_data.ERASED, "tok_young": "Old Holder"}
 
@@ -92,14 +67,14 @@ def _meta(headers: dict[str, str] | None = None) -> EventMeta:
                               "ce-subject": "order-1", **(headers or {})})
 
 
-async def test_a_consumed_event_is_archived_once_however_often_delivered(payments):
+async def test_a_consumed_event_is_archived_once_however_often_delivered(payment_db):
     meta = _meta()
-    async with payments.acquire() as conn:
+    async with payment_db.acquire() as conn:
         assert await postgres.first_delivery(conn, meta)
         assert not await postgres.first_delivery(conn, meta)  # the redelivery
         personal = _meta({PERSONAL_DATA: "true"})
         assert await postgres.first_delivery(conn, personal)
-    archived = {str(e.event_id): e for e in await PostgresArchive(payments).of_subject("order-1")}
+    archived = {str(e.event_id): e for e in await PostgresArchive(payment_db).of_subject("order-1")}
     assert len(archived) == 2
     mine = archived[str(meta.id)]
     assert mine.direction == "consumed" and mine.consumer == "payment"
@@ -107,8 +82,8 @@ async def test_a_consumed_event_is_archived_once_however_often_delivered(payment
     assert archived[str(personal.id)].body is None and archived[str(personal.id)].body_withheld
 
 
-async def test_the_archive_is_append_only_and_pruned_past_its_retention(payments):
-    async with payments.acquire() as conn:
+async def test_the_archive_is_append_only_and_pruned_past_its_retention(payment_db):
+    async with payment_db.acquire() as conn:
         old = await conn.fetchval(
             "INSERT INTO event_archive (direction, publisher, event_id, event_type, subject,"
             " headers, body, at) VALUES ('published', 'saga-shop/payment', $1, 'x', 'old',"
@@ -117,6 +92,6 @@ async def test_the_archive_is_append_only_and_pruned_past_its_retention(payments
             await conn.execute("UPDATE event_archive SET subject = 'changed' WHERE seq = $1", old)
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
             await conn.execute("DELETE FROM event_archive WHERE subject = 'order-1'")
-    assert await PostgresArchive(payments).prune(400) == 1
-    assert await PostgresArchive(payments).of_subject("old") == []
-    assert len(await PostgresArchive(payments).of_subject("order-1")) == 2  # young: kept
+    assert await PostgresArchive(payment_db).prune(400) == 1
+    assert await PostgresArchive(payment_db).of_subject("old") == []
+    assert len(await PostgresArchive(payment_db).of_subject("order-1")) == 2  # young: kept

@@ -128,6 +128,8 @@ async def list_products(request: Request) -> list[ProductOut]:
     "each attempt is a new order: a retry may place, and charge, a duplicate.** The same key with "
     "a different body is 409. Keys are per caller.",
     responses={409: {"description": "Idempotency-Key reused with a different body"},
+               403: {"description": "The caller's account was erased (its token, issued "
+                     "before, is still valid until it expires)"},
                503: {"description": "The saga lags (too many orders waiting): nothing was "
                      "created; retry after `Retry-After` seconds with the same key"},
                422: {"description": "Invalid input; `errors` names each field"}},
@@ -167,6 +169,9 @@ async def place_order(
                        field=f"items[{exc.index}].sku") from None
     except QuantityTooLarge as exc:
         raise ApiError(422, "Quantity too large", str(exc), field="items") from None
+    except service.AccountClosed:
+        raise ApiError(403, "Account erased",
+                       "this account was erased: it can place no more orders") from None
     except service.IdempotencyConflict:
         raise ApiError(409, "Idempotency-Key reused",
                        "this Idempotency-Key was used with a different request body",

@@ -8,6 +8,8 @@ An erasure of a customer with an order in flight waits for its saga to end: the 
 kept in ``pending_erasures`` (with the inbox record, so it survives a crash) and
 :func:`erase_pending` erases each customer with no order in flight, from the handler at once and
 from a periodic sweep after that, announcing ``order.customer_erased`` in the same transaction.
+The request also closes the account (``closed_accounts``): its access tokens, issued before the
+erasure, stay valid until they expire, and the order insert refuses an order from it (403).
 
 Retention: :func:`anonymise_older_than` does the same to every ended order older than
 ``PERSONAL_DATA_RETENTION_DAYS``, from the retention sweep (sagakit.runtime).
@@ -62,17 +64,36 @@ async def export(pool: asyncpg.Pool, event: CustomerDataRequested, meta: EventMe
 
 async def request_erasure(pool: asyncpg.Pool, event: CustomerErasureRequested,
                           meta: EventMeta) -> None:
+    """Note the erasure, and close the account: no new order from it (order.store._place)."""
     async with pool.acquire() as conn, conn.transaction():
         if await first_delivery(conn, meta):
             await conn.execute(
                 "INSERT INTO pending_erasures (erasure_id, customer_id) VALUES ($1, $2)"
                 " ON CONFLICT DO NOTHING", event.erasure_id, event.customer_id)
+            await conn.execute(
+                "INSERT INTO closed_accounts (customer_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                event.customer_id)
     await erase_pending(pool)
 
 
+# An order whose insert began before its account was closed, and committed after the erasure
+# had looked for orders in flight, would keep the name: the sweep erases it once its saga has
+# ended. Accounts closed within this window are looked at (the insert takes milliseconds).
+_LATE_ORDERS = timedelta(hours=1)
+
+
 async def erase_pending(pool: asyncpg.Pool) -> int:
-    """Erase every pending customer with no order in flight; returns how many."""
+    """Erase every pending customer with no order in flight; returns how many. Also erases
+    what a closed account's last order left (see ``_LATE_ORDERS``)."""
     async with pool.acquire() as conn, conn.transaction():
+        late = await conn.execute(
+            "UPDATE orders o SET customer_name = $2, customer_email = $2 FROM closed_accounts c"
+            " WHERE c.closed_at > now() - $1::interval AND o.owner = c.customer_id"
+            " AND o.status = ANY($3) AND (o.customer_name <> $2 OR o.customer_email <> $2)"
+            " AND NOT EXISTS (SELECT FROM pending_erasures p WHERE p.customer_id = c.customer_id)",
+            _LATE_ORDERS, ERASED, [str(s) for s in TERMINAL])
+        if late != "UPDATE 0":
+            log.info("erased %s late order(s) of closed accounts", late.split()[-1])
         ready = await conn.fetch(
             "SELECT erasure_id, customer_id FROM pending_erasures p WHERE NOT EXISTS ("
             " SELECT FROM orders o WHERE o.owner = p.customer_id AND o.status <> ALL($1))"

@@ -76,6 +76,10 @@ class UnknownPaymentToken(Exception):
     pass
 
 
+class AccountClosed(Exception):
+    """The caller's account was erased; its token, issued before, is still valid."""
+
+
 def _outgoing(events: tuple[Event, ...], order_id: UUID) -> list[OutgoingEvent]:
     """What the domain decided to announce, as envelopes for the outbox."""
     return [SOURCE.event(event, order_id) for event in events]
@@ -132,7 +136,8 @@ async def place_order(
     """Create the order and its ``order.created`` event in one statement.
 
     Returns the order id and the new order's row, or no row when an earlier request with the
-    same ``Idempotency-Key`` created it (a replay).
+    same ``Idempotency-Key`` created it (a replay). Raises :class:`AccountClosed` for an owner
+    whose erasure was asked for (customer_data.request_erasure), and writes nothing.
     """
     priced = price(await MENU.get(pool), items)  # unknown skus fail before anything is written
     order_id = uuid4()
@@ -153,8 +158,10 @@ async def place_order(
         row = await new_order(conn, idempotency_key=(idempotency_key, fingerprint)
                               if idempotency_key else None)
         if row is None:  # the key was claimed before (or by a twin just now): its order
-            existing = await store.idempotency_key(conn, idempotency_key or "")
-            assert existing is not None
+            existing = await store.idempotency_key(conn, idempotency_key) \
+                if idempotency_key else None
+            if existing is None:  # the one other way to insert nothing: a closed account
+                raise AccountClosed
             return _replay(existing, fingerprint), None
     KNOWN_ORDERS.wrote(store.order_ref(row))
     log.info("order placed", extra={"total": str(priced.total), "lines": len(priced.lines)})

@@ -51,20 +51,28 @@ _HOOK = (" hook AS (INSERT INTO webhook_deliveries (id, order_id, timeline_seq, 
          " SELECT gen_random_uuid(), step.order_id, step.seq, {source}.callback_url"
          " FROM step, {source} WHERE {source}.callback_url IS NOT NULL),")
 
+# The owner ($10) has not asked for erasure (migrations/012): a token issued before it is
+# still valid, and must not write the customer's name again.
+_OPEN_ACCOUNT = "NOT EXISTS (SELECT FROM closed_accounts WHERE customer_id = $10)"
+
+
 def _place(claim: bool) -> str:
-    """The new order, its first timeline entry (and webhook delivery) and its events; with
-    ``claim``, only if the request's Idempotency-Key ($18, with the request's hash $19) is new,
-    claimed by the same statement (a key already taken inserts nothing at all)."""
+    """The new order, its first timeline entry (and webhook delivery) and its events, unless
+    its owner's account is closed; with ``claim``, only if the request's Idempotency-Key ($18,
+    with the request's hash $19) is new, claimed by the same statement (a key already taken, or
+    a closed account, inserts nothing at all)."""
     claimed = (
         " claim AS (INSERT INTO idempotency_keys (key, request_hash, order_id)"
-        " VALUES ($18, $19, $1) ON CONFLICT (key) DO NOTHING RETURNING order_id),"
+        f" SELECT $18, $19, $1 WHERE {_OPEN_ACCOUNT}"
+        " ON CONFLICT (key) DO NOTHING RETURNING order_id),"
         if claim else "")
     return (
         "WITH" + claimed + " placed AS ("
         " INSERT INTO orders (id, status, customer_name, customer_email, payment_token,"
         " currency, total, lines, trace_id, owner, callback_url, trace_recorded)"
         " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12"
-        + (" WHERE EXISTS (SELECT FROM claim)" if claim else "") + " RETURNING *),"
+        + (" WHERE EXISTS (SELECT FROM claim)" if claim else f" WHERE {_OPEN_ACCOUNT}")
+        + " RETURNING *),"
         " step AS (INSERT INTO order_timeline (order_id, status, trace_id)"
         " SELECT id, status, trace_id FROM placed RETURNING seq, order_id, at),"
         + _HOOK.format(source="placed") +
@@ -86,9 +94,10 @@ async def insert_order(
     round trip and one commit); returns the order's row (as :func:`fetch` would) plus
     ``step_at``, the time of that first entry.
 
-    With ``idempotency_key`` (the key, the request's fingerprint) the same statement claims
-    the key: None, and nothing written, when it was claimed already (a retry, or a twin
-    request in flight, whose commit the claim waits for): see :func:`idempotency_key`.
+    None, and nothing written, when the owner's account is closed (migrations/012),
+    or, with ``idempotency_key`` (the key, the request's fingerprint), which the same statement
+    claims, when the key was claimed already (a retry, or a twin request in flight, whose
+    commit the claim waits for): see :func:`idempotency_key`.
     """
     args: list[object] = [
         order_id, Status.PENDING_PAYMENT, name, email, payment_token, currency, priced.total,

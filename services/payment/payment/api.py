@@ -75,7 +75,9 @@ def _card_out(card: Card) -> CardOut:
 @router.post(
     "/payments/cards", status_code=status.HTTP_201_CREATED, response_model=CardOut,
     tags=["cards"], summary="Tokenize a card; its token pays for orders",
-    responses={422: {"description": "Invalid card; `errors` names the field"}},
+    responses={422: {"description": "Invalid card; `errors` names the field"},
+               403: {"description": "The caller's account was erased (its token, issued "
+                     "before, is still valid until it expires)"}},
     **allow("orders", "ops"),
 )
 async def tokenize_card(body: CardIn, request: Request, response: Response,
@@ -88,6 +90,9 @@ async def tokenize_card(body: CardIn, request: Request, response: Response,
         )
     except InvalidCard as exc:
         raise ApiError(422, "Invalid card", exc.message, field=exc.field) from None
+    except service.AccountClosed:
+        raise ApiError(403, "Account erased",
+                       "this account was erased: it can tokenize no more cards") from None
     response.headers["Location"] = f"/api/v1/payments/cards/{card.token}"
     return _card_out(card)
 

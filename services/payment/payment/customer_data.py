@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from payment import store
 from sagakit.envelope import EventMeta, EventSource
 from sagakit.events import (
     CustomerDataRequested,
@@ -61,6 +62,9 @@ async def erase(pool: asyncpg.Pool, event: CustomerErasureRequested, meta: Event
     async with pool.acquire() as conn, conn.transaction():
         if not await first_delivery(conn, meta):
             return
+        # First close the account: a token issued before the erasure tokenizes no more cards
+        # (payment.store.insert_card), and one tokenized just now is committed, and erased here.
+        await store.close_account(conn, event.customer_id)
         status = await conn.execute(
             "UPDATE cards SET holder = $2 WHERE owner = $1 AND holder <> $2",
             event.customer_id, ERASED)

@@ -48,6 +48,10 @@ SOURCE = EventSource("payment")
 PUBLISHES = (PaymentProcessed, PaymentRefunded, PaymentVoided, CardTokenized)
 
 
+class AccountClosed(Exception):
+    """The caller's account was erased; its token, issued before, is still valid."""
+
+
 def new_token() -> str:
     return f"tok_{secrets.token_hex(12)}"
 
@@ -58,13 +62,16 @@ async def tokenize_card(
 ) -> Card:
     """Check and keep a card, and announce its token (the order API accepts only known tokens).
 
-    Raises :class:`payment.domain.InvalidCard` before anything is written.
+    Raises :class:`payment.domain.InvalidCard` before anything is written, and
+    :class:`AccountClosed`, writing nothing, for an owner whose erasure was asked for.
     """
     card = tokenize(new_token(), number=number, exp_month=exp_month, exp_year=exp_year, cvc=cvc,
                     holder=holder, today=datetime.now(UTC).date())
     card = dataclasses.replace(card, owner=owner)
     async with pool.acquire() as conn, conn.transaction():
         created_at = await store.insert_card(conn, card)
+        if created_at is None:
+            raise AccountClosed
         await add_to_outbox(conn, SOURCE.event(CardTokenized(
             token=card.token, brand=card.brand, last4=card.last4, created_at=created_at,
         ), card.token))

@@ -42,14 +42,36 @@ async def lock_order(conn: asyncpg.Connection, order_id: UUID) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1::text))", str(order_id))
 
 
-async def insert_card(conn: asyncpg.Connection, card: Card) -> datetime:
-    created_at: datetime = await conn.fetchval(
+def _owner_lock(exclusive: bool) -> str:
+    """The transaction's lock on an owner's account ($1): card inserts share it, the erasure
+    takes it alone, so an insert either commits before the erasure's update or sees the
+    account closed (its next statement's snapshot is taken after the wait)."""
+    kind = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    return f"SELECT {kind}(hashtext('account:' || $1::text))"
+
+
+async def insert_card(conn: asyncpg.Connection, card: Card) -> datetime | None:
+    """Keep the card, in the caller's transaction; None (nothing written) when its owner's
+    account is closed (migrations/003)."""
+    if card.owner is not None:
+        await conn.execute(_owner_lock(exclusive=False), card.owner)
+    created_at: datetime | None = await conn.fetchval(
         "INSERT INTO cards (token, brand, last4, exp_month, exp_year, holder, decline_reason,"
-        " owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING created_at",
+        " owner) SELECT $1, $2, $3, $4, $5, $6, $7, $8"
+        " WHERE NOT EXISTS (SELECT FROM closed_accounts WHERE customer_id = $8)"
+        " RETURNING created_at",
         card.token, card.brand, card.last4, card.exp_month, card.exp_year, card.holder,
         card.decline_reason, card.owner,
     )
     return created_at
+
+
+async def close_account(conn: asyncpg.Connection, owner: str) -> None:
+    """Refuse the owner's cards from now on, once the card inserts in flight have committed
+    (in the caller's transaction, before it erases what they wrote)."""
+    await conn.execute(_owner_lock(exclusive=True), owner)
+    await conn.execute(
+        "INSERT INTO closed_accounts (customer_id) VALUES ($1) ON CONFLICT DO NOTHING", owner)
 
 
 def _card(row: asyncpg.Record) -> Card | None:

@@ -1,0 +1,136 @@
+"""An erased customer's tokens write nothing personal again, against a real PostgreSQL.
+
+An access token issued before an erasure stays valid until it expires (15 minutes by default).
+Once the order and payment services have handled the erasure request, an order or a card from
+that account is refused (403 at the API) and nothing is written; a write that was already in
+flight when the account closed is erased all the same (payment: its card insert and the erasure
+take turns on the owner's lock; order: the erasure sweep erases the late order once it ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+
+from order import customer_data as order_data
+from order import service as orders
+from payment import customer_data as payment_data
+from payment import service as payments
+from payment import store as payment_store
+from payment.domain import Brand, Card
+from sagakit.envelope import EventMeta
+from sagakit.events import CustomerErasureRequested
+
+
+def _erasure(customer: str) -> tuple[CustomerErasureRequested, EventMeta]:
+    event = CustomerErasureRequested(erasure_id=uuid4(), customer_id=customer)
+    return event, EventMeta(id=uuid4(), type="customer.erasure_requested", subject=customer,
+                            attempt=1)
+
+
+async def _place(pool: asyncpg.Pool, owner: str, key: str | None = None) -> UUID:
+    order_id, _ = await orders.place_order(
+        pool, name="Erin Closed", email="erin@example.com", items=[("fries", 1)],
+        payment_token="tok_visa", currency="EUR", owner=owner,
+        idempotency_key=f"{owner}:{key}" if key else None, fingerprint="f" if key else "")
+    return order_id
+
+
+async def _orders_of(pool: asyncpg.Pool, owner: str) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        return list(await conn.fetch(
+            "SELECT id, status, customer_name FROM orders WHERE owner = $1", owner))
+
+
+async def _outbox_size(pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as conn:
+        return int(await conn.fetchval("SELECT count(*) FROM outbox"))
+
+
+async def test_an_erased_account_places_no_order_and_nothing_is_written(order_db):
+    erin, other = f"erin-{uuid4()}", f"olga-{uuid4()}"
+    before = await _place(order_db, erin, key="before")  # a key claimed before the erasure
+    async with order_db.acquire() as conn:  # its saga ended, so the erasure is at once
+        await conn.execute("UPDATE orders SET status = 'finished' WHERE id = $1", before)
+    await order_data.request_erasure(order_db, *_erasure(erin))
+    outbox = await _outbox_size(order_db)
+
+    for key in (None, "after"):
+        with pytest.raises(orders.AccountClosed):
+            await _place(order_db, erin, key=key)
+    assert await _place(order_db, erin, key="before") == before  # still its replay
+    assert [(r["id"], r["customer_name"]) for r in await _orders_of(order_db, erin)] == [
+        (before, order_data.ERASED)]
+    async with order_db.acquire() as conn:
+        keys = await conn.fetch("SELECT key FROM idempotency_keys WHERE key LIKE $1", f"{erin}:%")
+    assert [k["key"] for k in keys] == [f"{erin}:before"]
+    assert await _outbox_size(order_db) == outbox  # nothing announced
+    await _place(order_db, other)  # nobody else is affected
+
+
+async def test_an_order_that_committed_after_the_erasure_is_erased_when_it_ends(order_db):
+    erin = f"erin-{uuid4()}"
+    await order_data.request_erasure(order_db, *_erasure(erin))
+    # As if its insert had begun just before the account closed and committed after the
+    # erasure looked for orders in flight.
+    late = uuid4()
+    async with order_db.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO orders (id, status, customer_name, customer_email, payment_token,"
+            " currency, total, lines, trace_id, owner)"
+            " VALUES ($1, 'paid', 'Erin Late', 'late@example.com', 'tok_visa', 'EUR', $2, '[]',"
+            " $3, $4)", late, Decimal("3.50"), "0" * 32, erin)
+
+    await order_data.erase_pending(order_db)
+    assert [r["customer_name"] for r in await _orders_of(order_db, erin)] == ["Erin Late"]
+
+    async with order_db.acquire() as conn:
+        await conn.execute("UPDATE orders SET status = 'finished' WHERE id = $1", late)
+    await order_data.erase_pending(order_db)
+    assert [r["customer_name"] for r in await _orders_of(order_db, erin)] == [
+        order_data.ERASED]
+
+
+async def _tokenize(pool: asyncpg.Pool, owner: str) -> Card:
+    return await payments.tokenize_card(
+        pool, number="4242 4242 4242 4242", exp_month=12, exp_year=2040, cvc="123",
+        holder="Erin Holder", owner=owner)
+
+
+async def _holders(pool: asyncpg.Pool, owner: str) -> list[str]:
+    async with pool.acquire() as conn:
+        return [r["holder"] for r in await conn.fetch(
+            "SELECT holder FROM cards WHERE owner = $1", owner)]
+
+
+async def test_an_erased_account_tokenizes_no_card(payment_db):
+    erin, other = f"erin-{uuid4()}", f"olga-{uuid4()}"
+    await _tokenize(payment_db, erin)
+    await payment_data.erase(payment_db, *_erasure(erin))
+
+    with pytest.raises(payments.AccountClosed):
+        await _tokenize(payment_db, erin)
+    assert await _holders(payment_db, erin) == [payment_data.ERASED]
+    await _tokenize(payment_db, other)
+    assert await _holders(payment_db, other) == ["Erin Holder"]
+
+
+async def test_a_card_tokenized_while_the_account_closes_is_erased_with_the_rest(payment_db):
+    erin = f"erin-{uuid4()}"
+    card = Card(f"tok_{uuid4().hex[:24]}", Brand.VISA, "4242", 12, 2040, "Erin Holder", None,
+                owner=erin)
+    async with payment_db.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        assert await payment_store.insert_card(conn, card) is not None  # not committed yet
+        erasing = asyncio.create_task(payment_data.erase(payment_db, *_erasure(erin)))
+        await asyncio.sleep(0.3)
+        assert not erasing.done()  # it waits for the insert in flight
+        await tx.commit()
+    async with asyncio.timeout(5):
+        await erasing
+    assert await _holders(payment_db, erin) == [payment_data.ERASED]
