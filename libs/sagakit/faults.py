@@ -104,7 +104,7 @@ class PostgresFaultStore:
                 " UPDATE fault_switches SET value = $2, changed_by = $3, request_id = $4,"
                 " changed_at = (SELECT changed_at FROM noted) RETURNING changed_at",
                 old, new, who, request_id)
-        units.wake_relays()  # a relay paused by a switch (relay_paused) looks again at once
+        units.wake()  # a relay paused by a switch (relay_paused) looks again at once
         return FaultSetting(new, who, at)
 
     async def history(self, limit: int) -> list[FaultChange]:

@@ -155,7 +155,7 @@ class PostgresOutboxRelay(_Relay):
         self._take_batch = _take_batch(held_while)
 
     async def start(self) -> None:
-        units.register_relay(self._wake)  # woken by this process's writes (sagakit.units)
+        units.register(self._wake)  # woken by this process's writes (sagakit.units)
         await super().start()
 
     async def drain_once(self) -> int:
@@ -176,7 +176,7 @@ class PostgresOutboxRelay(_Relay):
             return int(await conn.fetchval("SELECT count(*) FROM outbox"))
 
     async def stop(self, flush_seconds: float = 5.0) -> None:
-        units.unregister_relay(self._wake)
+        units.unregister(self._wake)
         await super().stop(flush_seconds)
 
 

@@ -125,7 +125,7 @@ def outbox_columns(events: Sequence[OutgoingEvent]) -> tuple[list[object], ...]:
     wrote events: its end wakes the relay (sagakit.units), once the write has committed.
     """
     if events:
-        units.events_written()
+        units.written()
     return (
         [e.id for e in events], [e.type for e in events], [e.subject for e in events],
         [orjson.dumps(e.headers).decode() for e in events], [e.body for e in events],

@@ -2,9 +2,11 @@
 
 A unit of work is one delivery (the delivery middleware, sagakit.consuming), one HTTP request
 (sagakit.web.RequestContext) or one run of a sweeper (sagakit.runtime.every). Code that puts
-events in a PostgreSQL outbox says so (:func:`events_written`, called by
+events in a PostgreSQL outbox says so (:func:`written`, called by
 ``sagakit.postgres.outbox_columns`` and ``add_to_outbox``, the only ways to write one), and
 when the unit ends, its transactions committed, every outbox relay of this process is woken.
+Other rows a background worker picks up work the same way under a name of their own (the
+order service's webhook deliveries wake its webhook sender).
 
 Why not LISTEN/NOTIFY, as before: at commit a NOTIFY takes a lock shared by the whole server to
 append to PostgreSQL's notification queue, so notifying commits queue behind one another, and it
@@ -22,26 +24,32 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+# What a unit of work can have written for a background worker of its process to pick up: a
+# PostgreSQL outbox's events (its relays, sagakit.outbox), or a service's own kind of row (the
+# order service's webhook deliveries, for its sender).
+OUTBOX = "outbox"
+
 
 class Unit:
-    """What one unit of work did that someone acts on once it ends."""
+    """What one unit of work wrote that a worker picks up once the unit ends."""
 
-    __slots__ = ("wrote_events",)
+    __slots__ = ("wrote",)
 
     def __init__(self) -> None:
-        self.wrote_events = False
+        self.wrote: set[str] = set()
 
     def end(self) -> None:
-        """The unit is over (its transactions are committed or rolled back): wake the relays
-        if it wrote events. A rolled-back write costs one empty look, nothing else."""
-        if self.wrote_events:
-            self.wrote_events = False
-            wake_relays()
+        """The unit is over (its transactions are committed or rolled back): wake the workers
+        of what it wrote. A rolled-back write costs one empty look, nothing else."""
+        if self.wrote:
+            for kind in self.wrote:
+                wake(kind)
+            self.wrote.clear()
 
 
 _unit: ContextVar[Unit | None] = ContextVar("sagakit_unit", default=None)
-# The wake-up events of this process's PostgreSQL outbox relays (sagakit.outbox).
-_relays: set[asyncio.Event] = set()
+# The wake-up events of this process's workers, by what they pick up.
+_workers: dict[str, set[asyncio.Event]] = {}
 
 
 def begin() -> Unit:
@@ -61,21 +69,23 @@ def unit_of_work() -> Iterator[Unit]:
         unit.end()
 
 
-def events_written() -> None:
-    """The current unit of work put events in an outbox (outside one, the sweep finds them)."""
+def written(kind: str = OUTBOX) -> None:
+    """The current unit of work wrote rows of ``kind`` (outside one, the sweeps find them)."""
     unit = _unit.get()
     if unit is not None:
-        unit.wrote_events = True
+        unit.wrote.add(kind)
 
 
-def wake_relays() -> None:
-    for wake in _relays:
-        wake.set()
+def wake(kind: str = OUTBOX) -> None:
+    """Wake this process's workers of ``kind`` now."""
+    for event in _workers.get(kind, ()):
+        event.set()
 
 
-def register_relay(wake: asyncio.Event) -> None:
-    _relays.add(wake)
+def register(event: asyncio.Event, kind: str = OUTBOX) -> None:
+    """``event`` is set whenever a unit of work of this process that wrote ``kind`` ends."""
+    _workers.setdefault(kind, set()).add(event)
 
 
-def unregister_relay(wake: asyncio.Event) -> None:
-    _relays.discard(wake)
+def unregister(event: asyncio.Event, kind: str = OUTBOX) -> None:
+    _workers.get(kind, set()).discard(event)

@@ -112,7 +112,7 @@ async def test_only_a_unit_of_work_that_announced_an_event_wakes_the_relay(pool)
     request that wrote events wakes this process's relay when it ends (sagakit.units)."""
     order = await _new_order(pool)
     wake = asyncio.Event()
-    units.register_relay(wake)
+    units.register(wake)
     try:
         with units.unit_of_work() as unit:
             async with pool.acquire() as conn:
@@ -120,7 +120,7 @@ async def test_only_a_unit_of_work_that_announced_an_event_wakes_the_relay(pool)
                     conn, order, Status.PAID, reason=None, event=_meta(), trace_id="0" * 32,
                     announce=[_event(OrderReceived(order_id=order.id, lines=()))])
                 assert not wake.is_set()  # not before the unit ends (its commit, in general)
-                assert unit.wrote_events
+                assert unit.wrote == {units.OUTBOX}
                 paid, _ = await store.read(conn, order.id)
         assert wake.is_set()
         wake.clear()
@@ -134,7 +134,51 @@ async def test_only_a_unit_of_work_that_announced_an_event_wakes_the_relay(pool)
             assert not await conn.fetchval(
                 "SELECT count(*) FROM pg_trigger WHERE tgname = 'outbox_notify'")
     finally:
-        units.unregister_relay(wake)
+        units.unregister(wake)
+
+
+async def test_a_unit_of_work_that_wrote_a_webhook_delivery_wakes_the_sender(pool):
+    """The webhook sender is woken like the relays: by the unit that wrote a delivery row, for
+    an order with a callback URL only (no NOTIFY, no listening connection)."""
+    wake = asyncio.Event()
+    units.register(wake, store.WEBHOOK_DELIVERIES)
+    try:
+        order_id, priced = uuid4(), PricedOrder((LINE,))
+        with units.unit_of_work() as unit:
+            async with pool.acquire() as conn:
+                assert await store.insert_order(
+                    conn, order_id=order_id, name="Ana", email="ana@example.com",
+                    payment_token="tok_visa", currency="EUR", priced=priced,
+                    trace_id="0" * 32, owner="ana", announce=[],
+                    callback_url="https://hooks.example.com/ana")
+                assert unit.wrote == {store.WEBHOOK_DELIVERIES} and not wake.is_set()
+        assert wake.is_set()
+        wake.clear()
+        async with pool.acquire() as conn:
+            hooked, _ = await store.read(conn, order_id)
+        assert hooked is not None
+        with units.unit_of_work() as unit:
+            async with pool.acquire() as conn:
+                assert await store.transition(conn, hooked, Status.PAID, reason=None,
+                                              event=_meta(), trace_id="0" * 32)
+        assert unit.wrote == set() and wake.is_set()  # told, and forgotten once told
+        wake.clear()
+
+        plain = await _new_order(pool)
+        with units.unit_of_work():
+            async with pool.acquire() as conn:
+                assert await store.transition(conn, plain, Status.PAID, reason=None,
+                                              event=_meta(), trace_id="0" * 32)
+        assert not wake.is_set()
+        async with pool.acquire() as conn:
+            deliveries = await conn.fetchval(
+                "SELECT count(*) FROM webhook_deliveries WHERE order_id = ANY($1::uuid[])",
+                [order_id, plain.id])
+            assert deliveries == 2  # the hooked order's two entries; none for the other
+            assert not await conn.fetchval(
+                "SELECT count(*) FROM pg_trigger WHERE tgname = 'webhook_deliveries_notify'")
+    finally:
+        units.unregister(wake, store.WEBHOOK_DELIVERIES)
 
 
 async def test_a_change_by_any_other_writer_bumps_the_version_too(pool):
@@ -199,11 +243,11 @@ async def test_the_relay_takes_no_batch_while_the_relay_paused_switch_is_on(pool
         assert waiting == 1 and recorder.published == []
     finally:
         wake = asyncio.Event()
-        units.register_relay(wake)
+        units.register(wake)
         try:
             await faults.change({"relay_paused": False}, who="test", request_id=None)
         finally:
-            units.unregister_relay(wake)
+            units.unregister(wake)
     assert wake.is_set()  # turning the switch off wakes the relays: no wait for a sweep
     assert await relay.drain_once() == 1
     assert [(e.type, e.subject) for e in recorder.published] == [("order.created", str(order.id))]

@@ -42,16 +42,14 @@ class _Pool:
 def test_the_webhook_sender_stops_when_woken_in_the_same_turn() -> None:
     async def scenario() -> int:
         pool = _Pool()
-        # No listener (nothing answers on port 1): the sender sweeps every 0.5 s, as when the
-        # database's LISTEN is lost.
-        sender = WebhookSender(pool, "postgresql://127.0.0.1:1/none",
-                               CallbackPolicy.from_setting(""),
+        # Nothing wakes it: the sender sweeps every 0.5 s.
+        sender = WebhookSender(pool, CallbackPolicy.from_setting(""),
                                SenderSettings(max_attempts=1, backoff_seconds=1,
                                               backoff_max_seconds=1, timeout_seconds=1))
         await sender.start()
         await pool.swept.wait()
         await asyncio.sleep(0.05)  # it swept once and now waits to be woken
-        sender._wake.set()  # a NOTIFY arrives just as the service stops
+        sender._wake.set()  # a write wakes it just as the service stops
         await sender.stop()
         return pool.sweeps
 

@@ -76,7 +76,7 @@ def build(settings: OrderSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         """The saga's lifecycle, and inside it the LISTEN connection that wakes every live
         follower of an order (GET /api/v1/orders/{id}/events) of this process, its webhook
-        sender (which listens on a connection of its own), the sweep that erases customers
+        sender (woken by this process's writes, sagakit.units), the sweep that erases customers
         whose last saga has ended (order.customer_data), and admission control's sample of the
         orders waiting on a machine step (sagakit.admission)."""
         async with saga_lifespan(app), every(
@@ -88,7 +88,7 @@ def build(settings: OrderSettings | None = None) -> FastAPI:
             await feed.start()
             app.state.timeline_feed = feed
             app.state.callback_policy = callback_policy
-            sender = webhooks.WebhookSender(app.state.pool, settings.database_dsn, callback_policy,
+            sender = webhooks.WebhookSender(app.state.pool, callback_policy,
                                             webhooks.SenderSettings(
                                                 max_attempts=settings.webhook_max_attempts,
                                                 backoff_seconds=settings.webhook_backoff_seconds,

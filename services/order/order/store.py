@@ -16,6 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from order.domain import Line, OrderRef, PricedOrder, Product, Status
+from sagakit import units
 from sagakit.archive import consumed_columns, consumed_insert
 from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.postgres import inbox_insert, outbox_columns, outbox_insert
@@ -46,7 +47,9 @@ def _lines(raw: list[dict[str, Any]]) -> tuple[Line, ...]:
 
 
 # A webhook delivery per timeline entry of an order that has a callback URL (order.webhooks):
-# part of the statement that writes the entry, so both commit or neither does.
+# part of the statement that writes the entry, so both commit or neither does. The unit of work
+# that wrote one wakes this process's webhook sender when it ends (sagakit.units).
+WEBHOOK_DELIVERIES = "webhook_deliveries"
 _HOOK = (" hook AS (INSERT INTO webhook_deliveries (id, order_id, timeline_seq, url)"
          " SELECT gen_random_uuid(), step.order_id, step.seq, {source}.callback_url"
          " FROM step, {source} WHERE {source}.callback_url IS NOT NULL),")
@@ -104,8 +107,12 @@ async def insert_order(
         _lines_json(priced.lines), trace_id, owner, callback_url, trace_recorded,
         *outbox_columns(announce)]
     if idempotency_key is None:
-        return await conn.fetchrow(_PLACE, *args)
-    return await conn.fetchrow(_PLACE_ONCE, *args, *idempotency_key)
+        row = await conn.fetchrow(_PLACE, *args)
+    else:
+        row = await conn.fetchrow(_PLACE_ONCE, *args, *idempotency_key)
+    if row is not None and callback_url is not None:
+        units.written(WEBHOOK_DELIVERIES)
+    return row
 
 
 async def read(
@@ -149,7 +156,7 @@ _TRANSITION = (
     " noted AS (" + inbox_insert(6, 8, when="moved") + "),"
     " archived AS (" + consumed_insert(14, inbox="noted") + "),"
     " sent AS (" + outbox_insert(9, when="moved") + ")"
-    " SELECT count(*) FROM moved"
+    " SELECT count(*) AS moved, count(callback_url) AS hooked FROM moved"
 )
 
 
@@ -165,12 +172,15 @@ async def transition(
     another step committed in between: read again and decide again.
     """
     cancelling = status in (Status.CANCELLING, Status.CANCELLED)
-    moved = await conn.fetchval(
+    row = await conn.fetchrow(
         _TRANSITION, order.id, order.version, status, reason if cancelling else None, reason,
         event.id if event else None, trace_id, event.type if event else None,
         *outbox_columns(announce), *consumed_columns(event),
     )
-    return bool(moved)
+    assert row is not None
+    if row["hooked"]:
+        units.written(WEBHOOK_DELIVERIES)
+    return bool(row["moved"])
 
 
 _REQUEST_CANCEL = (

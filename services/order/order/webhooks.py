@@ -6,6 +6,9 @@ the Standard Webhooks specification says (``webhook-id``, ``webhook-timestamp``,
 Never slowing the saga: a delivery is a row written by the very statement that writes the
 timeline entry (order.store, transactional-outbox style); this sender, one per replica, claims
 due rows with ``FOR UPDATE SKIP LOCKED``, POSTs with a short timeout and records the outcome.
+It is woken as the outbox relays are (sagakit.units): by the delivery or request of its own
+process that wrote a row, once it ended; a sweep every ``sweep_seconds`` finds the rest (rows
+another replica wrote, retries that fell due).
 A failed attempt (no answer, or not 2xx) is retried after an exponential delay with jitter;
 after ``WEBHOOK_MAX_ATTEMPTS`` the delivery is parked, where an operator lists and replays it
 (GET /api/v1/orders/webhooks/failed, POST .../{id}/replay).
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import random
 import secrets
@@ -37,13 +39,13 @@ import orjson
 from standardwebhooks.webhooks import Webhook
 
 from order.callbacks import CallbackPolicy, CallbackRefused
-from sagakit import telemetry
+from order.store import WEBHOOK_DELIVERIES
+from sagakit import telemetry, units
 from sagakit.backoff import Backoff
 from sagakit.waits import cancelled, woken
 
 log = logging.getLogger("order.webhooks")
 EVENT_TYPE = "order.status_changed"
-CHANNEL = "webhook_deliveries"
 
 
 def new_secret() -> str:
@@ -122,35 +124,28 @@ class SenderSettings:
 
 
 class WebhookSender:
-    """The background worker of one replica: claim, POST, record; woken by NOTIFY."""
+    """The background worker of one replica: claim, POST, record; woken by the unit of work
+    that wrote a delivery (sagakit.units), or by its sweep."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str, policy: CallbackPolicy,
+    def __init__(self, pool: asyncpg.Pool, policy: CallbackPolicy,
                  settings: SenderSettings) -> None:
-        self.pool, self.dsn, self.policy, self.settings = pool, dsn, policy, settings
+        self.pool, self.policy, self.settings = pool, policy, settings
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._listener: asyncpg.Connection | None = None
         self._http = httpx.AsyncClient(timeout=settings.timeout_seconds, follow_redirects=False,
                                        trust_env=False,
                                        headers={"user-agent": "saga-shop-webhooks/1"})
 
     async def start(self) -> None:
-        await self._listen()
+        units.register(self._wake, WEBHOOK_DELIVERIES)
         self._task = asyncio.create_task(self._run(), name="webhook-sender")
 
     async def stop(self) -> None:
         self._stopping = True
+        units.unregister(self._wake, WEBHOOK_DELIVERIES)
         await cancelled(self._task)
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
         await self._http.aclose()
-
-    async def _listen(self) -> None:
-        with contextlib.suppress(Exception):  # no listener: the sweep still finds the work
-            self._listener = await asyncpg.connect(self.dsn)
-            await self._listener.add_listener(CHANNEL, lambda *_: self._wake.set())
 
     async def _run(self) -> None:
         backoff = Backoff()
@@ -167,8 +162,6 @@ class WebhookSender:
                     await backoff.pause()
 
     async def _wait(self) -> None:
-        if self._listener is None or self._listener.is_closed():
-            await self._listen()
         await woken(self._wake, self.settings.sweep_seconds)
         self._wake.clear()
 
@@ -244,5 +237,5 @@ async def replay(conn: asyncpg.Connection, delivery_id: UUID) -> bool:
             " next_attempt_at = now() WHERE id = $1 AND state = 'parked' RETURNING id",
             delivery_id)
         if found:
-            await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+            units.written(WEBHOOK_DELIVERIES)  # the request's end wakes this replica's sender
     return found is not None
