@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -125,6 +126,42 @@ def test_each_customer_has_a_secret_of_their_own(ana, bob, anonymous):
     assert secret(ana) != secret(bob)
     assert secret(ana).startswith("whsec_")
     assert anonymous.get("/api/v1/orders/webhook-secret").status_code == 401
+
+
+def test_a_rotated_secret_signs_beside_the_new_one_until_the_next_rotation(
+    signed_up, anonymous, receiver
+):
+    first = secret(signed_up)
+    assert signed_up.get("/api/v1/orders/webhook-secret").json()["previous_valid_until"] is None
+    rotated = signed_up.post("/api/v1/orders/webhook-secret/rotate")
+    assert rotated.status_code == 200, rotated.text
+    second, until = rotated.json()["secret"], rotated.json()["previous_valid_until"]
+    assert second.startswith("whsec_") and second != first
+    hours = (datetime.fromisoformat(until) - datetime.now(UTC)).total_seconds() / 3600
+    assert 23 < hours <= 24  # WEBHOOK_SECRET_OVERLAP_HOURS' default
+    assert signed_up.get("/api/v1/orders/webhook-secret").json() == rotated.json()
+
+    def deliveries_of_a_new_order() -> list[Delivery]:
+        path = f"/hooks/{uuid.uuid4()}"
+        placed = place_with_callback(signed_up, receiver.url(path))
+        assert placed.status_code == 202, placed.text
+        order = wait_for(signed_up, placed.json()["id"], TERMINAL)
+        got: list[Delivery] = receiver.wait(path, len(order["timeline"]))
+        return got
+
+    # During the overlap each delivery is signed by both: a receiver still on the old secret,
+    # and one already on the new, both verify it.
+    during = deliveries_of_a_new_order()
+    assert verified(first, during) == verified(second, during)
+    assert {len(h["webhook-signature"].split(" ")) for h, _ in during} == {2}
+
+    # Rotating again retires the first at once; the second now signs beside the third.
+    third = signed_up.post("/api/v1/orders/webhook-secret/rotate").json()["secret"]
+    after = deliveries_of_a_new_order()
+    assert verified(second, after) == verified(third, after)
+    with pytest.raises(WebhookVerificationError):
+        verified(first, after)
+    assert anonymous.post("/api/v1/orders/webhook-secret/rotate").status_code == 401
 
 
 def test_a_receiver_error_is_retried_with_the_same_webhook_id(ana, receiver):

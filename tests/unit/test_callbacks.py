@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from order import callbacks
 from order.callbacks import CallbackPolicy, CallbackRefused, is_public
@@ -112,6 +112,18 @@ def test_retries_back_off_exponentially_with_bounded_jitter():
 def test_signatures_verify_with_the_standard_webhooks_library():
     key = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     body = b'{"type":"order.status_changed"}'
-    headers = signed_headers(key, uuid4(), body, datetime.now(UTC))
+    headers = signed_headers([key], uuid4(), body, datetime.now(UTC))
     assert headers["webhook-signature"].startswith("v1,")
+    assert " " not in headers["webhook-signature"]
     assert Webhook(key).verify(body, headers) == {"type": "order.status_changed"}
+
+
+def test_during_a_rotation_a_delivery_verifies_with_either_secret():
+    new, old, other = (f"whsec_{c * 32}" for c in "ABC")
+    body = b'{"type":"order.status_changed"}'
+    headers = signed_headers([new, old], uuid4(), body, datetime.now(UTC))
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for key in (new, old):
+        assert Webhook(key).verify(body, headers) == {"type": "order.status_changed"}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(other).verify(body, headers)

@@ -35,6 +35,10 @@ class OrderSettings(DatabaseSettings):
     webhook_backoff_seconds: float = Field(2.0, gt=0, validation_alias="WEBHOOK_BACKOFF_SECONDS")
     webhook_backoff_max_seconds: float = Field(
         3600.0, gt=0, validation_alias="WEBHOOK_BACKOFF_MAX_SECONDS")
+    # After a rotation of a customer's webhook secret, how long the one it replaced still signs
+    # (beside the new one), for their receiver to switch.
+    webhook_secret_overlap_hours: float = Field(
+        24.0, ge=0, le=720, validation_alias="WEBHOOK_SECRET_OVERLAP_HOURS")
     # Admission control (sagakit.admission): POST /orders answers 503 + Retry-After while more
     # orders than this wait on a machine step (pending_payment or paid). The default is about
     # 15 s of work at the rate measured on two cores (docs/performance.md): well above what a

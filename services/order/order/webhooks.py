@@ -19,6 +19,9 @@ A parked delivery no longer holds the later ones back; a replayed one then arriv
 
 Secrets: one per owner (the token's subject), random, made on first use and readable by that
 owner alone at GET /api/v1/orders/webhook-secret; never logged, never in an order's JSON.
+Rotation (POST .../webhook-secret/rotate) makes a new one; the one it replaces keeps signing
+beside it for ``WEBHOOK_SECRET_OVERLAP_HOURS``, each delivery carrying both signatures, as the
+specification allows, so a receiver switches secrets without failing a delivery.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import base64
 import logging
 import random
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -65,6 +69,39 @@ async def secret_of(conn: asyncpg.Connection, owner: str) -> str:
     return secret
 
 
+async def rotate(conn: asyncpg.Connection, owner: str,
+                 overlap: timedelta) -> tuple[str, datetime | None]:
+    """A new secret for ``owner``; the one it replaces (if any) signs too until the returned
+    time. Rotating again within the overlap retires the oldest at once: two at most."""
+    row = await conn.fetchrow(
+        "INSERT INTO webhook_secrets (owner, secret) VALUES ($1, $2)"
+        " ON CONFLICT (owner) DO UPDATE SET previous_secret = webhook_secrets.secret,"
+        " previous_until = now() + $3::interval, secret = EXCLUDED.secret, created_at = now()"
+        " RETURNING secret, previous_until", owner, new_secret(), overlap)
+    assert row is not None
+    return row["secret"], row["previous_until"]
+
+
+async def previous_until(conn: asyncpg.Connection, owner: str) -> datetime | None:
+    """Until when the owner's previous secret still signs (None: it does not)."""
+    until: datetime | None = await conn.fetchval(
+        "SELECT previous_until FROM webhook_secrets WHERE owner = $1 AND previous_until > now()",
+        owner)
+    return until
+
+
+async def signing_secrets(conn: asyncpg.Connection, owners: Sequence[str]) -> dict[str, list[str]]:
+    """Each owner's secrets that sign now: the current one, then the previous one while its
+    overlap lasts. An owner with none yet (an order from before webhooks) gets one."""
+    rows = await conn.fetch(
+        "SELECT owner, secret, CASE WHEN previous_until > now() THEN previous_secret END AS old"
+        " FROM webhook_secrets WHERE owner = ANY($1)", list(owners))
+    found = {r["owner"]: [r["secret"], *([r["old"]] if r["old"] else [])] for r in rows}
+    for owner in set(owners) - found.keys():
+        found[owner] = [await secret_of(conn, owner)]
+    return found
+
+
 def retry_delay(attempt: int, base: float, cap: float, roll: float) -> float:
     """Seconds before attempt ``attempt + 1``: doubling from ``base``, at most ``cap``, and
     "equal jitter" (half fixed, half random by ``roll`` in [0, 1)) so receivers that failed
@@ -83,12 +120,15 @@ def payload(row: asyncpg.Record) -> bytes:
     })
 
 
-def signed_headers(secret: str, delivery_id: UUID, body: bytes,
+def signed_headers(secrets: Sequence[str], delivery_id: UUID, body: bytes,
                    now: datetime) -> dict[str, str]:
+    """The specification's headers; one ``v1,<signature>`` per secret, space separated."""
+    text = body.decode()
     return {
         "webhook-id": str(delivery_id),
         "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": Webhook(secret).sign(str(delivery_id), now, body.decode()),
+        "webhook-signature": " ".join(
+            Webhook(secret).sign(str(delivery_id), now, text) for secret in secrets),
     }
 
 
@@ -108,8 +148,7 @@ SET attempts = w.attempts + 1, next_attempt_at = now() + make_interval(secs => $
 FROM due, order_timeline t, orders o
 WHERE w.id = due.id AND t.seq = w.timeline_seq AND o.id = w.order_id
 RETURNING w.id, w.order_id, w.timeline_seq, w.url, w.attempts, t.status, t.reason, t.at,
-          coalesce(o.owner, '') AS owner,
-          (SELECT s.secret FROM webhook_secrets s WHERE s.owner = coalesce(o.owner, '')) AS secret
+          coalesce(o.owner, '') AS owner
 """
 
 
@@ -170,14 +209,15 @@ class WebhookSender:
         lease = self.settings.timeout_seconds * 2 + 5
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(_CLAIM, self.settings.batch_size, lease)
-            # Placing the order made the owner's secret; an order from before webhooks had none.
-            keys = {r["owner"]: r["secret"] or await secret_of(conn, r["owner"]) for r in rows}
+            if not rows:
+                return 0
+            keys = await signing_secrets(conn, [r["owner"] for r in rows])
         await asyncio.gather(*(self._attempt(row, keys[row["owner"]]) for row in rows))
         return len(rows)
 
-    async def _attempt(self, row: asyncpg.Record, secret: str) -> None:
+    async def _attempt(self, row: asyncpg.Record, secrets: list[str]) -> None:
         try:
-            error = await self._post(row, secret)
+            error = await self._post(row, secrets)
         except CallbackRefused as exc:  # the allow-list changed, or DNS now points inside
             await self._record(row["id"], "parked", f"refused: callback_url {exc}")
             return
@@ -192,11 +232,11 @@ class WebhookSender:
                                 self.settings.backoff_max_seconds, random.random())
             await self._record(row["id"], "pending", error, retry_in=delay)
 
-    async def _post(self, row: asyncpg.Record, secret: str) -> str | None:
+    async def _post(self, row: asyncpg.Record, secrets: list[str]) -> str | None:
         """POST once to the checked address; None on a 2xx, else what went wrong."""
         target = await self.policy.target(row["url"])
         body = payload(row)
-        headers = {**signed_headers(secret, row["id"], body, datetime.now(UTC)),
+        headers = {**signed_headers(secrets, row["id"], body, datetime.now(UTC)),
                    "content-type": "application/json", "host": target.host_header}
         extensions: dict[str, Any] = (
             {"sni_hostname": target.host} if target.url.scheme == "https" else {})

@@ -6,7 +6,7 @@ before order.api's: ``/orders/webhook-secret`` must not be taken for ``/orders/{
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 from uuid import UUID
 
@@ -28,6 +28,10 @@ class WebhookSecret(BaseModel):
                         "delivery with a Standard Webhooks library, e.g. "
                         "`standardwebhooks.Webhook(secret).verify(body, headers)`")
     event_type: str = Field(webhooks.EVENT_TYPE, description="the `type` of every payload")
+    previous_valid_until: datetime | None = Field(
+        None, description="after a rotation, until when the secret it replaced still signs: "
+        "each delivery carries a signature by each secret until then (space separated in "
+        "`webhook-signature`, as the specification allows), so either verifies it")
 
 
 class ParkedDelivery(BaseModel):
@@ -55,7 +59,23 @@ def _pool(request: Request) -> asyncpg.Pool:
             **allow("orders", "ops"))
 async def webhook_secret(request: Request, caller: Caller) -> WebhookSecret:
     async with _pool(request).acquire() as conn:
-        return WebhookSecret(secret=await webhooks.secret_of(conn, caller.subject))
+        return WebhookSecret(secret=await webhooks.secret_of(conn, caller.subject),
+                             previous_valid_until=await webhooks.previous_until(
+                                 conn, caller.subject))
+
+
+@router.post("/webhook-secret/rotate", response_model=WebhookSecret,
+             summary="Replace your webhook signing secret; the old one signs too for a while",
+             description="Answers the new secret. Deliveries carry a signature by the new and "
+             "by the replaced secret until `previous_valid_until` (`WEBHOOK_SECRET_OVERLAP_HOURS`"
+             ", 24 h by default): switch your receiver to the new secret within that time. "
+             "Rotating again within it retires the replaced secret at once.",
+             **allow("orders", "ops"))
+async def rotate_webhook_secret(request: Request, caller: Caller) -> WebhookSecret:
+    overlap = timedelta(hours=request.app.state.settings.webhook_secret_overlap_hours)
+    async with _pool(request).acquire() as conn:
+        secret, until = await webhooks.rotate(conn, caller.subject, overlap)
+    return WebhookSecret(secret=secret, previous_valid_until=until)
 
 
 @router.get("/webhooks/failed", response_model=list[ParkedDelivery],
