@@ -72,9 +72,12 @@ async def test_an_erased_account_places_no_order_and_nothing_is_written(order_db
     await _place(order_db, other)  # nobody else is affected
 
 
-async def test_an_order_that_committed_after_the_erasure_is_erased_when_it_ends(order_db):
+async def test_an_order_that_slipped_in_as_the_account_closed_is_erased_when_it_ends(
+    order_db,
+):
     erin = f"erin-{uuid4()}"
-    await order_data.request_erasure(order_db, *_erasure(erin))
+    erasure, meta = _erasure(erin)
+    await order_data.request_erasure(order_db, erasure, meta)
     # As if its insert had begun just before the account closed and committed after the
     # erasure looked for orders in flight.
     late = uuid4()
@@ -84,15 +87,26 @@ async def test_an_order_that_committed_after_the_erasure_is_erased_when_it_ends(
             " currency, total, lines, trace_id, owner)"
             " VALUES ($1, 'paid', 'Erin Late', 'late@example.com', 'tok_visa', 'EUR', $2, '[]',"
             " $3, $4)", late, Decimal("3.50"), "0" * 32, erin)
+    outbox = await _outbox_size(order_db)
 
-    await order_data.erase_pending(order_db)
+    await order_data.erase_pending(order_db)  # the sweep: its erasure is pending again
     assert [r["customer_name"] for r in await _orders_of(order_db, erin)] == ["Erin Late"]
-
     async with order_db.acquire() as conn:
+        assert await conn.fetchval("SELECT erasure_id FROM pending_erasures"
+                                   " WHERE customer_id = $1", erin) == erasure.erasure_id
+        # However long its saga runs: the window only bounds the look for such orders.
+        await conn.execute("UPDATE closed_accounts SET closed_at = now() - interval '1 day'"
+                           " WHERE customer_id = $1", erin)
         await conn.execute("UPDATE orders SET status = 'finished' WHERE id = $1", late)
     await order_data.erase_pending(order_db)
     assert [r["customer_name"] for r in await _orders_of(order_db, erin)] == [
         order_data.ERASED]
+    assert await _outbox_size(order_db) == outbox + 1  # order.customer_erased, the same erasure
+    async with order_db.acquire() as conn:
+        confirmed = await conn.fetchval(
+            "SELECT body FROM outbox WHERE event_type = 'order.customer_erased'"
+            " ORDER BY seq DESC LIMIT 1")
+    assert str(erasure.erasure_id) in bytes(confirmed).decode()
 
 
 async def _tokenize(pool: asyncpg.Pool, owner: str) -> Card:
@@ -117,6 +131,22 @@ async def test_an_erased_account_tokenizes_no_card(payment_db):
     assert await _holders(payment_db, erin) == [payment_data.ERASED]
     await _tokenize(payment_db, other)
     assert await _holders(payment_db, other) == ["Erin Holder"]
+
+
+async def test_a_card_tokenized_as_the_account_closes_waits_and_is_refused(payment_db):
+    erin = f"erin-{uuid4()}"
+    async with payment_db.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await payment_store.close_account(conn, erin)  # the erasure, not committed yet
+        tokenizing = asyncio.create_task(_tokenize(payment_db, erin))
+        await asyncio.sleep(0.3)
+        assert not tokenizing.done()  # it waits for the erasure
+        await tx.commit()
+    with pytest.raises(payments.AccountClosed):  # and then sees the account closed
+        async with asyncio.timeout(5):
+            await tokenizing
+    assert await _holders(payment_db, erin) == []
 
 
 async def test_a_card_tokenized_while_the_account_closes_is_erased_with_the_rest(payment_db):

@@ -54,10 +54,12 @@ def _status(row: asyncpg.Record) -> dict[str, Any]:
 
 async def _add_part(conn: asyncpg.Connection, table: str, request_id: UUID, service: str,
                     part: object) -> None:
-    """Keep one service's answer; the request is complete once every service has answered."""
+    """Keep one service's answer; the request is complete once every service has answered.
+    A service's first answer stands: ``new || parts`` keeps the value ``parts`` already has (the
+    order service may confirm an erasure twice: order.customer_data, late orders)."""
     assert table in ("data_exports", "erasures")
     await conn.execute(
-        f"UPDATE {table} SET parts = parts || jsonb_build_object($2::text, $3::jsonb),"
+        f"UPDATE {table} SET parts = jsonb_build_object($2::text, $3::jsonb) || parts,"
         " completed_at = CASE WHEN (SELECT count(*) FROM jsonb_object_keys("
         "  parts || jsonb_build_object($2::text, $3::jsonb)) k WHERE k = ANY($4)) = $5"
         "  THEN now() END"

@@ -71,29 +71,36 @@ async def request_erasure(pool: asyncpg.Pool, event: CustomerErasureRequested,
                 "INSERT INTO pending_erasures (erasure_id, customer_id) VALUES ($1, $2)"
                 " ON CONFLICT DO NOTHING", event.erasure_id, event.customer_id)
             await conn.execute(
-                "INSERT INTO closed_accounts (customer_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                event.customer_id)
+                "INSERT INTO closed_accounts (customer_id, erasure_id) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING", event.customer_id, event.erasure_id)
     await erase_pending(pool)
 
 
-# An order whose insert began before its account was closed, and committed after the erasure
-# had looked for orders in flight, would keep the name: the sweep erases it once its saga has
-# ended. Accounts closed within this window are looked at (the insert takes milliseconds).
+# An order whose insert began before its account closed and committed after the erasure had
+# looked for orders in flight would keep the name: each sweep looks at the accounts closed
+# within this window (far longer than an insert takes, or a sweep's period) for a named order,
+# and asks for their erasure again, under the same erasure id, which then waits, as any erasure
+# does, for that order's saga to end, however long it runs.
 _LATE_ORDERS = timedelta(hours=1)
+_ERASE_LATE_ORDERS = (
+    "INSERT INTO pending_erasures (erasure_id, customer_id)"
+    " SELECT c.erasure_id, c.customer_id FROM closed_accounts c"
+    " WHERE c.closed_at > now() - $1::interval"
+    " AND NOT EXISTS (SELECT FROM pending_erasures p WHERE p.customer_id = c.customer_id)"
+    " AND EXISTS (SELECT FROM orders o WHERE o.owner = c.customer_id"
+    "             AND (o.customer_name <> $2 OR o.customer_email <> $2))"
+    " ON CONFLICT DO NOTHING"
+)
 
 
 async def erase_pending(pool: asyncpg.Pool) -> int:
-    """Erase every pending customer with no order in flight; returns how many. Also erases
-    what a closed account's last order left (see ``_LATE_ORDERS``)."""
+    """Erase every pending customer with no order in flight; returns how many. A closed
+    account's order that slipped in as it closed is pending again first (``_LATE_ORDERS``)."""
     async with pool.acquire() as conn, conn.transaction():
-        late = await conn.execute(
-            "UPDATE orders o SET customer_name = $2, customer_email = $2 FROM closed_accounts c"
-            " WHERE c.closed_at > now() - $1::interval AND o.owner = c.customer_id"
-            " AND o.status = ANY($3) AND (o.customer_name <> $2 OR o.customer_email <> $2)"
-            " AND NOT EXISTS (SELECT FROM pending_erasures p WHERE p.customer_id = c.customer_id)",
-            _LATE_ORDERS, ERASED, [str(s) for s in TERMINAL])
-        if late != "UPDATE 0":
-            log.info("erased %s late order(s) of closed accounts", late.split()[-1])
+        late = await conn.execute(_ERASE_LATE_ORDERS, _LATE_ORDERS, ERASED)
+        if late != "INSERT 0 0":
+            log.info("an order slipped in as %s account(s) closed: erasing it too",
+                     late.split()[-1])
         ready = await conn.fetch(
             "SELECT erasure_id, customer_id FROM pending_erasures p WHERE NOT EXISTS ("
             " SELECT FROM orders o WHERE o.owner = p.customer_id AND o.status <> ALL($1))"
