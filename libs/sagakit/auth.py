@@ -54,7 +54,9 @@ SCOPES = {
 SCHEME = "OAuth2"
 # A token signed by a key this process does not know re-reads the key file, at most this often.
 RELOAD_SECONDS = 5.0
-# Verification tolerates this much clock difference between the identity and a service.
+# Verification tolerates this much clock difference between the identity and a service for a
+# token's start (``iat``, ``nbf``: a token minted by a clock a little ahead is valid at once); its
+# expiry is exact, as the token endpoint's ``expires_in`` promises and ``remembered`` applies.
 LEEWAY_SECONDS = 10
 # Tokens verified already, remembered per process (see KeySet.remembered): at most this many.
 VERIFIED_TOKENS = 4096
@@ -175,6 +177,8 @@ def verify(token: str, keys: KeySet) -> Principal:
         claims = jwt.decode(token, key=key, algorithms=["EdDSA"], audience=AUDIENCE,
                             issuer=ISSUER, leeway=LEEWAY_SECONDS,
                             options={"require": ["exp", "iat", "sub", "iss", "aud"]})
+        if time.time() >= float(claims["exp"]):
+            raise jwt.ExpiredSignatureError("Signature has expired")
     except jwt.InvalidTokenError as exc:
         raise unauthorized(f"The bearer token is not valid: {exc}.", error="invalid_token") \
             from exc

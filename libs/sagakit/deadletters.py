@@ -110,7 +110,9 @@ def describe(message: AbstractIncomingMessage) -> ParkedMessage:
     return ParkedMessage(
         id=message_id(message),
         event_type=headers.get("ce-type") or message.type,
-        order_id=headers.get("ce-subject") or message.correlation_id,
+        # The event's subject only: a foreign message's correlation id (FastStream makes one up
+        # for each publish) would pass for an order.
+        order_id=headers.get("ce-subject"),
         reason=headers.get("x-dead-letter-reason") or headers.get("x-first-death-reason"),
         attempts=int(attempts) if isinstance(attempts, int | str) and str(attempts).isdigit()
         else None,

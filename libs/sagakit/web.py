@@ -111,9 +111,9 @@ class JsonRoute(APIRoute):
                 except RecursionError:
                     raise ApiError(400, "Malformed JSON", "The request body is nested too "
                                    "deeply to be read.", field="body") from None
-                except ValueError as exc:
-                    raise ApiError(400, "Malformed JSON", f"The request body cannot be read: "
-                                   f"{exc}.", field="body") from None
+                except ValueError:  # Python's own message tells of sys.set_int_max_str_digits
+                    raise ApiError(400, "Malformed JSON", "The request body cannot be read: a "
+                                   "number in it has too many digits.", field="body") from None
             return await handler(request)
 
         return strict_json

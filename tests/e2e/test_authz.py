@@ -227,6 +227,23 @@ def test_a_password_is_kept_as_typed_spaces_included(anonymous) -> None:
     trimmed = anonymous.post("/api/v1/auth/token", data={
         "grant_type": "password", "username": email, "password": typed.strip()})
     assert trimmed.status_code == 400 and trimmed.json()["error"] == "invalid_grant"
+    # The email, though, is trimmed at sign-up and at login alike (and either case matches).
+    padded = anonymous.post("/api/v1/auth/token", data={
+        "grant_type": "password", "username": f"  {email.upper()} ", "password": typed})
+    assert padded.status_code == 200, padded.text
+
+
+def test_client_credentials_sent_twice_are_refused(anonymous) -> None:
+    """RFC 6749 §2.3: one authentication method per request; which one counted was a guess."""
+    response = anonymous.post(
+        "/api/v1/auth/token", auth=("loadgen", "loadgen-dev-secret"),
+        data={"grant_type": "client_credentials", "client_id": "ops-console",
+              "client_secret": "wrong"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_request"
+    alone = anonymous.post("/api/v1/auth/token", auth=("loadgen", "loadgen-dev-secret"),
+                           data={"grant_type": "client_credentials"})
+    assert alone.status_code == 200, alone.text
 
 
 @pytest.mark.parametrize(("form", "status", "error"), [

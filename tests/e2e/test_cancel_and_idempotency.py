@@ -7,7 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import TERMINAL, order_body, payments_of, place, stock_of, wait_for
+from tests.e2e.conftest import (
+    TERMINAL,
+    newest_order,
+    order_body,
+    payments_of,
+    place,
+    stock_of,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -84,3 +92,13 @@ def test_the_same_idempotency_key_with_another_body_is_a_conflict(client):
                            headers={"Idempotency-Key": key})
     assert response.status_code == 409
     assert response.json()["errors"][0]["field"] == "Idempotency-Key"
+
+
+@pytest.mark.parametrize("key", ["", "k" * 201], ids=["empty", "too long"])
+def test_an_unusable_idempotency_key_is_a_422_and_places_nothing(client, key):
+    before = newest_order(client)
+    response = client.post("/api/v1/orders", json=order_body([("brownie", 1)]),
+                           headers={"Idempotency-Key": key})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert newest_order(client) == before

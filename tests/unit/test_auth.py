@@ -48,6 +48,7 @@ def _claims(**overrides: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("bad", [
     {"exp": int(time.time()) - 3600},  # expired
+    {"exp": int(time.time()) - 1},  # just expired: the expiry is exact, no leeway
     {"aud": "someone-else"},
     {"iss": "not-our-identity"},
 ])
@@ -60,6 +61,15 @@ def test_expired_or_foreign_tokens_are_401(tmp_path, bad):
         auth.verify(token, _key_set(tmp_path))
     assert raised.value.status == 401
     assert 'error="invalid_token"' in raised.value.headers["WWW-Authenticate"]
+
+
+def test_a_token_from_a_clock_a_little_ahead_is_valid_at_once(tmp_path):
+    keys.init(tmp_path)
+    newest = keys.load(tmp_path)["keys"][0]
+    ahead = int(time.time()) + auth.LEEWAY_SECONDS // 2
+    token = jwt.encode(_claims(iat=ahead, nbf=ahead), jwt.PyJWK(newest), algorithm="EdDSA",
+                       headers={"kid": newest["kid"]})
+    assert auth.verify(token, _key_set(tmp_path)).subject == "x"
 
 
 def test_a_token_signed_by_another_key_or_none_is_401(tmp_path):
@@ -113,8 +123,10 @@ def test_a_token_is_verified_once_until_it_expires(tmp_path, monkeypatch):
     assert auth.verify(token, key_set) == first and auth.verify(token, key_set) == first
     assert len(decoded) == 1  # the signature was checked once
     monkeypatch.setattr(time, "time", lambda: expiry + 1.0)  # past its exp
-    auth.verify(token, key_set)  # (still within PyJWT's leeway, so valid once re-checked)
-    assert len(decoded) == 2  # not served from memory past its expiry
+    with pytest.raises(ApiError) as raised:
+        auth.verify(token, key_set)
+    assert raised.value.status == 401
+    assert len(decoded) == 2  # not served from memory past its expiry: checked, and refused
 
 
 def test_a_bad_token_is_checked_every_time(tmp_path, monkeypatch):

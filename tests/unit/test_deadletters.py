@@ -50,3 +50,8 @@ def test_a_message_the_broker_parked_names_its_queue_in_x_death_headers():
     assert original_queue(parked(headers={"x-first-death-queue": "order.payment-events"})) == \
         "order.payment-events"
     assert original_queue(parked()) is None
+
+
+def test_a_message_without_a_subject_names_no_order():
+    """A foreign or broken message (no ce-subject) names no order, whatever its correlation id."""
+    assert describe(parked(b"{not json", headers={"ce-type": "order.created"})).order_id is None

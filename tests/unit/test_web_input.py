@@ -180,6 +180,8 @@ async def test_an_integer_of_more_digits_than_python_reads_is_a_400_not_a_500(pa
     response = await _post(path, body)
     assert response.status_code == 400, response.text
     assert _fields(response) == ["body"]
+    assert "too many digits" in response.json()["detail"]
+    assert "sys." not in response.text  # no advice on Python's settings to a client
 
 
 def _routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, APIRoute]]:

@@ -152,7 +152,8 @@ async def token(request: Request) -> Response:
                 return _oauth_error(400, "invalid_request", f"{name} is required.", name)
         async with pool.acquire() as conn:
             row = await conn.fetchrow("SELECT id, name, email, password_hash FROM customers"
-                                      " WHERE lower(email) = lower($1)", fields["username"])
+                                      " WHERE lower(email) = lower($1)",
+                                      fields["username"].strip())  # as sign-up keeps it
         if not await check_password(row["password_hash"] if row else None, fields["password"]):
             return _oauth_error(400, "invalid_grant", "Wrong email or password.")
         assert row is not None
@@ -164,6 +165,10 @@ async def token(request: Request) -> Response:
                             email=row["email"], name=row["name"])
     elif grant == "client_credentials":
         basic = _basic_credentials(request)
+        if basic and ("client_secret" in fields or fields.get("client_id", basic[0]) != basic[0]):
+            # RFC 6749 §2.3: one way of authenticating per request, never two to choose from.
+            return _oauth_error(400, "invalid_request", "Send the client's credentials once: in "
+                                "HTTP Basic or in the form, not both.", "client_secret")
         client_id, secret = basic or (fields.get("client_id", ""), fields.get("client_secret", ""))
         if unreadable := _with_nul({"client_id": client_id, "client_secret": secret}):
             return _oauth_error(400, "invalid_request", f"{unreadable} holds a NUL character.",

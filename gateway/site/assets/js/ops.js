@@ -198,10 +198,11 @@ async function loadDeadLetters() {
     list.total ? h("button", { type: "button", onclick: () => replay(service, null) },
       `Replay all of ${service}`) : null,
     h("ul", {}, ...list.messages.map((m) => h("li", { "data-event": m.id },
-      h("code", {}, m.event_type || "?"), ` order ${m.order_id || "?"}: `,
+      h("code", {}, m.event_type || "?"), m.order_id ? ` order ${m.order_id}: ` : " (no order): ",
       h("span", { class: "reason", title: m.reason || "" }, brief(m.reason || "")), " ",
       h("button", { type: "button", onclick: () => replay(service, m.id),
-                    "aria-label": `Replay ${m.event_type} of order ${m.order_id}` }, "Replay")))))));
+                    "aria-label": `Replay ${m.event_type || "message"}` +
+                      (m.order_id ? ` of order ${m.order_id}` : "") }, "Replay")))))));
 }
 
 /** The first line of a long reason (a validation error can run for lines), at most 140 chars. */
