@@ -138,8 +138,9 @@ async def list_products(request: Request) -> list[ProductOut]:
 async def place_order(
     body: PlaceOrder, request: Request, response: Response, caller: Caller,
     idempotency_key: Annotated[str | None, Header(
-        alias="Idempotency-Key", min_length=1, max_length=200, description="makes a retry safe: the same key answers "
-        "with the same order; without it a retry places a duplicate")] = None,
+        alias="Idempotency-Key", min_length=1, max_length=200,
+        description="makes a retry safe: the same key answers with the same order; without it "
+        "a retry places a duplicate")] = None,
 ) -> OrderOut:
     # Past capacity, refuse before anything is written (503, Retry-After): sagakit.admission.
     request.app.state.admission.check()
