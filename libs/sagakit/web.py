@@ -207,17 +207,57 @@ class JsonErrorsHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+# A request's whole body must have arrived this long after its headers did (a body trickled a
+# byte every few seconds would hold a connection and a task for as long as the client likes):
+# then the answer is 408, as JSON. Bodies here are small (64 KiB at most, at the gateway). Below
+# the gateway's default pause limit (GATEWAY_CLIENT_TIMEOUT, 10 s), so that a body that stops
+# altogether is answered too, before nginx would close the connection without a word.
+BODY_SECONDS = 8.0
+
+
+def _body_within(receive: Receive, seconds: float) -> Receive:
+    """``receive``, with a deadline on the request body: :class:`ApiError` 408 once it passes.
+    After the body's last part, messages (a disconnect an event stream waits for) are not
+    timed."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    whole = False
+
+    async def receiving() -> AsgiMessage:
+        nonlocal whole
+        if whole:
+            return await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise ApiError(408, "Request Timeout", f"The request body did not arrive within "
+                           f"{seconds:g} s of its headers.", field="body",
+                           headers={"Connection": "close"}) from None
+        whole = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return receiving
+
+
 class RequestContext:
     """Pure ASGI middleware: tag logs with the request id (the trace is OpenTelemetry's); the
-    request is a unit of work (sagakit.units)."""
+    request is a unit of work (sagakit.units); its body must arrive within
+    :data:`BODY_SECONDS`.
 
-    def __init__(self, app: ASGIApp) -> None:
+    The gateway passes a body on as it arrives (``proxy_request_buffering off``), so that this
+    deadline, not nginx's pause between two reads (which ends a connection with no answer at
+    all), is what a slow body meets: a total, answered with a JSON 408, on every path to the
+    service."""
+
+    def __init__(self, app: ASGIApp, body_seconds: float = BODY_SECONDS) -> None:
         self.app = app
+        self.body_seconds = body_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        receive = _body_within(receive, self.body_seconds)
         headers = dict(scope["headers"])
         request_id = headers.get(b"x-request-id")
         logs.request_id_var.set(request_id.decode() if request_id else None)

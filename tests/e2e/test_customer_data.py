@@ -240,6 +240,10 @@ def test_an_erasure_asked_while_a_service_is_down_completes_when_it_is_back(
         while any(stack.running(r.name) for r in replicas):
             assert time.monotonic() < deadline, "payment survived SIGKILL"
             time.sleep(0.05)
+        # Its probe through the gateway says what a load balancer reads as "not ready".
+        probe = client.get("/health/payment/ready")
+        assert probe.status_code == 503, probe.text
+        assert probe.json()["status"] == 503 and probe.json()["request_id"]
         asked = http.delete("/api/v1/customers/me")
         assert asked.status_code == 202, asked.text
         waiting = poll(lambda: client.get(f"/api/v1/customers/{customer['id']}/erasure"),

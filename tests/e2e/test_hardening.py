@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from sagakit.web import BODY_SECONDS
 from tests.e2e.conftest import (
     CLIENT_TIMEOUT,
     CONN_LIMIT,
@@ -30,6 +31,7 @@ from tests.e2e.conftest import (
     gateway_log,
     newest_order,
     order_body,
+    parse_responses,
     send_raw,
     wait_until_allowed,
 )
@@ -177,6 +179,24 @@ def test_a_body_that_stops_coming_is_cut_off_at_the_deadline(stack):
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:100]
 
 
+@pytest.mark.parametrize(("path", "media_type"), [
+    ("/api/v1/customers", "application/json"),
+    ("/api/v1/auth/token", "application/x-www-form-urlencoded"),
+])
+def test_a_body_trickled_in_is_answered_408_at_the_total_deadline(stack, path, media_type):
+    """Each byte comes before the pause limit, so only a deadline for the whole body ends it:
+    the service's (sagakit.web.BODY_SECONDS), answered as JSON through the gateway."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: {media_type}\r\n"
+            "Content-Length: 200\r\n\r\n{").encode()
+    with connect(stack.base_url, SLOW_CLIENT) as sock:
+        sock.sendall(head)
+        took, answer = _seconds_until_closed(sock, b" " * 199, every=CLIENT_TIMEOUT / 2)
+    assert BODY_SECONDS - 1 < took < BODY_SECONDS + CLIENT_TIMEOUT + 3, took
+    [response] = parse_responses(answer)
+    _assert_json_problem(response, 408)
+    assert response.json()["errors"][0]["field"] == "body"
+
+
 # --- Errors the gateway makes itself are JSON with the request id --------------------------------
 
 HOST = "Host: gateway\r\n"
@@ -256,6 +276,8 @@ def test_a_trailing_slash_redirects_relatively_whatever_the_host_header(stack, a
     response = anonymous.get(stack.base_url + path, headers={"Host": "evil.example"})
     assert response.status_code == 308
     assert response.headers["location"] == target  # a path: never //host or scheme://host
+    assert response.headers["content-type"] == "application/json"  # not nginx's HTML page
+    assert response.json()["status"] == 308 and response.json()["request_id"]
 
 
 def test_a_service_reached_directly_builds_no_redirect_either(stack):
@@ -273,20 +295,28 @@ def test_a_service_reached_directly_builds_no_redirect_either(stack):
 def test_the_access_log_holds_no_credential(stack, anonymous):
     marker = uuid.uuid4().hex
     secrets = {f"{name}={marker}{name}" for name in
-               ("access_token", "token", "password", "client_secret", "api_key")}
+               ("access_token", "token", "password", "client_secret", "api_key", "Token",
+                "client%5Fsecret", "auth", "jwt", "my_session", "X-Api-Key")}
     ids = set()
     for secret in secrets:
         response = anonymous.get(f"/api/v1/products?limit=1&{secret}",
                                  headers={"Authorization": f"Bearer {marker}bearer"})
         ids.add(response.headers["x-request-id"])
+    in_path = anonymous.get(f"/api/v1/products;password={marker}path")  # a matrix parameter
+    ids.add(in_path.headers["x-request-id"])
     response = anonymous.get("/api/v1/orders", headers={"Authorization": f"Bearer {marker}x"})
     assert response.status_code == 401
     ids.add(response.headers["x-request-id"])
     entries = gateway_log(stack, ids)
     assert len(entries) == len(ids)
     assert marker not in stack.gateway_log()
-    redacted = [e["uri"] for e in entries.values() if e["uri"].startswith("/api/v1/products")]
-    assert redacted == ["/api/v1/products?[redacted]"] * len(secrets)
+    redacted = sorted(e["uri"] for e in entries.values()
+                      if e["uri"].startswith("/api/v1/products"))
+    assert redacted == ["/api/v1/products;[redacted]"] + ["/api/v1/products?[redacted]"] * len(
+        secrets)
+    plain = anonymous.get("/api/v1/products?limit=1&status=x")  # nothing to hide: kept whole
+    assert gateway_log(stack, {plain.headers["x-request-id"]})[
+        plain.headers["x-request-id"]]["uri"] == "/api/v1/products?limit=1&status=x"
 
 
 # --- Bodies two parsers would read apart, names with invisible characters ----------------------
