@@ -89,8 +89,16 @@ class JsonRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        if self.body_field is None or isinstance(self.body_field.field_info, params.Form):
+        if self.body_field is None:
             return handler
+        if isinstance(self.body_field.field_info, params.Form):
+            async def whole_form(request: Request) -> Response:
+                # Read here, so that a body past its deadline is the 408 it is (RequestContext),
+                # not the 400 FastAPI makes of any error while it parses a form.
+                await request.body()
+                return await handler(request)
+
+            return whole_form
 
         async def strict_json(request: Request) -> Response:
             if body := await request.body():
@@ -249,15 +257,14 @@ class RequestContext:
     all), is what a slow body meets: a total, answered with a JSON 408, on every path to the
     service."""
 
-    def __init__(self, app: ASGIApp, body_seconds: float = BODY_SECONDS) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.body_seconds = body_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        receive = _body_within(receive, self.body_seconds)
+        receive = _body_within(receive, BODY_SECONDS)
         headers = dict(scope["headers"])
         request_id = headers.get(b"x-request-id")
         logs.request_id_var.set(request_id.decode() if request_id else None)

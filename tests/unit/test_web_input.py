@@ -6,6 +6,7 @@ in-process ASGI transport: no server, milliseconds.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import re
@@ -19,6 +20,7 @@ from fastapi import APIRouter, FastAPI, Form, params
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
+from sagakit import web
 from sagakit.text import VISIBLE_TEXT, Email, Text, visible
 from sagakit.web import JsonRoute, create_app, parse_json
 
@@ -254,3 +256,37 @@ async def test_a_failing_readiness_check_names_its_kind_not_its_addresses() -> N
     assert response.status_code == 503
     assert response.json()["checks"] == {"database": "failing: ConnectionRefusedError"}
     assert "10.1.2.3" not in response.text
+
+
+@pytest.mark.parametrize("path", ["/api/people", "/api/login"])
+async def test_a_body_still_coming_at_the_deadline_is_a_408_naming_the_body(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(web, "BODY_SECONDS", 0.3)
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for byte in GOOD.encode():
+            await asyncio.sleep(0.05)  # each byte in time; the whole body, not
+            yield bytes([byte])
+
+    transport = httpx.ASGITransport(app=APP, raise_app_exceptions=True)
+    content_type = "application/json" if path == "/api/people" else \
+        "application/x-www-form-urlencoded"
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        response = await client.post(path, content=trickle(),
+                                     headers={"content-type": content_type})
+    assert response.status_code == 408, response.text
+    assert _fields(response) == ["body"]
+    assert response.headers["connection"] == "close"
+
+
+async def test_a_body_in_time_is_read_whole() -> None:
+    async def quick() -> AsyncIterator[bytes]:
+        for part in (GOOD[:10], GOOD[10:]):
+            yield part.encode()
+
+    transport = httpx.ASGITransport(app=APP, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        response = await client.post("/api/people", content=quick(),
+                                     headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
