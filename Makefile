@@ -73,9 +73,13 @@ else
 	@$(RUNNER) down
 endif
 
+# Twice: in the model of both files the HA overlay mounts the brokers' own volumes where the
+# single broker's rabbitmq-data was, so that model does not name rabbitmq-data at all (left
+# behind, it kept the old broker account while the new start made a new password).
 down-volumes:
 ifeq ($(MODE),compose)
 	docker compose $(COMPOSE_ALL_FILES) down --remove-orphans --volumes
+	docker compose down --remove-orphans --volumes
 else
 	@$(RUNNER) down
 endif

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
@@ -42,7 +42,14 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, format_trace_id
+from opentelemetry.trace import (
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    format_span_id,
+    format_trace_id,
+)
 
 from sagakit import logs, sampling
 
@@ -183,10 +190,28 @@ def recorded() -> bool:
     return bool(trace.get_current_span().get_span_context().trace_flags.sampled)
 
 
+def span_id() -> str:
+    """The current span's id in hex (16 zeros outside any trace)."""
+    return format_span_id(trace.get_current_span().get_span_context().span_id)
+
+
+@contextmanager
+def joining(name: str, trace_id: str, parent_span_id: str, recorded: bool) -> Iterator[Span]:
+    """A span in another trace, under the span ``parent_span_id`` of it, linked to the current
+    span: for a request about something whose trace began earlier (the customer's cancel of an
+    order continues the order's trace under the POST that placed it, and links the cancel's
+    own request). What the block writes and announces carries that trace."""
+    here = trace.get_current_span().get_span_context()
+    parent = {"traceparent": f"00-{trace_id}-{parent_span_id}-{'01' if recorded else '00'}"}
+    with span(name, parent=parent, links=[trace.Link(here)] if here.is_valid else ()) as current:
+        yield current
+
+
 @contextmanager
 def span(
     name: str, *, parent: Mapping[str, Any] | None = None, kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+    links: Sequence[trace.Link] = (),
 ) -> Iterator[Span]:
     """A span, current inside the block; failures that escape it mark it as an error.
 
@@ -199,7 +224,7 @@ def span(
     """
     token = context.attach(propagate.extract(parent)) if parent is not None else None
     try:
-        with tracer.start_as_current_span(name, kind=kind) as current:
+        with tracer.start_as_current_span(name, kind=kind, links=links) as current:
             if current.is_recording():
                 if attributes:
                     current.set_attributes(attributes() if callable(attributes) else attributes)

@@ -31,6 +31,9 @@ DECLINED = ["order.created", "payment.processed"]
 # order.cancelled has two consumers (payment refunds, production drops the ticket).
 OUT_OF_STOCK = ["order.created", "payment.processed", "order.received", "production.failed",
                 "order.cancelled", "order.cancelled", "payment.refunded"]
+# A customer's cancel while the ticket waits: the kitchen drops it, payment refunds.
+CANCELLED = ["order.created", "payment.processed", "order.received", "production.queued",
+             "order.cancellation_requested", "order.cancelled", "payment.refunded"]
 
 
 def event_type(span: Span) -> str:
@@ -129,6 +132,30 @@ def test_an_out_of_stock_order_refunded_is_one_trace(client, otlp):
     [cancelled] = [s for s in spans if s.name == "order.cancelled publish"]
     consumers = [s for s in spans if s.parent_id == cancelled.span_id]
     assert sorted(s.service for s in consumers) == ["payment", "production"]
+
+
+def test_a_customer_cancel_and_its_refund_are_in_the_orders_trace(client, otlp):
+    """The cancel is a request of its own (its own trace), about an order whose trace began
+    with its POST: its steps, events and the refund they cause join the order's trace, under
+    the POST's span."""
+    assert client.put("/api/v1/production/line", json={"paused": True}).status_code == 200
+    try:  # the ticket waits in the queue, where a cancel drops it
+        order_id = place(client, [("salad-caesar", 1)]).json()["id"]
+        wait_for(client, order_id, {"received"})
+        cancel = client.post(f"/api/v1/orders/{order_id}/cancel")
+        assert cancel.status_code == 202, cancel.text
+    finally:
+        assert client.put("/api/v1/production/line", json={"paused": False}).status_code == 200
+    order = wait_for(client, order_id, TERMINAL)
+    assert order["status"] == "refunded"
+
+    spans = complete_trace(otlp, order["trace_id"], CANCELLED)
+
+    assert_one_trace(otlp, order, spans)  # every timeline entry, every event span, one root
+    [root] = [s for s in spans if not s.parent_id]
+    [cancelled] = [s for s in spans if s.name == "order cancel"]
+    assert (cancelled.service, cancelled.parent_id) == ("order", root.span_id)
+    assert {s.service for s in spans} == {"order", "payment", "production"}
 
 
 def test_log_records_exported_over_otlp_carry_the_orders_trace(client, otlp):

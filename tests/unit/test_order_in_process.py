@@ -106,11 +106,16 @@ class FakeOrders:
         self.steps.append(Step(order.status, None, None, list(announce)))
         return True
 
+    async def trace_of(self, conn: object, order_id: UUID) -> tuple[str, str, bool] | None:
+        """An order placed in a trace: the cancel continues it (order.service.cancel_order)."""
+        return ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", True) \
+            if order_id in self.orders else None
+
 
 @pytest.fixture
 def orders(monkeypatch: pytest.MonkeyPatch) -> FakeOrders:
     fake = FakeOrders()
-    for name in ("read", "transition", "mark_cancel_requested"):
+    for name in ("read", "transition", "mark_cancel_requested", "trace_of"):
         monkeypatch.setattr(store, name, getattr(fake, name))
     monkeypatch.setattr(service.EARLY_EVENTS, "rechecks", (0.0,))
     monkeypatch.setattr(service, "KNOWN_ORDERS", service.KnownOrders())

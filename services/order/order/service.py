@@ -150,6 +150,7 @@ async def place_order(
         store.insert_order, order_id=order_id, name=name, email=email,
         payment_token=payment_token, currency=currency, priced=priced,
         trace_id=telemetry.trace_id(), trace_recorded=telemetry.recorded(),
+        trace_span_id=telemetry.span_id(),
         announce=[created], owner=owner, callback_url=callback_url,
     )
     async with pool.acquire() as conn:
@@ -178,8 +179,21 @@ def _replay(existing: asyncpg.Record, fingerprint: str) -> UUID:
 async def cancel_order(pool: asyncpg.Pool, order_id: UUID) -> Status:
     """The customer's cancel. Before payment it takes effect at once; once paid, the kitchen is
     asked first and compensation (the refund) follows only if it drops the ticket. Returns the
-    order's status after the request."""
+    order's status after the request.
+
+    One order is one trace: the cancel continues the order's trace, under the span that
+    placed it, so its timeline entries and events (and the refund they cause) are there too;
+    the cancel's own request is linked."""
     logs.order_id_var.set(str(order_id))
+    async with pool.acquire() as conn:
+        traced = await store.trace_of(conn, order_id)
+    if traced is None:  # an order from before the span was kept: the request's trace
+        return await _cancel(pool, order_id)
+    with telemetry.joining("order cancel", *traced):
+        return await _cancel(pool, order_id)
+
+
+async def _cancel(pool: asyncpg.Pool, order_id: UUID) -> Status:
     async with pool.acquire() as conn:
         while True:  # ends: each lost race is a step of the order, and an order has few
             order, _ = await store.read(conn, order_id)

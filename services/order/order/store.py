@@ -61,25 +61,25 @@ _OPEN_ACCOUNT = "NOT EXISTS (SELECT FROM closed_accounts WHERE customer_id = $10
 
 def _place(claim: bool) -> str:
     """The new order, its first timeline entry (and webhook delivery) and its events, unless
-    its owner's account is closed; with ``claim``, only if the request's Idempotency-Key ($18,
-    with the request's hash $19) is new, claimed by the same statement (a key already taken, or
+    its owner's account is closed; with ``claim``, only if the request's Idempotency-Key ($19,
+    with the request's hash $20) is new, claimed by the same statement (a key already taken, or
     a closed account, inserts nothing at all)."""
     claimed = (
         " claim AS (INSERT INTO idempotency_keys (key, request_hash, order_id)"
-        f" SELECT $18, $19, $1 WHERE {_OPEN_ACCOUNT}"
+        f" SELECT $19, $20, $1 WHERE {_OPEN_ACCOUNT}"
         " ON CONFLICT (key) DO NOTHING RETURNING order_id),"
         if claim else "")
     return (
         "WITH" + claimed + " placed AS ("
         " INSERT INTO orders (id, status, customer_name, customer_email, payment_token,"
-        " currency, total, lines, trace_id, owner, callback_url, trace_recorded)"
-        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12"
+        " currency, total, lines, trace_id, owner, callback_url, trace_recorded, trace_span_id)"
+        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13"
         + (" WHERE EXISTS (SELECT FROM claim)" if claim else f" WHERE {_OPEN_ACCOUNT}")
         + " RETURNING *),"
         " step AS (INSERT INTO order_timeline (order_id, status, trace_id)"
         " SELECT id, status, trace_id FROM placed RETURNING seq, order_id, at),"
         + _HOOK.format(source="placed") +
-        " sent AS (" + outbox_insert(13, when="placed") + ")"
+        " sent AS (" + outbox_insert(14, when="placed") + ")"
         " SELECT placed.*, step.at AS step_at FROM placed, step"
     )
 
@@ -92,6 +92,7 @@ async def insert_order(
     currency: str, priced: PricedOrder, trace_id: str, announce: Sequence[OutgoingEvent],
     owner: str | None, callback_url: str | None = None,
     idempotency_key: tuple[str, str] | None = None, trace_recorded: bool = True,
+    trace_span_id: str | None = None,
 ) -> asyncpg.Record | None:
     """The new order, its first timeline entry and its events, in one statement (so one
     round trip and one commit); returns the order's row (as :func:`fetch` would) plus
@@ -104,7 +105,7 @@ async def insert_order(
     """
     args: list[object] = [
         order_id, Status.PENDING_PAYMENT, name, email, payment_token, currency, priced.total,
-        _lines_json(priced.lines), trace_id, owner, callback_url, trace_recorded,
+        _lines_json(priced.lines), trace_id, owner, callback_url, trace_recorded, trace_span_id,
         *outbox_columns(announce)]
     if idempotency_key is None:
         row = await conn.fetchrow(_PLACE, *args)
@@ -128,6 +129,15 @@ async def read(
     if row is None:
         return None, False
     return order_ref(row), row["seen"]
+
+
+async def trace_of(conn: asyncpg.Connection, order_id: UUID) -> tuple[str, str, bool] | None:
+    """The order's trace id, the id of the span that placed it, and whether its trace is
+    recorded; None for an order from before its span was kept (or no order)."""
+    row = await conn.fetchrow("SELECT trace_id, trace_span_id, trace_recorded FROM orders"
+                              " WHERE id = $1 AND trace_span_id IS NOT NULL", order_id)
+    return None if row is None else (row["trace_id"], row["trace_span_id"],
+                                     row["trace_recorded"])
 
 
 def order_ref(row: asyncpg.Record) -> OrderRef:
