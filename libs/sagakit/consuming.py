@@ -44,6 +44,12 @@ from sagakit.envelope import EventMeta
 log = logging.getLogger("sagakit.consuming")
 
 
+def order_of(meta: EventMeta) -> str | None:
+    """The order a delivery is about, for its log lines: its subject, but for the events about
+    a customer (their data, their erasure), whose subject is the customer's id."""
+    return None if "customer" in meta.type else meta.subject or None
+
+
 class RetryLater(Exception):
     """The event cannot be applied yet (its precondition is not met); try again later."""
 
@@ -189,7 +195,7 @@ class RetryPolicy:
                 else:
                     _delivery.set(meta)
                     logs.event_id_var.set(str(meta.id))
-                    logs.order_id_var.set(meta.subject or None)
+                    logs.order_id_var.set(order_of(meta))
                 # Open until after_processed, so the retry-or-park below is in the span too.
                 self.scope = ExitStack()
                 self.span = self.scope.enter_context(telemetry.consuming(raw, self.queue))

@@ -7,7 +7,12 @@ import json
 import logging
 import threading
 import time
+from uuid import uuid4
 
+import pytest
+
+from sagakit.consuming import order_of
+from sagakit.envelope import EventMeta
 from sagakit.logs import JsonFormatter, OffLoopHandler
 
 
@@ -138,3 +143,16 @@ def test_no_other_uvicorn_line_waits_and_a_stuck_reader_is_waited_for_once() -> 
         lifecycle.setLevel(level)
         pipe.release.set()
         handler.close()
+
+
+@pytest.mark.parametrize(("event_type", "subject", "order_id"), [
+    ("payment.processed", "o-1", "o-1"),
+    ("customer.erasure_requested", "c-1", None),  # a customer's id is no order's
+    ("payment.customer_erased", "c-1", None),
+    ("order.created", "", None),
+])
+def test_a_deliverys_log_lines_name_its_order_only_when_it_is_about_one(
+    event_type: str, subject: str, order_id: str | None,
+) -> None:
+    meta = EventMeta(id=uuid4(), type=event_type, subject=subject, attempt=1)
+    assert order_of(meta) == order_id
