@@ -171,7 +171,10 @@ async def _on_api_error(_: Request, exc: Exception) -> JSONResponse:
 async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     titles = {404: "Not found", 405: "Method not allowed"}
-    return problem(exc.status_code, titles.get(exc.status_code, "HTTP error"), str(exc.detail))
+    response = problem(exc.status_code, titles.get(exc.status_code, "HTTP error"),
+                       str(exc.detail))
+    response.headers.update(exc.headers or {})  # a 405's Allow (RFC 9110: it must be there)
+    return response
 
 
 # A store that cannot be reached (down, restarting, out of connection slots) makes the service

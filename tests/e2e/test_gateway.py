@@ -180,6 +180,15 @@ def test_a_body_over_64_kib_is_json_413_and_writes_nothing(client):
 def test_other_methods_on_the_gateways_own_paths_are_json_405(client):
     response = client.post("/health")
     assert response.status_code == 405 and response.json()["status"] == 405
+    assert response.headers["allow"] == "GET, HEAD"  # RFC 9110: a 405 names what is allowed
+
+
+def test_a_services_405_names_the_methods_its_path_takes(client):
+    menu = client.delete("/api/v1/products")
+    assert menu.status_code == 405 and menu.json()["status"] == 405
+    assert menu.headers.get_list("allow") == ["GET"]  # the service's, not the gateway's too
+    cancel = client.get(f"/api/v1/orders/{uuid.uuid4()}/cancel")
+    assert cancel.status_code == 405 and cancel.headers["allow"] == "POST"
 
 
 def test_request_id_is_generated_or_passed_through_and_echoed(client):
