@@ -108,12 +108,21 @@ class JsonRoute(APIRoute):
                                    f"This endpoint takes application/json, not "
                                    f"{content_type or 'a body without a Content-Type'}.",
                                    field="Content-Type", headers={"Accept": "application/json"})
+                coding = request.headers.get("content-encoding", "").strip().lower()
+                if coding not in ("", "identity"):  # RFC 9110 §15.5.16: 415, and what would do
+                    raise ApiError(415, "Unsupported Media Type",
+                                   f"This endpoint takes its JSON as it is, not {coding}-encoded.",
+                                   field="Content-Encoding",
+                                   headers={"Accept-Encoding": "identity"})
                 # What FastAPI's request.json() returns; if the body is no JSON, FastAPI parses it
                 # again and answers its malformed-JSON 400.
                 try:
                     request._json = parse_json(body)
-                except (json.JSONDecodeError, UnicodeDecodeError):
+                except json.JSONDecodeError:
                     pass
+                except UnicodeDecodeError:  # FastAPI's answer would name no field
+                    raise ApiError(400, "Malformed JSON", "The request body is not UTF-8, as "
+                                   "JSON must be (RFC 8259).", field="body") from None
                 # FastAPI's own parse would fail the same way, as a 500: a body nested too
                 # deeply, or an integer of more digits than Python converts (4300).
                 except RecursionError:

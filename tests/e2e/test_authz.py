@@ -246,6 +246,22 @@ def test_client_credentials_sent_twice_are_refused(anonymous) -> None:
     assert alone.status_code == 200, alone.text
 
 
+@pytest.mark.parametrize("form", [
+    ("grant_type=password&grant_type=client_credentials&client_id=ops-console"
+     "&client_secret=ops-dev-secret&username=bob%40example.com&password=bob-dev-password"),
+    ("grant_type=password&username=bob%40example.com&username=ana%40example.com"
+     "&password=ana-dev-password"),
+])
+def test_a_token_request_naming_a_parameter_twice_is_refused(anonymous, form) -> None:
+    """RFC 6749 §3.1: no parameter more than once; which copy counted was the parser's pick."""
+    response = anonymous.post("/api/v1/auth/token", content=form.encode(), headers={
+        "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"] == "invalid_request" and "access_token" not in body
+    assert body["errors"][0]["field"] in ("grant_type", "username")
+
+
 @pytest.mark.parametrize(("form", "status", "error"), [
     ({"grant_type": "client_credentials", "client_id": "ops-console",
       "client_secret": "wrong"}, 401, "invalid_client"),

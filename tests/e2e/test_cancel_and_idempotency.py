@@ -94,7 +94,10 @@ def test_the_same_idempotency_key_with_another_body_is_a_conflict(client):
     assert response.json()["errors"][0]["field"] == "Idempotency-Key"
 
 
-@pytest.mark.parametrize("key", ["", "k" * 201], ids=["empty", "too long"])
+@pytest.mark.parametrize("key", [
+    "", "k" * 201, "key\twith-a-tab", "key\u200bwith-a-zero-width-space".encode(),
+    "key\u202ewith-a-bidi-override".encode(), b"key-\xff-not-ascii",
+], ids=["empty", "too long", "tab", "zero width", "bidi", "not ascii"])
 def test_an_unusable_idempotency_key_is_a_422_and_places_nothing(client, key):
     before = newest_order(client)
     response = client.post("/api/v1/orders", json=order_body([("brownie", 1)]),
@@ -102,3 +105,15 @@ def test_an_unusable_idempotency_key_is_a_422_and_places_nothing(client, key):
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "Idempotency-Key"
     assert newest_order(client) == before
+
+
+def test_two_idempotency_keys_are_a_400_and_place_nothing(client):
+    before = newest_order(client)
+    response = client.post("/api/v1/orders", json=order_body([("brownie", 1)]), headers=[
+        ("Idempotency-Key", str(uuid.uuid4())), ("Idempotency-Key", str(uuid.uuid4()))])
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert newest_order(client) == before
+    # One key with a blank inside is a key like another (printable ASCII).
+    assert place(client, [("brownie", 1)], headers={
+        "Idempotency-Key": f"order {uuid.uuid4()}"}).status_code == 202

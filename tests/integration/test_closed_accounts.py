@@ -10,6 +10,7 @@ take turns on the owner's lock; order: the erasure sweep erases the late order o
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from decimal import Decimal
 from uuid import UUID, uuid4
 
@@ -18,6 +19,8 @@ import pytest
 
 from order import customer_data as order_data
 from order import service as orders
+from order import webhooks
+from order.store import AccountClosed
 from payment import customer_data as payment_data
 from payment import service as payments
 from payment import store as payment_store
@@ -70,6 +73,27 @@ async def test_an_erased_account_places_no_order_and_nothing_is_written(order_db
     assert [k["key"] for k in keys] == [f"{erin}:before"]
     assert await _outbox_size(order_db) == outbox  # nothing announced
     await _place(order_db, other)  # nobody else is affected
+
+
+async def test_an_erased_account_gets_no_webhook_secret_new_or_rotated(order_db):
+    erin, other = f"erin-{uuid4()}", f"olga-{uuid4()}"
+    async with order_db.acquire() as conn:
+        had = await webhooks.secret_of(conn, erin)
+    await order_data.request_erasure(order_db, *_erasure(f"{erin}-2"))
+    await order_data.request_erasure(order_db, *_erasure(erin))
+    async with order_db.acquire() as conn:
+        for write in (webhooks.secret_of(conn, erin),
+                      webhooks.rotate(conn, erin, timedelta(hours=1)),
+                      webhooks.secret_of(conn, f"{erin}-2"),  # none made before
+                      webhooks.rotate(conn, f"{erin}-2", timedelta(hours=1))):
+            with pytest.raises(AccountClosed):
+                await write
+        assert await conn.fetchval("SELECT secret FROM webhook_secrets WHERE owner = $1",
+                                   erin) == had  # not rotated
+        assert await conn.fetchval("SELECT count(*) FROM webhook_secrets WHERE owner = $1",
+                                   f"{erin}-2") == 0
+        secret, _ = await webhooks.rotate(conn, other, timedelta(hours=1))  # others unaffected
+        assert await webhooks.secret_of(conn, other) == secret
 
 
 async def test_an_order_that_slipped_in_as_the_account_closed_is_erased_when_it_ends(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -16,11 +17,15 @@ from order.webhooks import retry_delay, signed_headers
 POLICY = CallbackPolicy.from_setting("hooks.example.com, *.partner.test http://127.0.0.1")
 
 
-def target(url: str, addresses: list[str], monkeypatch: pytest.MonkeyPatch) -> callbacks.Target:
+def _resolving(addresses: list[str]) -> Callable[[str, int], Awaitable[list[str]]]:
     async def resolve(host: str, port: int) -> list[str]:
         return addresses
 
-    monkeypatch.setattr(callbacks, "_resolve", resolve)
+    return resolve
+
+
+def target(url: str, addresses: list[str], monkeypatch: pytest.MonkeyPatch) -> callbacks.Target:
+    monkeypatch.setattr(callbacks, "_resolve", _resolving(addresses))
     return asyncio.run(POLICY.target(url))
 
 
@@ -51,6 +56,18 @@ def test_a_wildcard_host_must_resolve_to_public_addresses(monkeypatch):
                    "fd00::1", "100.64.0.1"):
         with pytest.raises(CallbackRefused, match="non-public"):
             target("https://a.partner.test/h", ["93.184.215.14", inside], monkeypatch)
+
+
+def test_a_wildcard_covers_its_bare_domain_only_with_public_addresses(monkeypatch):
+    # "*.partner.test" admits partner.test itself, but as a wildcard: its DNS is checked too.
+    with pytest.raises(CallbackRefused, match="non-public"):
+        target("https://partner.test/h", ["127.0.0.1"], monkeypatch)
+    assert target("https://partner.test/h", ["93.184.215.14"], monkeypatch).host == "partner.test"
+    # Named exactly as well (in either order): the operator's own word, internal or not.
+    for setting in ("*.partner.test partner.test", "partner.test *.partner.test"):
+        both = CallbackPolicy.from_setting(setting)
+        monkeypatch.setattr(callbacks, "_resolve", _resolving(["10.0.0.7"]))
+        assert asyncio.run(both.target("https://partner.test/h")).address == "10.0.0.7"
 
 
 def test_a_host_named_exactly_may_be_internal_and_plain_http(monkeypatch):

@@ -7,6 +7,7 @@ in-process ASGI transport: no server, milliseconds.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import importlib
 import json
 import re
@@ -165,6 +166,28 @@ async def test_nan_and_infinity_are_not_json_numbers(constant: str) -> None:
 async def test_malformed_json_stays_a_400_naming_the_body() -> None:
     response = await _post("/api/people", '{"name": ')
     assert response.status_code == 400 and _fields(response) == ["body"]
+
+
+@pytest.mark.parametrize("path", ["/api/people", "/direct"])
+async def test_a_body_that_is_not_utf8_is_a_400_naming_the_body(path: str) -> None:
+    # (A body in UTF-16 or -32 with its byte order mark Python's parser reads, as RFC 8259
+    # lets a parser do: the same text, nothing two parsers could read differently.)
+    response = await _post(path, b'{"name": "Ana \xff", "email": "ana@example.com"}')
+    assert response.status_code == 400, response.text
+    assert _fields(response) == ["body"] and "UTF-8" in response.json()["detail"]
+
+
+async def test_an_encoded_body_is_a_415_naming_the_content_encoding() -> None:
+    transport = httpx.ASGITransport(app=APP, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        gzipped = await client.post("/api/people", content=gzip.compress(GOOD.encode()), headers={
+            "content-type": "application/json", "content-encoding": "gzip"})
+        plain = await client.post("/api/people", content=GOOD, headers={
+            "content-type": "application/json", "content-encoding": "identity"})
+    assert gzipped.status_code == 415, gzipped.text
+    assert _fields(gzipped) == ["Content-Encoding"]
+    assert gzipped.headers["accept-encoding"] == "identity"
+    assert plain.status_code == 200, plain.text
 
 
 @pytest.mark.parametrize("path", ["/api/people", "/direct"])

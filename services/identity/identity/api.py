@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections import Counter
 from typing import Annotated, Any
 
 import asyncpg
@@ -136,6 +137,12 @@ async def token(request: Request) -> Response:
                             "Send the token request form-encoded "
                             "(application/x-www-form-urlencoded).")
     form = await request.form()
+    # RFC 6749 §3.1: a parameter sent twice is an invalid request, not a choice between two
+    # values (which copy wins is where two parsers disagree; JSON bodies refuse it too).
+    if repeated := next((k for k, n in Counter(k for k, _ in form.multi_items()).items()
+                         if n > 1), None):
+        return _oauth_error(400, "invalid_request", f"{repeated} is sent more than once.",
+                            repeated)
     fields = {k: str(v) for k, v in form.items() if isinstance(v, str)}
     if unreadable := _with_nul(fields):  # PostgreSQL stores no NUL: a 400, not its error
         return _oauth_error(400, "invalid_request", f"{unreadable} holds a NUL character.",

@@ -118,6 +118,11 @@ async def list_products(request: Request) -> list[ProductOut]:
                        price=r["price"], currency=currency) for r in rows]
 
 
+# Printable ASCII, no blank at either end: no control, invisible or look-alike characters in
+# a key a caller must send byte for byte again (draft-ietf-httpapi-idempotency-key-header).
+KEY_PATTERN = r"^[!-~](?:[ -~]*[!-~])?$"
+
+
 @router.post(
     "/orders", status_code=status.HTTP_202_ACCEPTED, response_model=OrderOut, tags=["orders"],
     summary="Place an order; it is accepted at once and completes asynchronously",
@@ -138,10 +143,14 @@ async def list_products(request: Request) -> list[ProductOut]:
 async def place_order(
     body: PlaceOrder, request: Request, response: Response, caller: Caller,
     idempotency_key: Annotated[str | None, Header(
-        alias="Idempotency-Key", min_length=1, max_length=200,
+        alias="Idempotency-Key", min_length=1, max_length=200, pattern=KEY_PATTERN,
         description="makes a retry safe: the same key answers with the same order; without it "
-        "a retry places a duplicate")] = None,
+        "a retry places a duplicate. Printable ASCII (a structured-field string, as the IETF "
+        "draft says), e.g. a UUID")] = None,
 ) -> OrderOut:
+    if len(request.headers.getlist("idempotency-key")) > 1:  # which one to honour is a guess
+        raise ApiError(400, "Idempotency-Key sent twice", "send one Idempotency-Key header",
+                       field="Idempotency-Key")
     # Past capacity, refuse before anything is written (503, Retry-After): sagakit.admission.
     request.app.state.admission.check()
     settings = request.app.state.settings

@@ -118,7 +118,9 @@ class CallbackPolicy:
         if port == 0:
             raise CallbackRefused("must not name port 0")
         default_port = 443 if parts.scheme == "https" else 80
-        entry = next((e for e in self.allowed if e.matches(host, port or default_port)), None)
+        entries = [e for e in self.allowed if e.matches(host, port or default_port)]
+        # An entry naming the host itself wins over a wildcard that covers it too.
+        entry = next((e for e in entries if not e.wildcard), entries[0] if entries else None)
         if entry is None:
             raise CallbackRefused(f"host '{host}' (port {port or default_port}) is not on the "
                                   "webhook allow-list")
@@ -134,7 +136,9 @@ class CallbackPolicy:
         addresses = await _resolve(host, port)
         if not addresses:
             raise CallbackRefused(f"host '{host}' does not resolve")
-        exact = host == entry.host  # named on the list itself, not only by a wildcard
+        # Named on the list itself, not only by a wildcard ("*.example.com" covers the bare
+        # example.com too, and its DNS is the customer's to point anywhere just the same).
+        exact = not entry.wildcard
         for address in addresses:
             if not exact and not is_public(address):
                 # Not which address: the answer would map the shop's internal DNS for anyone.

@@ -36,6 +36,7 @@ from order.domain import (
     order_lines,
     price,
 )
+from order.store import AccountClosed as AccountClosed  # the API maps it to a 403
 from sagakit import logs, telemetry
 from sagakit.consuming import Poison, RetryLater
 from sagakit.envelope import EventMeta, EventSource, OutgoingEvent
@@ -74,10 +75,6 @@ class IdempotencyConflict(Exception):
 
 class UnknownPaymentToken(Exception):
     pass
-
-
-class AccountClosed(Exception):
-    """The caller's account was erased; its token, issued before, is still valid."""
 
 
 def _outgoing(events: tuple[Event, ...], order_id: UUID) -> list[OutgoingEvent]:

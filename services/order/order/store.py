@@ -59,6 +59,10 @@ _HOOK = (" hook AS (INSERT INTO webhook_deliveries (id, order_id, timeline_seq, 
 _OPEN_ACCOUNT = "NOT EXISTS (SELECT FROM closed_accounts WHERE customer_id = $10)"
 
 
+class AccountClosed(Exception):
+    """The caller's account was erased; its token, issued before, is still valid."""
+
+
 def _place(claim: bool) -> str:
     """The new order, its first timeline entry (and webhook delivery) and its events, unless
     its owner's account is closed; with ``claim``, only if the request's Idempotency-Key ($19,
@@ -259,14 +263,21 @@ async def follow(conn: asyncpg.Connection, order_id: UUID, seconds: float) -> No
 
 
 async def timeline_after(
-    conn: asyncpg.Connection, order_id: UUID, after_seq: int
+    conn: asyncpg.Connection, order_id: UUID, after: int
 ) -> list[asyncpg.Record]:
-    """The order's timeline entries after ``after_seq`` (an entry's ``seq`` is its event id in
-    the live stream, so a client resuming with Last-Event-ID gets only what it missed)."""
+    """The order's timeline entries after its ``after``-th, each with its position ``n`` in the
+    order's timeline (1, 2, ...: its event id in the live stream, so a client resuming with
+    Last-Event-ID gets only what it missed).
+
+    The position, not the shop-wide ``seq``: an id that grows with every order anyone places
+    would tell each follower how many orders the shop takes. Positions are stable, as entries
+    of one order are appended one at a time (each step holds the order's row as it writes).
+    """
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT seq, status, reason, event_id, trace_id, at FROM order_timeline"
-        " WHERE order_id = $1 AND seq > $2 ORDER BY seq",
-        order_id, after_seq,
+        "SELECT * FROM (SELECT row_number() OVER (ORDER BY seq) AS n, status, reason, event_id,"
+        " trace_id, at FROM order_timeline WHERE order_id = $1) AS entries WHERE n > $2"
+        " ORDER BY n",
+        order_id, after,
     )
     return rows
 

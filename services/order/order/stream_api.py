@@ -62,7 +62,7 @@ class EventStream(StreamingResponse):
 
 def _sse(step: Mapping[str, Any]) -> bytes:
     data = timeline_entry(step).model_dump_json()
-    return f"id: {step['seq']}\nevent: status\ndata: {data}\n\n".encode()
+    return f"id: {step['n']}\nevent: status\ndata: {data}\n\n".encode()
 
 
 async def _follow(pool: asyncpg.Pool, order_id: UUID, after: int, ended: bool,
@@ -88,7 +88,7 @@ async def _follow(pool: asyncpg.Pool, order_id: UUID, after: int, ended: bool,
                     follow_again = time.monotonic() + follow_for / 2
                 steps = await store.timeline_after(conn, order_id, after)
             for step in steps:
-                after = step["seq"]
+                after = step["n"]
                 yield _sse(step)
                 if step["status"] in TERMINAL:
                     return
@@ -104,7 +104,8 @@ async def _follow(pool: asyncpg.Pool, order_id: UUID, after: int, ended: bool,
     "/orders/{order_id}/events", tags=["orders"], response_class=EventStream, status_code=200,
     summary="Follow an order live: each timeline entry as Server-Sent Events, as it commits",
     description="A `text/event-stream`: one `status` event per timeline entry (its `data` is "
-    "the entry as in GET /api/v1/orders/{id}, its `id` the entry's sequence number), from the "
+    "the entry as in GET /api/v1/orders/{id}, its `id` the entry's position in the order's "
+    "timeline: 1, 2, ...), from the "
     "first entry on, each as soon as it commits; a `: heartbeat` comment line while nothing "
     "happens. The stream ends after the order's terminal status (finished, cancelled, "
     "refunded). Reconnect with `Last-Event-ID` to get only the entries after that one.",

@@ -43,7 +43,7 @@ import orjson
 from standardwebhooks.webhooks import Webhook
 
 from order.callbacks import CallbackPolicy, CallbackRefused
-from order.store import WEBHOOK_DELIVERIES
+from order.store import WEBHOOK_DELIVERIES, AccountClosed
 from sagakit import telemetry, units
 from sagakit.backoff import Backoff
 from sagakit.waits import cancelled, woken
@@ -56,29 +56,37 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+# An erased account (migrations/012) gets no secret, new or old: its token, valid until it
+# expires, can place no order that would need one (store.AccountClosed).
+_OPEN = "NOT EXISTS (SELECT FROM closed_accounts WHERE customer_id = $1)"
+
+
 async def secret_of(conn: asyncpg.Connection, owner: str) -> str:
-    """The owner's signing secret, made on first use (concurrent first uses agree on one)."""
-    secret: str | None = await conn.fetchval(
-        "SELECT secret FROM webhook_secrets WHERE owner = $1", owner)
+    """The owner's signing secret, made on first use (concurrent first uses agree on one).
+    Raises :class:`AccountClosed` for an erased owner."""
+    read = f"SELECT secret FROM webhook_secrets WHERE owner = $1 AND {_OPEN}"
+    secret: str | None = await conn.fetchval(read, owner)
     if secret is None:
-        await conn.execute("INSERT INTO webhook_secrets (owner, secret) VALUES ($1, $2)"
-                           " ON CONFLICT (owner) DO NOTHING", owner, new_secret())
-        secret = await conn.fetchval("SELECT secret FROM webhook_secrets WHERE owner = $1",
-                                     owner)
-    assert secret is not None
+        await conn.execute(f"INSERT INTO webhook_secrets (owner, secret) SELECT $1, $2"
+                           f" WHERE {_OPEN} ON CONFLICT (owner) DO NOTHING", owner, new_secret())
+        secret = await conn.fetchval(read, owner)
+    if secret is None:
+        raise AccountClosed
     return secret
 
 
 async def rotate(conn: asyncpg.Connection, owner: str,
                  overlap: timedelta) -> tuple[str, datetime | None]:
     """A new secret for ``owner``; the one it replaces (if any) signs too until the returned
-    time. Rotating again within the overlap retires the oldest at once: two at most."""
+    time. Rotating again within the overlap retires the oldest at once: two at most.
+    Raises :class:`AccountClosed` for an erased owner."""
     row = await conn.fetchrow(
-        "INSERT INTO webhook_secrets (owner, secret) VALUES ($1, $2)"
+        f"INSERT INTO webhook_secrets (owner, secret) SELECT $1, $2 WHERE {_OPEN}"
         " ON CONFLICT (owner) DO UPDATE SET previous_secret = webhook_secrets.secret,"
         " previous_until = now() + $3::interval, secret = EXCLUDED.secret, created_at = now()"
         " RETURNING secret, previous_until", owner, new_secret(), overlap)
-    assert row is not None
+    if row is None:
+        raise AccountClosed
     return row["secret"], row["previous_until"]
 
 

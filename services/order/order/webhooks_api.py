@@ -6,6 +6,8 @@ before order.api's: ``/orders/webhook-secret`` must not be taken for ``/orders/{
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Annotated
 from uuid import UUID
@@ -15,6 +17,7 @@ from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, Field
 
 from order import webhooks
+from order.store import AccountClosed
 from sagakit.audit import Audit
 from sagakit.auth import Caller, allow
 from sagakit.errors import ApiError
@@ -49,6 +52,15 @@ class Replayed(BaseModel):
     detail: str
 
 
+@contextlib.contextmanager
+def _open_account() -> Iterator[None]:
+    try:
+        yield
+    except AccountClosed:
+        raise ApiError(403, "Account erased", "this account was erased: it has no webhook "
+                       "secret any more") from None
+
+
 def _pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
@@ -58,10 +70,11 @@ def _pool(request: Request) -> asyncpg.Pool:
             summary="Your webhook signing secret (the same for all your orders)",
             **allow("orders", "ops"))
 async def webhook_secret(request: Request, caller: Caller) -> WebhookSecret:
-    async with _pool(request).acquire() as conn:
-        return WebhookSecret(secret=await webhooks.secret_of(conn, caller.subject),
-                             previous_valid_until=await webhooks.previous_until(
-                                 conn, caller.subject))
+    with _open_account():
+        async with _pool(request).acquire() as conn:
+            return WebhookSecret(secret=await webhooks.secret_of(conn, caller.subject),
+                                 previous_valid_until=await webhooks.previous_until(
+                                     conn, caller.subject))
 
 
 @router.post("/webhook-secret/rotate", response_model=WebhookSecret,
@@ -73,8 +86,9 @@ async def webhook_secret(request: Request, caller: Caller) -> WebhookSecret:
              **allow("orders", "ops"))
 async def rotate_webhook_secret(request: Request, caller: Caller) -> WebhookSecret:
     overlap = timedelta(hours=request.app.state.settings.webhook_secret_overlap_hours)
-    async with _pool(request).acquire() as conn:
-        secret, until = await webhooks.rotate(conn, caller.subject, overlap)
+    with _open_account():
+        async with _pool(request).acquire() as conn:
+            secret, until = await webhooks.rotate(conn, caller.subject, overlap)
     return WebhookSecret(secret=secret, previous_valid_until=until)
 
 
