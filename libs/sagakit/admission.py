@@ -8,10 +8,11 @@ written, so the caller can come back (with the same ``Idempotency-Key``) and not
 exists.
 
 What "lags" means is the service's to say (:class:`Admission` takes a ``measure``): the order
-service counts the orders that wait on another machine step (``pending_payment`` and ``paid``:
-in its outbox, in a queue, or being handled), which grows whichever hop falls behind and, unlike
-the consumer lag one replica sees, is the same for every replica. Orders being cooked are not
-counted: the kitchen's pace is the shop's capacity, not a backlog.
+service counts the orders that wait to start (``pending_payment``, ``paid`` and ``received``:
+in its outbox, in a queue, being handled, or waiting for a free cook), which grows whichever
+hop falls behind, the kitchen's line included, and, unlike the consumer lag one replica sees,
+is the same for every replica. Orders being cooked are not counted: they end within a
+preparation time.
 
 The measure is sampled in the background (every ``interval`` seconds, one cheap query), never
 per request: the hot path reads a number. A failed sample keeps the last value, so a database

@@ -3,7 +3,8 @@
 
 The lag is made the way it happens in production, a hop that stops keeping up: the operator
 pauses the order service's outbox relay (its fault switch), so every new order waits in
-``pending_payment``. This stack's bound is low (``ORDER_ADMISSION_MAX_WAITING`` in conftest's
+``pending_payment``; or the kitchen's line stops, so every paid order waits for a cook
+(``received``). This stack's bound is low (``ORDER_ADMISSION_MAX_WAITING`` in conftest's
 KNOBS) so a test reaches it with a few dozen orders; the default is derived from measured
 capacity (order/settings.py, docs/performance.md).
 """
@@ -26,10 +27,34 @@ RELAY = "/api/v1/orders/faults"
 ORDER = {"items": [{"sku": "burger-classic", "quantity": 1}], "payment_token": "tok_visa"}
 
 
+LINE = "/api/v1/production/line"
+
+
 @pytest.fixture
 def relay_resumed_after(client: httpx.Client) -> Iterator[None]:
     yield
     assert client.put(RELAY, json={"relay_paused": False}).status_code == 200
+
+
+@pytest.fixture
+def line_resumed_after(client: httpx.Client) -> Iterator[None]:
+    yield
+    assert client.put(LINE, json={"paused": False}).status_code == 200
+
+
+def fill_to_the_bound(customer: httpx.Client) -> tuple[list[str], httpx.Response, str]:
+    """Orders until one is refused: the accepted ids, the refusal and its key."""
+    accepted: list[str] = []
+    for _ in range(ADMISSION_BOUND * 4):
+        key = str(uuid.uuid4())
+        response = customer.post("/api/v1/orders", json=ORDER,
+                                 headers={"Idempotency-Key": key})
+        if response.status_code == 503:
+            return accepted, response, key
+        assert response.status_code == 202, response.text
+        accepted.append(response.json()["id"])
+        time.sleep(0.01)
+    raise AssertionError(f"{len(accepted)} orders accepted and none refused")
 
 
 def waiting(client: httpx.Client) -> float:
@@ -49,20 +74,7 @@ def test_a_lagging_saga_refuses_new_orders_and_creates_none(client, signed_up, s
     assert before < ADMISSION_BOUND - 5, "leftovers of earlier tests fill the bound"
     assert client.put(RELAY, json={"relay_paused": True}).status_code == 200
 
-    accepted: list[str] = []
-    refused: httpx.Response | None = None
-    refused_key = ""
-    for _ in range(ADMISSION_BOUND * 4):
-        key = str(uuid.uuid4())
-        response = customer.post("/api/v1/orders", json=ORDER,
-                                 headers={"Idempotency-Key": key})
-        if response.status_code == 503:
-            refused, refused_key = response, key
-            break
-        assert response.status_code == 202, response.text
-        accepted.append(response.json()["id"])
-        time.sleep(0.01)
-    assert refused is not None, f"{len(accepted)} orders accepted with the relay paused"
+    accepted, refused, refused_key = fill_to_the_bound(customer)
     # The sampler looks every 0.5 s: past the bound by at most what arrives meanwhile.
     assert ADMISSION_BOUND - 5 <= before + len(accepted) <= ADMISSION_BOUND * 3
 
@@ -91,3 +103,22 @@ def test_a_lagging_saga_refuses_new_orders_and_creates_none(client, signed_up, s
     assert again.status_code == 202, again.text
     assert "Idempotent-Replayed" not in again.headers
     assert wait_for(customer, again.json()["id"], TERMINAL)["status"] == "finished"
+
+
+def test_orders_waiting_for_a_cook_count_too(client, signed_up, stack, line_resumed_after):
+    """The kitchen's line stopped (or too slow for what comes): paid orders queue for a cook,
+    ``received``; past the bound new orders are refused, not queued for minutes."""
+    customer: httpx.Client = signed_up
+    before = waiting(client)
+    assert before < ADMISSION_BOUND - 5, "leftovers of earlier tests fill the bound"
+    assert client.put(LINE, json={"paused": True}).status_code == 200
+    accepted, refused, _ = fill_to_the_bound(customer)
+    assert ADMISSION_BOUND - 5 <= before + len(accepted) <= ADMISSION_BOUND * 3
+    assert refused.json()["bound"] == ADMISSION_BOUND
+    # They wait past the payment and the kitchen's intake: for a cook.
+    assert wait_for(customer, accepted[-1], {"received"}, timeout=30)["status"] == "received"
+    mine = customer.get("/api/v1/orders", params={"limit": 200}).json()
+    assert sorted(o["id"] for o in mine) == sorted(accepted)
+    assert client.put(LINE, json={"paused": False}).status_code == 200
+    for order_id in accepted:
+        assert wait_for(customer, order_id, TERMINAL, timeout=60)["status"] == "finished"

@@ -22,7 +22,7 @@ from order import (
     webhooks_api,
 )
 from order.callbacks import CallbackPolicy
-from order.domain import WAITING_ON_A_STEP, OrderFaults
+from order.domain import WAITING_TO_START, OrderFaults
 from order.settings import OrderSettings
 from sagakit.admission import Admission
 from sagakit.archive import archive_router
@@ -61,7 +61,7 @@ def build(settings: OrderSettings | None = None) -> FastAPI:
 
     async def _waiting_orders() -> int:
         async with _pool().acquire() as conn:
-            return await store.count_waiting(conn, WAITING_ON_A_STEP)
+            return await store.count_waiting(conn, WAITING_TO_START)
 
     admission = Admission(_waiting_orders, bound=settings.admission_max_waiting,
                           retry_after_seconds=settings.admission_retry_after_seconds,
@@ -78,7 +78,7 @@ def build(settings: OrderSettings | None = None) -> FastAPI:
         follower of an order (GET /api/v1/orders/{id}/events) of this process, its webhook
         sender (woken by this process's writes, sagakit.units), the sweep that erases customers
         whose last saga has ended (order.customer_data), and admission control's sample of the
-        orders waiting on a machine step (sagakit.admission)."""
+        orders waiting to start (sagakit.admission)."""
         async with saga_lifespan(app), every(
             settings.sweep_seconds, lambda: customer_data.erase_pending(app.state.pool), "erasures",
         ), admission.sampling():

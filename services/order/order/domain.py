@@ -85,9 +85,11 @@ TRANSITIONS: Mapping[tuple[Status, Trigger], Step] = {
     (S.CANCELLING, T.PAYMENT_VOIDED): Step(S.CANCELLED),
 }
 TERMINAL = frozenset({S.FINISHED, S.CANCELLED, S.REFUNDED})
-# Orders waiting on a machine step (the payment, the kitchen's intake), not on a cook: what
-# admission control counts (order.app, sagakit.admission).
-WAITING_ON_A_STEP = (S.PENDING_PAYMENT, S.PAID)
+# Orders accepted and not started yet: waiting on the payment, the kitchen's intake or a free
+# cook. What admission control counts (order.app, sagakit.admission): each is work the shop
+# still owes, and a queue that only grows is a lag wherever it is. Orders being cooked are not
+# counted: they end within a preparation time.
+WAITING_TO_START = (S.PENDING_PAYMENT, S.PAID, S.RECEIVED)
 # The happy path in order; an event meant for a later step than the order has reached is early.
 HAPPY_PATH = (S.PENDING_PAYMENT, S.PAID, S.RECEIVED, S.IN_PRODUCTION, S.FINISHED)
 

@@ -40,11 +40,12 @@ class OrderSettings(DatabaseSettings):
     webhook_secret_overlap_hours: float = Field(
         24.0, ge=0, le=720, validation_alias="WEBHOOK_SECRET_OVERLAP_HOURS")
     # Admission control (sagakit.admission): POST /orders answers 503 + Retry-After while more
-    # orders than this wait on a machine step (pending_payment or paid). The default is about
-    # 15 s of work at the rate measured on two cores (docs/performance.md): well above what a
-    # healthy stack ever holds (a closed loop of 32 holds at most 32), reached only when a hop
-    # falls behind or is down.
-    admission_max_waiting: int = Field(1000, ge=1)
+    # orders than this wait to start (pending_payment, paid, or received: waiting for a cook).
+    # The default is about 30 s of the default kitchen's work (16 cooks, 1 s a ticket) and 5 s
+    # of the machine's at the rate measured on two cores (docs/performance.md): well above what
+    # a healthy stack holds at a pace it keeps up with, reached when a hop or the kitchen falls
+    # behind or is down.
+    admission_max_waiting: int = Field(500, ge=1)
     admission_retry_after_seconds: int = Field(2, ge=1, le=300)
     webhook_timeout_seconds: float = Field(
         5.0, gt=0, le=30, validation_alias="WEBHOOK_TIMEOUT_SECONDS")

@@ -30,7 +30,10 @@ class ProductionSettings(ServiceSettings):
     http_port: int = 8003
     # How long a cook takes per ticket; 0 for tests and benchmarks.
     preparation_seconds: float = Field(1.0, ge=0)
-    kitchen_workers: int = Field(4, ge=1)
+    # Cooks working at once, per replica: each is a coroutine waiting on Redis, not a thread,
+    # so the line's pace (kitchen_workers / preparation_seconds tickets a second, 16/s by
+    # default) is the shop's choice, not the machine's limit.
+    kitchen_workers: int = Field(16, ge=1)
     # A ticket a cook held without finishing is taken over after max(this, 3 x preparation):
     # long enough that its cook cannot still be at it.
     kitchen_reclaim_seconds: float = Field(30.0, gt=0)
