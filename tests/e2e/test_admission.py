@@ -42,14 +42,21 @@ def line_resumed_after(client: httpx.Client) -> Iterator[None]:
     assert client.put(LINE, json={"paused": False}).status_code == 200
 
 
-def fill_to_the_bound(customer: httpx.Client) -> tuple[list[str], httpx.Response, str]:
-    """Orders until one is refused: the accepted ids, the refusal and its key."""
+def fill_to_the_bound(client: httpx.Client, customer: httpx.Client, pause: tuple[str, Any],
+                      ) -> tuple[list[str], httpx.Response, str]:
+    """Pause a hop (``pause``: the fault switch's path and body), then place orders until one is
+    refused: the accepted ids, the refusal and its key."""
+    before = waiting(client)
+    assert before < ADMISSION_BOUND - 5, "leftovers of earlier tests fill the bound"
+    assert client.put(pause[0], json=pause[1]).status_code == 200
     accepted: list[str] = []
     for _ in range(ADMISSION_BOUND * 4):
         key = str(uuid.uuid4())
         response = customer.post("/api/v1/orders", json=ORDER,
                                  headers={"Idempotency-Key": key})
         if response.status_code == 503:
+            # The sampler looks every 0.5 s: past the bound by at most what arrives meanwhile.
+            assert ADMISSION_BOUND - 5 <= before + len(accepted) <= ADMISSION_BOUND * 3
             return accepted, response, key
         assert response.status_code == 202, response.text
         accepted.append(response.json()["id"])
@@ -70,13 +77,8 @@ def replica_waiting(metrics: str) -> float:
 def test_a_lagging_saga_refuses_new_orders_and_creates_none(client, signed_up, stack,
                                                             relay_resumed_after):
     customer: httpx.Client = signed_up
-    before = waiting(client)
-    assert before < ADMISSION_BOUND - 5, "leftovers of earlier tests fill the bound"
-    assert client.put(RELAY, json={"relay_paused": True}).status_code == 200
-
-    accepted, refused, refused_key = fill_to_the_bound(customer)
-    # The sampler looks every 0.5 s: past the bound by at most what arrives meanwhile.
-    assert ADMISSION_BOUND - 5 <= before + len(accepted) <= ADMISSION_BOUND * 3
+    accepted, refused, refused_key = fill_to_the_bound(client, customer,
+                                                       (RELAY, {"relay_paused": True}))
 
     problem: dict[str, Any] = refused.json()
     assert refused.headers["content-type"].startswith("application/")
@@ -109,11 +111,7 @@ def test_orders_waiting_for_a_cook_count_too(client, signed_up, stack, line_resu
     """The kitchen's line stopped (or too slow for what comes): paid orders queue for a cook,
     ``received``; past the bound new orders are refused, not queued for minutes."""
     customer: httpx.Client = signed_up
-    before = waiting(client)
-    assert before < ADMISSION_BOUND - 5, "leftovers of earlier tests fill the bound"
-    assert client.put(LINE, json={"paused": True}).status_code == 200
-    accepted, refused, _ = fill_to_the_bound(customer)
-    assert ADMISSION_BOUND - 5 <= before + len(accepted) <= ADMISSION_BOUND * 3
+    accepted, refused, _ = fill_to_the_bound(client, customer, (LINE, {"paused": True}))
     assert refused.json()["bound"] == ADMISSION_BOUND
     # They wait past the payment and the kitchen's intake: for a cook.
     assert wait_for(customer, accepted[-1], {"received"}, timeout=30)["status"] == "received"
