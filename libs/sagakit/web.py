@@ -7,9 +7,9 @@ fail) and this module turns it into one JSON shape, ``{"type", "title", "status"
 
 Input hygiene, the same in every service: text a person typed is :data:`sagakit.text.Text`
 (no control or format characters: no line breaks, bidi overrides or zero-width characters in a
-name); a JSON body is read by :class:`JsonRoute`, which refuses another media type (415), a
-key given twice and the non-JSON numbers ``NaN``/``Infinity`` (400 naming them) instead of
-guessing.
+name); a JSON body is read by :class:`JsonRoute`, which refuses another media type or an encoded
+body (415 naming the header), a body that is not UTF-8, a key given twice and the non-JSON
+numbers ``NaN``/``Infinity`` (400 naming them) instead of guessing.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def parse_json(body: bytes) -> Any:
     Python's json module (and so Starlette's) keeps the last of two equal keys and reads NaN and
     Infinity; two parsers (a proxy, a service) disagreeing on such a body is how a checked value
     and a used value come apart, so neither is accepted. Malformed JSON is left to FastAPI's own
-    400 (:func:`_on_validation_error`).
+    400 (:func:`_on_validation_error`); a body that is not UTF-8 is :class:`JsonRoute`'s.
     """
     return json.loads(body, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
 
@@ -82,9 +82,11 @@ def _is_json(content_type: str) -> bool:
 class JsonRoute(APIRoute):
     """A route whose body (if it declares one) is JSON, read by :func:`parse_json`.
 
-    A body of another media type is 415 (FastAPI would try to validate its bytes: a 422 that
-    blames the fields); form routes and routes reading the request themselves (the OAuth token
-    endpoint) are left as they are. Every router of every service uses this class.
+    A body of another media type, or encoded (``Content-Encoding``), is 415 (FastAPI would try
+    to validate its bytes: a 422 that blames the fields); one that is not UTF-8 is a 400 naming
+    ``body`` (FastAPI's names nothing); form routes and routes reading the request themselves
+    (the OAuth token endpoint) are left as they are. Every router of every service uses this
+    class.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

@@ -106,6 +106,9 @@ def first_attempts(deliveries: list[Delivery]) -> list[Delivery]:
 
 def test_each_status_is_posted_signed_and_in_order(ana, bob, receiver):
     path = f"/hooks/{uuid.uuid4()}"
+    other = bob.post("/api/v1/orders", json={"items": [{"sku": "fries", "quantity": 1}],
+                                             "payment_token": "tok_visa"})
+    assert other.status_code == 202, other.text  # the shop's timeline is past Ana's first entry
     response = place_with_callback(ana, receiver.url(path))
     assert response.status_code == 202, response.text
     assert response.json()["callback_url"] == receiver.url(path)
@@ -115,6 +118,8 @@ def test_each_status_is_posted_signed_and_in_order(ana, bob, receiver):
     payloads = verified(secret(ana), deliveries)
     assert [p["data"]["status"] for p in payloads] == statuses
     assert {p["data"]["order_id"] for p in payloads} == {order["id"]}
+    # Each entry's place in the order's timeline, not a shop-wide count.
+    assert [p["data"]["sequence"] for p in payloads] == list(range(1, len(statuses) + 1))
     assert {p["type"] for p in payloads} == {"order.status_changed"}
     assert len({h["webhook-id"] for h, _ in deliveries}) == len(statuses)
     with pytest.raises(WebhookVerificationError):  # signed with Ana's secret, not Bob's

@@ -165,7 +165,7 @@ async def services(
 @pytest.fixture(scope="class")
 async def kitchen(saga: Saga, rabbitmq_url: str, redis_url: str,
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
-    """The service at full speed (no preparation time), as in benchmarks."""
+    """The service at full speed (no preparation time), as in benchmarks (with fewer cooks)."""
     service = await production(tmp_path_factory.mktemp("kitchen") / "production.log",
                                rabbitmq_url, redis_url, kitchen_workers=4).start()
     yield service

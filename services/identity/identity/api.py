@@ -5,7 +5,8 @@ profile and the public keys (identity.app builds the service around it).
 - ``POST /api/v1/auth/token`` (OAuth 2.0, RFC 6749, form-encoded): ``grant_type=password`` with
   ``username`` = email for customers, ``grant_type=client_credentials`` with ``client_id`` and
   ``client_secret`` (form fields or HTTP Basic) for operators and machine clients. Errors are
-  RFC 6749 §5.2 (``error``, ``error_description``) inside this project's problem JSON.
+  RFC 6749 §5.2 (``error``, ``error_description``) inside this project's problem JSON; a
+  parameter given more than once is ``invalid_request`` (§3.1), never a pick of one copy.
 - ``GET /api/v1/customers/me``: the caller's profile (a customer token).
 - ``GET /.well-known/jwks.json``: the public keys every service verifies tokens with.
 """

@@ -126,13 +126,15 @@ KEY_PATTERN = r"^[!-~](?:[ -~]*[!-~])?$"
 @router.post(
     "/orders", status_code=status.HTTP_202_ACCEPTED, response_model=OrderOut, tags=["orders"],
     summary="Place an order; it is accepted at once and completes asynchronously",
-    description="Send an **`Idempotency-Key`** (any unique string, e.g. a UUID, up to 200 "
-    "characters) with every order. A retry with the same key and body (after a timeout, a 502 or "
-    "a 503, when you cannot know whether the first attempt arrived) answers with the order the "
-    "first one placed (`Idempotent-Replayed: true`), never a second one. **Without the header "
-    "each attempt is a new order: a retry may place, and charge, a duplicate.** The same key with "
-    "a different body is 409. Keys are per caller.",
+    description="Send an **`Idempotency-Key`** (one header, any unique string of printable "
+    "ASCII, e.g. a UUID, up to 200 characters) with every order. A retry with the same key "
+    "and body (after a timeout, a 502 or a 503, when you cannot know whether the first "
+    "attempt arrived) answers with the order the first one placed "
+    "(`Idempotent-Replayed: true`), never a second one. **Without the header each attempt is "
+    "a new order: a retry may place, and charge, a duplicate.** The same key with a different "
+    "body is 409. Keys are per caller.",
     responses={409: {"description": "Idempotency-Key reused with a different body"},
+               400: {"description": "Idempotency-Key sent twice, or a body that is no JSON"},
                403: {"description": "The caller's account was erased (its token, issued "
                      "before, is still valid until it expires)"},
                503: {"description": "The saga lags (too many orders waiting): nothing was "

@@ -272,11 +272,13 @@ async def timeline_after(
     The position, not the shop-wide ``seq``: an id that grows with every order anyone places
     would tell each follower how many orders the shop takes. Positions are stable, as entries
     of one order are appended one at a time (each step holds the order's row as it writes).
+    An ``after`` past the last entry (an id from before positions, a shop-wide ``seq``) is no
+    position at all: every entry is sent again, rather than none ever.
     """
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT * FROM (SELECT row_number() OVER (ORDER BY seq) AS n, status, reason, event_id,"
-        " trace_id, at FROM order_timeline WHERE order_id = $1) AS entries WHERE n > $2"
-        " ORDER BY n",
+        "SELECT * FROM (SELECT row_number() OVER (ORDER BY seq) AS n, count(*) OVER () AS total,"
+        " status, reason, event_id, trace_id, at FROM order_timeline WHERE order_id = $1)"
+        " AS entries WHERE n > $2 OR $2 > total ORDER BY n",
         order_id, after,
     )
     return rows

@@ -119,12 +119,15 @@ def retry_delay(attempt: int, base: float, cap: float, roll: float) -> float:
 
 
 def payload(row: asyncpg.Record) -> bytes:
-    """The body, the same bytes on every attempt (it is built from the same rows)."""
+    """The body, the same bytes on every attempt (it is built from the same rows). Its
+    ``sequence`` is the entry's position in the order's timeline (1, 2, ...), as the live
+    stream's event ids are: the shop-wide ``seq`` would tell every receiver how many orders
+    the shop takes."""
     return orjson.dumps({
         "type": EVENT_TYPE,
         "timestamp": row["at"].isoformat(),
         "data": {"order_id": str(row["order_id"]), "status": row["status"],
-                 "reason": row["reason"], "sequence": row["timeline_seq"]},
+                 "reason": row["reason"], "sequence": row["position"]},
     })
 
 
@@ -156,7 +159,9 @@ SET attempts = w.attempts + 1, next_attempt_at = now() + make_interval(secs => $
 FROM due, order_timeline t, orders o
 WHERE w.id = due.id AND t.seq = w.timeline_seq AND o.id = w.order_id
 RETURNING w.id, w.order_id, w.timeline_seq, w.url, w.attempts, t.status, t.reason, t.at,
-          coalesce(o.owner, '') AS owner
+          coalesce(o.owner, '') AS owner,
+          (SELECT count(*) FROM order_timeline x WHERE x.order_id = w.order_id
+           AND x.seq <= w.timeline_seq) AS position
 """
 
 

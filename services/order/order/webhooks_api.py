@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
@@ -52,6 +52,11 @@ class Replayed(BaseModel):
     detail: str
 
 
+_ERASED: dict[int | str, dict[str, Any]] = {403: {
+    "description": "The caller's account was erased (its token, issued before, is still valid "
+    "until it expires)"}}
+
+
 @contextlib.contextmanager
 def _open_account() -> Iterator[None]:
     try:
@@ -68,7 +73,7 @@ def _pool(request: Request) -> asyncpg.Pool:
 
 @router.get("/webhook-secret", response_model=WebhookSecret,
             summary="Your webhook signing secret (the same for all your orders)",
-            **allow("orders", "ops"))
+            responses=_ERASED, **allow("orders", "ops"))
 async def webhook_secret(request: Request, caller: Caller) -> WebhookSecret:
     with _open_account():
         async with _pool(request).acquire() as conn:
@@ -83,7 +88,7 @@ async def webhook_secret(request: Request, caller: Caller) -> WebhookSecret:
              "by the replaced secret until `previous_valid_until` (`WEBHOOK_SECRET_OVERLAP_HOURS`"
              ", 24 h by default): switch your receiver to the new secret within that time. "
              "Rotating again within it retires the replaced secret at once.",
-             **allow("orders", "ops"))
+             responses=_ERASED, **allow("orders", "ops"))
 async def rotate_webhook_secret(request: Request, caller: Caller) -> WebhookSecret:
     overlap = timedelta(hours=request.app.state.settings.webhook_secret_overlap_hours)
     with _open_account():

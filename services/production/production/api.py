@@ -42,7 +42,9 @@ class Restock(BaseModel):
 class Line(BaseModel):
     model_config = ConfigDict(extra="forbid")
     paused: StrictBool = Field(description="true: cooks start no new ticket (one in the pan is "
-                               "finished); queued tickets wait, and can still be cancelled")
+                               "finished); queued tickets wait, and can still be cancelled. "
+                               "They count toward the order service's admission bound: past "
+                               "it, new orders get 503 until the line resumes")
 
 
 class TicketLineOut(BaseModel):
