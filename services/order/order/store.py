@@ -54,9 +54,14 @@ _HOOK = (" hook AS (INSERT INTO webhook_deliveries (id, order_id, timeline_seq, 
          " SELECT gen_random_uuid(), step.order_id, step.seq, {source}.callback_url"
          " FROM step, {source} WHERE {source}.callback_url IS NOT NULL),")
 
-# The owner ($10) has not asked for erasure (migrations/012): a token issued before it is
-# still valid, and must not write the customer's name again.
-_OPEN_ACCOUNT = "NOT EXISTS (SELECT FROM closed_accounts WHERE customer_id = $10)"
+def open_account(owner: str) -> str:
+    """SQL: the account ``owner`` (a parameter, e.g. ``$10``) has not asked for erasure
+    (migrations/012). A token issued before the erasure is still valid, and must not write the
+    customer's data again (an order, a webhook secret: order.webhooks)."""
+    return f"NOT EXISTS (SELECT FROM closed_accounts WHERE customer_id = {owner})"
+
+
+_OPEN_ACCOUNT = open_account("$10")
 
 
 class AccountClosed(Exception):

@@ -43,7 +43,7 @@ import orjson
 from standardwebhooks.webhooks import Webhook
 
 from order.callbacks import CallbackPolicy, CallbackRefused
-from order.store import WEBHOOK_DELIVERIES, AccountClosed
+from order.store import WEBHOOK_DELIVERIES, AccountClosed, open_account
 from sagakit import telemetry, units
 from sagakit.backoff import Backoff
 from sagakit.waits import cancelled, woken
@@ -56,9 +56,9 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-# An erased account (migrations/012) gets no secret, new or old: its token, valid until it
-# expires, can place no order that would need one (store.AccountClosed).
-_OPEN = "NOT EXISTS (SELECT FROM closed_accounts WHERE customer_id = $1)"
+# An erased account gets no secret, new or old: its token, valid until it expires, can place no
+# order that would need one (store.AccountClosed).
+_OPEN = open_account("$1")
 
 
 async def secret_of(conn: asyncpg.Connection, owner: str) -> str:
