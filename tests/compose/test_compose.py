@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
+import yaml
 from pydantic_settings import BaseSettings, EnvSettingsSource
 
 from deploy import native
@@ -426,3 +427,19 @@ def test_every_knob_a_test_stack_sets_reaches_compose() -> None:
     assert not (set(E2E_KNOBS) | set(CHAOS_KNOBS)) - set(COMPOSE_KNOBS)
     text = COMPOSE_FILE.read_text()
     assert [k for k in COMPOSE_KNOBS if "${" + k not in text] == []
+
+
+def test_no_two_built_services_share_an_image_tag() -> None:
+    """Two services that build their image under one tag race for it: the container made from
+    the first build is out of date once the second moves the tag, and the next `up` recreates
+    it and everything that depends on it (a killed replica brought back took a minute, not
+    seconds: every database, the broker and every service restarted)."""
+    built = {name for name, service in services().items() if "build" in service}
+    overlay = yaml.safe_load((REPO / "tests" / "compose" / "test-stack.yml").read_text())
+    for where, tags in (
+        ("docker-compose.yml", {n: s.get("image") for n, s in services().items() if n in built}),
+        ("test-stack.yml", {n: s.get("image") for n, s in overlay["services"].items()
+                            if n in built}),
+    ):
+        named = [tag for tag in tags.values() if tag]
+        assert len(named) == len(set(named)), f"{where}: built services share a tag: {tags}"
