@@ -39,7 +39,7 @@ from faststream.rabbit import RabbitBroker
 from pydantic import ValidationError
 
 from sagakit import logs, metrics, telemetry, topology, units
-from sagakit.envelope import EventMeta
+from sagakit.envelope import EventMeta, jsonable, message_name
 
 log = logging.getLogger("sagakit.consuming")
 
@@ -122,6 +122,9 @@ class RetryPolicy:
         headers: dict[str, Any] = dict(raw.headers or {})
         attempt = int(headers.get("x-attempt", 1))
         reason = describe(exc)
+        if isinstance(exc, SubscriberNotFound):  # its text is a dump of the whole message
+            kind = jsonable(headers.get("ce-type") or raw.type or raw.routing_key)
+            reason = f"SubscriberNotFound: no handler here for event type {kind!r}"
         outage = isinstance(exc, OUTAGE)
         if isinstance(exc, POISON) or (attempt >= self.max_attempts and not outage):
             headers.update(
@@ -168,7 +171,9 @@ class RetryPolicy:
             routing_key=routing_key,
             headers=headers,
             persist=True,
-            message_id=raw.message_id,
+            # FastStream would make an id up for a message that has none; the one it is parked
+            # under must be the one the operator API names it by (a digest of its body).
+            message_id=message_name(raw.message_id, raw.headers, raw.body),
             correlation_id=raw.correlation_id,
             message_type=raw.type,
             content_type=raw.content_type,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
@@ -41,7 +40,7 @@ from pydantic import BaseModel, Field
 from sagakit import topology
 from sagakit.audit import Audit
 from sagakit.auth import allow
-from sagakit.envelope import jsonable
+from sagakit.envelope import jsonable, message_name
 from sagakit.errors import ApiError
 from sagakit.web import JsonRoute
 
@@ -81,7 +80,8 @@ class ParkedList(BaseModel):
 class ReplayOutcome(BaseModel):
     replayed: list[str]
     skipped: list[str] = Field(default_factory=list,
-                               description="parked with no known original queue: left parked")
+                               description="left parked: no known original queue, or one that "
+                                           "no longer takes replays")
 
 
 class DiscardOutcome(BaseModel):
@@ -89,11 +89,7 @@ class DiscardOutcome(BaseModel):
 
 
 def message_id(message: AbstractIncomingMessage) -> str:
-    headers = message.headers or {}
-    found = message.message_id or headers.get("ce-id")
-    if found:
-        return str(jsonable(found))
-    return "sha256:" + hashlib.sha256(message.body).hexdigest()[:32]
+    return message_name(message.message_id, message.headers, message.body)
 
 
 def original_queue(message: AbstractIncomingMessage) -> str | None:
@@ -217,6 +213,9 @@ class ParkedQueue:
                     await exchange.publish(_replayed(message), routing_key=target,
                                            mandatory=True)
                 except DeliveryError as exc:  # returned: no such queue bound any more
+                    if event_id is None:  # replaying all: leave it parked, go on with the rest
+                        outcome.skipped.append(message_id(message))
+                        continue
                     raise ApiError(409, "Cannot replay", f"queue {target!r} does not take "
                                    f"replays ({exc}); nothing was changed") from exc
                 await message.ack()  # only once the republished copy is confirmed

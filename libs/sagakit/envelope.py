@@ -8,6 +8,7 @@ relay can publish it in the same trace later (see :mod:`sagakit.telemetry`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -149,3 +150,13 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+def message_name(message_id: str | None, headers: Mapping[str, Any] | None, body: bytes) -> str:
+    """The id a message is known by where it is parked: its AMQP message id, else its ``ce-id``,
+    else (a foreign message with neither) ``sha256:`` and a digest of its body, so that the same
+    message is named the same in every listing, and when it is parked again after a replay."""
+    found = message_id or (headers or {}).get("ce-id")
+    if found:
+        return str(jsonable(found))
+    return "sha256:" + hashlib.sha256(body).hexdigest()[:32]

@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -179,12 +180,31 @@ async def _on_api_error(_: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+def allowed_methods(request: Request) -> str:
+    """Every method some route of the app takes on this request's path, for a 405's ``Allow``.
+
+    Starlette's router answers a 405 with the methods of the first route whose path matched, so
+    a path with a GET route and a PUT route of its own would name only GET (RFC 9110 asks for
+    all of them).
+    """
+    routes = [r for r in request.app.router.routes if not isinstance(r, Mount)]  # any method
+    return ", ".join(
+        method for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+               for route in routes))
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     titles = {404: "Not found", 405: "Method not allowed"}
     response = problem(exc.status_code, titles.get(exc.status_code, "HTTP error"),
                        str(exc.detail))
-    response.headers.update(exc.headers or {})  # a 405's Allow (RFC 9110: it must be there)
+    response.headers.update(exc.headers or {})
+    if exc.status_code == 405:  # RFC 9110: a 405 must name what the path takes
+        response.headers["Allow"] = allowed_methods(request) or response.headers.get("Allow", "")
     return response
 
 

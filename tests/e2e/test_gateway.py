@@ -189,6 +189,8 @@ def test_a_services_405_names_the_methods_its_path_takes(client):
     assert menu.headers.get_list("allow") == ["GET"]  # the service's, not the gateway's too
     cancel = client.get(f"/api/v1/orders/{uuid.uuid4()}/cancel")
     assert cancel.status_code == 405 and cancel.headers["allow"] == "POST"
+    orders = client.patch("/api/v1/orders", json={})  # a GET route and a POST route: both named
+    assert orders.status_code == 405 and orders.headers["allow"] == "GET, POST"
 
 
 def test_request_id_is_generated_or_passed_through_and_echoed(client):

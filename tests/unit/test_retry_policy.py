@@ -9,6 +9,7 @@ import pytest
 
 from sagakit import topology
 from sagakit.consuming import Poison, RetryLater, RetryPolicy
+from sagakit.deadletters import message_id
 
 
 class RecordingBroker:
@@ -71,3 +72,17 @@ async def test_a_parked_message_expires_after_the_dead_letter_retention():
     assert broker.published[-1]["expiration"] == 30 * 86_400
     assert await retries.reroute(delivery(1), "order.q", RetryLater("x")) == "retry"
     assert broker.published[-1]["expiration"] is None  # a retry is not a parked message
+
+
+async def test_a_message_with_no_id_is_parked_under_the_name_the_operator_api_shows(policy):
+    # Some clients publish without a message id (RabbitMQ's own UI, pika); aio-pika's publish
+    # would make a random one up, and the operator API would name the message differently
+    # from the digest it documents.
+    retries, broker = policy
+    no_id: Any = SimpleNamespace(body=b"not an event", headers={}, message_id=None,
+                                 correlation_id=None, type=None, content_type=None)
+    assert await retries.reroute(no_id, "order.q", Poison("no id")) == "parked"
+    assert broker.published[-1]["message_id"] == message_id(no_id)
+    assert message_id(no_id).startswith("sha256:")
+    assert await retries.reroute(delivery(1), "order.q", Poison("bad")) == "parked"
+    assert broker.published[-1]["message_id"] == "m1"  # one that has an id keeps it

@@ -51,6 +51,10 @@ def _app() -> FastAPI:
     async def login(username: str = Form()) -> dict[str, str]:
         return {"username": username}
 
+    @router.get("/people")
+    async def people() -> list[Person]:
+        return []
+
     app.include_router(router)
 
     @app.post("/direct")  # a route on the app itself: create_app makes it a JsonRoute too
@@ -313,3 +317,13 @@ async def test_a_body_in_time_is_read_whole() -> None:
         response = await client.post("/api/people", content=quick(),
                                      headers={"content-type": "application/json"})
     assert response.status_code == 200, response.text
+
+
+async def test_a_405_names_every_method_of_the_path_not_only_the_first_routes() -> None:
+    transport = httpx.ASGITransport(app=APP, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        two_routes = await client.patch("/api/people")
+        one_route = await client.get("/api/login")
+    assert two_routes.status_code == 405 and two_routes.json()["status"] == 405
+    assert two_routes.headers.get_list("allow") == ["GET, POST"]
+    assert one_route.status_code == 405 and one_route.headers["allow"] == "POST"

@@ -185,24 +185,34 @@ async function showOrder(id) {
       h("a", { href: order.links.logs, rel: "noopener", target: "_blank" }, "its logs in Seq")));
 }
 
+// Every service's dead letters (the identity's too: its customer-data requests), then what was
+// published with no queue bound for it (saga.unrouted: read only, nothing to replay it to).
+const PARKED = [...SERVICES.map((service) => [service, `/api/v1/ops/${service}/dead-letters`]),
+  ["unrouted", "/api/v1/ops/unrouted"]];
+
 async function loadDeadLetters() {
-  const parked = await Promise.all(SAGA_SERVICES.map(async (service) => {
+  const parked = await Promise.all(PARKED.map(async ([name, path]) => {
     try {
-      return [service, await api(`/api/v1/ops/${service}/dead-letters?limit=20`)];
+      return [name, await api(`${path}?limit=20`)];
     } catch (error) {
-      return [service, { error: error.message, messages: [], total: 0 }];
+      return [name, { error: error.message, messages: [], total: 0 }];
     }
   }));
-  update($("dead-letters"), parked.map(([service, list]) => h("div", { class: "dlq" },
-    h("h3", {}, `${service}: ${list.error ? list.error : `${list.total} parked`}`),
-    list.total ? h("button", { type: "button", onclick: () => replay(service, null) },
-      `Replay all of ${service}`) : null,
-    h("ul", {}, ...list.messages.map((m) => h("li", { "data-event": m.id },
-      h("code", {}, m.event_type || "?"), m.order_id ? ` order ${m.order_id}: ` : " (no order): ",
-      h("span", { class: "reason", title: m.reason || "" }, brief(m.reason || "")), " ",
-      h("button", { type: "button", onclick: () => replay(service, m.id),
-                    "aria-label": `Replay ${m.event_type || "message"}` +
-                      (m.order_id ? ` of order ${m.order_id}` : "") }, "Replay")))))));
+  update($("dead-letters"), parked.map(([name, list]) => {
+    const replayable = name !== "unrouted";
+    return h("div", { class: "dlq", "data-queue": name },
+      h("h3", {}, `${name}: ${list.error ? list.error : `${list.total} parked`}`),
+      list.total && replayable ? h("button", { type: "button", onclick: () => replay(name, null) },
+        `Replay all of ${name}`) : null,
+      h("ul", {}, ...list.messages.map((m) => h("li", { "data-event": m.id },
+        h("code", {}, m.event_type || m.routing_key || "?"),
+        m.order_id ? ` order ${m.order_id}: ` : " (no order): ",
+        h("span", { class: "reason", title: m.reason || "" }, brief(m.reason || "")), " ",
+        replayable ? h("button", { type: "button", onclick: () => replay(name, m.id),
+                                   "aria-label": `Replay ${m.event_type || "message"}` +
+                                     (m.order_id ? ` of order ${m.order_id}` : "") }, "Replay")
+          : null))));
+  }));
 }
 
 /** The first line of a long reason (a validation error can run for lines), at most 140 chars. */
