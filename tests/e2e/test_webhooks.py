@@ -30,7 +30,7 @@ class Receiver:
     stack). Per path: every request received, and how many to answer 500 before a 204.
 
     Natively the services reach it on 127.0.0.1; in compose mode the order containers reach the
-    host as ``host.docker.internal`` (Docker's ``host-gateway``, tests/compose/test-stack.yml),
+    host as ``host.docker.internal`` (Docker's ``host-gateway``, docker-compose.yml),
     so there it listens on every interface."""
 
     def __init__(self, listen: str = "127.0.0.1", host: str = "127.0.0.1") -> None:
