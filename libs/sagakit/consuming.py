@@ -171,8 +171,9 @@ class RetryPolicy:
             routing_key=routing_key,
             headers=headers,
             persist=True,
-            # FastStream would make an id up for a message that has none; the one it is parked
-            # under must be the one the operator API names it by (a digest of its body).
+            # A message that has no id would get a random one from the AMQP client (aiormq makes
+            # one up for every publish without); the one it is parked under must be the one the
+            # operator API names it by (a digest of its body).
             message_id=message_name(raw.message_id, raw.headers, raw.body),
             correlation_id=raw.correlation_id,
             message_type=raw.type,

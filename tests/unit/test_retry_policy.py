@@ -75,7 +75,7 @@ async def test_a_parked_message_expires_after_the_dead_letter_retention():
 
 
 async def test_a_message_with_no_id_is_parked_under_the_name_the_operator_api_shows(policy):
-    # Some clients publish without a message id (RabbitMQ's own UI, pika); aio-pika's publish
+    # Some clients publish without a message id (RabbitMQ's own UI, pika); aiormq's publish
     # would make a random one up, and the operator API would name the message differently
     # from the digest it documents.
     retries, broker = policy
