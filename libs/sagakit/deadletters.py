@@ -13,6 +13,12 @@ in between leaves both copies; the consumer's inbox makes the second one harmles
 is exactly once in effect. Replaying all touches only the messages parked when it began, so a
 message that fails again and is re-parked is not replayed in a loop.
 
+What was published with no queue bound for it (``saga.unrouted``, the alternate exchange of
+``saga.events``: a consumer not deployed yet, a binding removed) is read, replayed and discarded
+the same way. Its replay publishes the event again to ``saga.events`` with its routing key, so a
+queue bound since takes it; with none bound yet it lands in ``saga.unrouted`` again, as a
+replayed dead letter that fails again is parked again.
+
 Replays and discards are operator actions: each is recorded in the service's operator audit
 (:mod:`sagakit.audit`) with who asked and how it ended.
 
@@ -27,11 +33,16 @@ import asyncio
 import base64
 import contextlib
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from aio_pika.exceptions import AMQPError, DeliveryError
 from aiormq.exceptions import ChannelLockedResource
 from fastapi import APIRouter, Query
@@ -128,12 +139,32 @@ def replay_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
     return headers
 
 
+# Where a replay sends a message: an exchange and a routing key, or None (it stays parked).
+Route = Callable[[AbstractIncomingMessage], "tuple[str, str] | None"]
+
+
+def to_original_queue(message: AbstractIncomingMessage) -> tuple[str, str] | None:
+    """A dead letter goes back to the one queue it was consumed from, through saga.requeue (to
+    ``saga.events`` it would reach every other consumer of its type again)."""
+    queue = original_queue(message)
+    return (topology.REQUEUE.name, queue) if queue else None
+
+
+def to_where_it_was_sent(message: AbstractIncomingMessage) -> tuple[str, str] | None:
+    """An unrouted message goes where it was published: an event to ``saga.events`` with its
+    routing key; a retry that found no queue (its queue was deleted) to that queue directly."""
+    if message.exchange == topology.EVENTS.name and message.routing_key:
+        return topology.EVENTS.name, message.routing_key
+    return to_original_queue(message)
+
+
 class ParkedQueue:
     """One queue of parked messages, read and changed through a connection of its own."""
 
-    def __init__(self, rabbitmq_url: str, queue: str) -> None:
+    def __init__(self, rabbitmq_url: str, queue: str, route: Route = to_original_queue) -> None:
         self.rabbitmq_url = rabbitmq_url
         self.queue = queue
+        self.route = route
 
     @contextlib.asynccontextmanager
     async def _channel(self) -> AsyncIterator[AbstractChannel]:
@@ -203,15 +234,18 @@ class ParkedQueue:
             chosen = await self._holding(channel, event_id)
             if event_id is not None and not chosen:
                 raise _not_parked(event_id)
-            exchange = await channel.get_exchange(topology.REQUEUE.name, ensure=True)
+            exchanges: dict[str, AbstractExchange] = {}
             for message in chosen[:1] if event_id is not None else chosen:
-                target = original_queue(message)
-                if target is None:
+                route = self.route(message)
+                if route is None:
                     outcome.skipped.append(message_id(message))
                     continue
+                name, target = route
+                if name not in exchanges:
+                    exchanges[name] = await channel.get_exchange(name, ensure=True)
                 try:
-                    await exchange.publish(_replayed(message), routing_key=target,
-                                           mandatory=True)
+                    await exchanges[name].publish(_replayed(message), routing_key=target,
+                                                  mandatory=True)
                 except DeliveryError as exc:  # returned: no such queue bound any more
                     if event_id is None:  # replaying all: leave it parked, go on with the rest
                         outcome.skipped.append(message_id(message))
@@ -221,7 +255,7 @@ class ParkedQueue:
                 await message.ack()  # only once the republished copy is confirmed
                 outcome.replayed.append(message_id(message))
         if event_id is not None and outcome.skipped:
-            raise ApiError(409, "Cannot replay", f"{event_id} names no original queue")
+            raise ApiError(409, "Cannot replay", f"{event_id} names no queue to go back to")
         return outcome
 
     async def discard(self, event_id: str) -> DiscardOutcome:
@@ -256,50 +290,56 @@ OPS = allow("ops")
 def dead_letters_router(service: str, rabbitmq_url: str) -> APIRouter:
     """``/api/v1/ops/<service>/dead-letters``: list, replay one or all, discard one."""
     parked = ParkedQueue(rabbitmq_url, topology.dead_letter_queue(service).name)
-    router = APIRouter(prefix=f"/api/v1/ops/{service}/dead-letters", tags=["operations"],
-                       route_class=JsonRoute)
+    return _parked_router(
+        f"/api/v1/ops/{service}/dead-letters", parked, "dead_letter",
+        listed="Parked messages, oldest first",
+        replayed_all="Replay every message parked now to its original queue",
+        replayed_one="Replay one parked message to its original queue",
+        gone="Its original queue is unknown or gone")
 
-    @router.get("", response_model=ParkedList, summary="Parked messages, oldest first", **OPS)
-    async def list_dead_letters(limit: Limit = 100) -> ParkedList:
+
+def unrouted_router(rabbitmq_url: str) -> APIRouter:
+    """``/api/v1/ops/unrouted``: what was published with no queue bound for it (saga.unrouted);
+    list, replay one or all where it was sent, discard one."""
+    unrouted = ParkedQueue(rabbitmq_url, topology.UNROUTED_QUEUE.name, route=to_where_it_was_sent)
+    return _parked_router(
+        "/api/v1/ops/unrouted", unrouted, "unrouted",
+        listed="Messages no queue was bound for (saga.unrouted), oldest first",
+        replayed_all="Publish every message kept now again where it was sent (a queue bound "
+                     "since takes it; with none, it is kept here again)",
+        replayed_one="Publish one kept message again where it was sent",
+        gone="It was not sent to saga.events, and names no queue to go back to")
+
+
+def _parked_router(prefix: str, parked: ParkedQueue, action: str, *, listed: str,
+                   replayed_all: str, replayed_one: str, gone: str) -> APIRouter:
+    router = APIRouter(prefix=prefix, tags=["operations"], route_class=JsonRoute)
+
+    @router.get("", response_model=ParkedList, summary=listed, **OPS)
+    async def list_parked(limit: Limit = 100) -> ParkedList:
         return await parked.list(limit)
 
-    @router.post("/replay", response_model=ReplayOutcome,
-                 summary="Replay every message parked now to its original queue", **OPS)
+    @router.post("/replay", response_model=ReplayOutcome, summary=replayed_all, **OPS)
     async def replay_all(audit: Audit) -> ReplayOutcome:
-        async with audit.action("dead_letter.replay_all", target=parked.queue) as noted:
+        async with audit.action(f"{action}.replay_all", target=parked.queue) as noted:
             outcome = await parked.replay(None)
             noted.update(outcome.model_dump())
         return outcome
 
-    @router.post("/{event_id}/replay", response_model=ReplayOutcome,
-                 summary="Replay one parked message to its original queue",
-                 responses={404: {"description": "No such parked message"},
-                            409: {"description": "Its original queue is unknown or gone"}}, **OPS)
+    @router.post("/{event_id}/replay", response_model=ReplayOutcome, summary=replayed_one,
+                 responses={404: {"description": "No such message"}, 409: {"description": gone}},
+                 **OPS)
     async def replay_one(event_id: str, audit: Audit) -> ReplayOutcome:
-        async with audit.action("dead_letter.replay", target=event_id,
+        async with audit.action(f"{action}.replay", target=event_id,
                                 detail={"queue": parked.queue}):
             return await parked.replay(event_id)
 
     @router.delete("/{event_id}", response_model=DiscardOutcome,
-                   summary="Discard one parked message for good",
-                   responses={404: {"description": "No such parked message"}}, **OPS)
+                   summary="Discard one message for good",
+                   responses={404: {"description": "No such message"}}, **OPS)
     async def discard(event_id: str, audit: Audit) -> DiscardOutcome:
-        async with audit.action("dead_letter.discard", target=event_id,
+        async with audit.action(f"{action}.discard", target=event_id,
                                 detail={"queue": parked.queue}):
             return await parked.discard(event_id)
-
-    return router
-
-
-def unrouted_router(rabbitmq_url: str) -> APIRouter:
-    """``/api/v1/ops/unrouted``: what was published with no queue bound for it (read only)."""
-    unrouted = ParkedQueue(rabbitmq_url, topology.UNROUTED_QUEUE.name)
-    router = APIRouter(prefix="/api/v1/ops/unrouted", tags=["operations"],
-                       route_class=JsonRoute)
-
-    @router.get("", response_model=ParkedList,
-                summary="Messages no queue was bound for (saga.unrouted), oldest first", **OPS)
-    async def list_unrouted(limit: Limit = 100) -> ParkedList:
-        return await unrouted.list(limit)
 
     return router

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ADMISSION_BOUND, TERMINAL, wait_for
+from tests.stacks import Stack
 
 pytestmark = pytest.mark.e2e
 RELAY = "/api/v1/orders/faults"
@@ -31,15 +32,27 @@ LINE = "/api/v1/production/line"
 
 
 @pytest.fixture
-def relay_resumed_after(client: httpx.Client) -> Iterator[None]:
+def relay_resumed_after(client: httpx.Client, stack: Stack) -> Iterator[None]:
     yield
     assert client.put(RELAY, json={"relay_paused": False}).status_code == 200
+    admitting_again(stack)  # the next test's orders must not meet this one's bound
 
 
 @pytest.fixture
-def line_resumed_after(client: httpx.Client) -> Iterator[None]:
+def line_resumed_after(client: httpx.Client, stack: Stack) -> Iterator[None]:
     yield
     assert client.put(LINE, json={"paused": False}).status_code == 200
+    admitting_again(stack)
+
+
+def admitting_again(stack: Stack, timeout: float = 60) -> None:
+    """Until every order replica's last sample is within the bound again. Each samples on its own
+    (every 0.5 s; behind a busy pool it may be seconds late): wait for all of them, not for
+    whichever the gateway picks for a metrics request."""
+    deadline = time.monotonic() + timeout
+    while any(replica_waiting(text) > ADMISSION_BOUND for text in stack.metrics("order")):
+        assert time.monotonic() < deadline, "admission control still refuses after the backlog"
+        time.sleep(0.2)
 
 
 def fill_to_the_bound(client: httpx.Client, customer: httpx.Client, pause: tuple[str, Any],
@@ -94,12 +107,7 @@ def test_a_lagging_saga_refuses_new_orders_and_creates_none(client, signed_up, s
     assert client.put(RELAY, json={"relay_paused": False}).status_code == 200
     for order_id in accepted:
         assert wait_for(customer, order_id, TERMINAL, timeout=60)["status"] == "finished"
-    # Each order replica samples on its own (behind a busy pool it may be seconds late): wait
-    # for every one, not for whichever the gateway picks for the metrics request.
-    deadline = time.monotonic() + 10
-    while any(replica_waiting(text) > ADMISSION_BOUND for text in stack.metrics("order")) \
-            and time.monotonic() < deadline:
-        time.sleep(0.2)
+    admitting_again(stack)
     again = customer.post("/api/v1/orders", json=ORDER,
                           headers={"Idempotency-Key": refused_key})
     assert again.status_code == 202, again.text

@@ -287,11 +287,10 @@ def test_the_operator_replays_a_dead_letter(tab, client, stack):
     log_in_as_operator(tab)
     parked = page.locator(f'#dead-letters li[data-event="{event_id}"]')
     try:
-        # every service's dead letters, the identity's too, and saga.unrouted (read only)
+        # every service's dead letters, the identity's too, and saga.unrouted
         for queue in ("order", "payment", "production", "identity", "unrouted"):
             page.locator(f'#dead-letters [data-queue="{queue}"] h3').filter(
                 has_text=f"{queue}: ").wait_for()
-        assert page.locator('#dead-letters [data-queue="unrouted"] button').count() == 0
         parked.get_by_role("button", name="Replay").click()
         page.locator("#dlq-status").filter(has_text="Replayed 1 message(s) of payment").wait_for()
         wait_parked(client, "payment", event_id)  # still poison: back in the dead letters

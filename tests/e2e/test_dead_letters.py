@@ -119,15 +119,45 @@ def test_replay_all_returns_every_parked_message_to_its_queue(client, stack):
         client.delete(f"{OPS}/payment/dead-letters/{event_id}")
 
 
+def _unrouted(client) -> dict[str, dict[str, Any]]:
+    response = client.get(f"{OPS}/unrouted", params={"limit": 1000})
+    assert response.status_code == 200, response.text
+    return {m["id"]: m for m in response.json()["messages"]}
+
+
 def test_unrouted_messages_are_visible(client, stack):
     event_id = str(uuid.uuid4())
     asyncio.run(_publish(stack.rabbitmq_url, b"{}", exchange="saga.events",
                          routing_key="nobody.listens", headers={"ce-type": "nobody.listens"},
                          message_id=event_id))
-    response = client.get(f"{OPS}/unrouted", params={"limit": 1000})
-    assert response.status_code == 200, response.text
-    found = [m for m in response.json()["messages"] if m["id"] == event_id]
-    assert found and found[0]["routing_key"] == "nobody.listens"
+    found = _unrouted(client).get(event_id)
+    assert found and found["routing_key"] == "nobody.listens"
+
+
+def test_an_unrouted_message_is_replayed_where_it_was_sent_or_discarded(client, anonymous,
+                                                                        stack):
+    kept, dropped = str(uuid.uuid4()), str(uuid.uuid4())
+    for event_id in (kept, dropped):
+        asyncio.run(_publish(stack.rabbitmq_url, b"{}", exchange="saga.events",
+                             routing_key="nobody.listens.yet",
+                             headers={"ce-type": "nobody.listens.yet"}, message_id=event_id))
+    assert {kept, dropped} <= set(_unrouted(client))
+    assert anonymous.post(f"{OPS}/unrouted/{kept}/replay").status_code == 401
+
+    replayed = client.post(f"{OPS}/unrouted/{kept}/replay")
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["replayed"] == [kept]
+    deadline = time.monotonic() + 10  # still nobody bound: kept again, never lost
+    while kept not in _unrouted(client):
+        assert time.monotonic() < deadline, "a replayed unrouted message was lost"
+        time.sleep(0.1)
+
+    assert client.delete(f"{OPS}/unrouted/{dropped}").json() == {"discarded": dropped}
+    assert dropped not in _unrouted(client)
+    assert client.delete(f"{OPS}/unrouted/{dropped}").status_code == 404
+    audit = client.get(f"{OPS}/order/audit", params={"action": "unrouted.discard"}).json()
+    assert any(r["target"] == dropped for r in audit["records"]), audit
+    client.delete(f"{OPS}/unrouted/{kept}")
 
 
 def test_two_operators_discarding_two_messages_at_once_both_succeed(client, stack):

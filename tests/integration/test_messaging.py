@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from sagakit import topology
 from sagakit.consuming import RetryLater
-from sagakit.deadletters import ParkedQueue
+from sagakit.deadletters import ParkedQueue, to_where_it_was_sent
 from sagakit.errors import ApiError
 from sagakit.routing import of_type
 from sagakit.runtime import Messaging, event_meta
@@ -154,3 +154,36 @@ async def test_replay_all_replays_what_it_can_and_leaves_a_message_whose_queue_i
         await ParkedQueue(rabbitmq_url, dead_letters).replay(first)
     assert refused.value.status == 409
     await ParkedQueue(rabbitmq_url, dead_letters).discard(first)
+
+
+async def test_an_unrouted_event_is_replayed_where_it_was_sent_once_a_queue_is_bound(
+        harness, rabbitmq_url):
+    unrouted = ParkedQueue(rabbitmq_url, topology.UNROUTED_QUEUE.name,
+                           route=to_where_it_was_sent)
+    event_id = str(uuid.uuid4())
+    events = await harness["channel"].get_exchange(topology.EVENTS.name)
+    await events.publish(aio_pika.Message(
+        b'{"n": 95}', message_id=event_id, delivery_mode=2,
+        headers={"ce-id": event_id, "ce-type": "probe.ping", "ce-subject": "probe"}),
+        routing_key="probe.late")  # no queue is bound for it yet
+
+    async def kept() -> bool:
+        return event_id in [m.id for m in (await unrouted.list(1000)).messages]
+
+    async def until_kept() -> None:
+        async with asyncio.timeout(10):
+            while True:
+                if await kept():
+                    return
+                await asyncio.sleep(0.05)
+
+    await until_kept()
+    assert (await unrouted.replay(event_id)).replayed == [event_id]
+    await until_kept()  # still no queue for it: kept again, not lost
+    assert 95 not in harness["seen"]
+
+    queue = await harness["channel"].get_queue(QUEUE.name)
+    await queue.bind(events, routing_key="probe.late")  # the consumer arrives
+    assert (await unrouted.replay(event_id)).replayed == [event_id]
+    await within(10, harness["done"].setdefault(95, asyncio.Event()).wait())
+    assert not await kept()

@@ -186,33 +186,31 @@ async function showOrder(id) {
 }
 
 // Every service's dead letters (the identity's too: its customer-data requests), then what was
-// published with no queue bound for it (saga.unrouted: read only, nothing to replay it to).
-const PARKED = [...SERVICES.map((service) => [service, `/api/v1/ops/${service}/dead-letters`]),
-  ["unrouted", "/api/v1/ops/unrouted"]];
+// published with no queue bound for it (saga.unrouted: replayed where it was sent).
+const PARKED = new Map([
+  ...SERVICES.map((service) => [service, `/api/v1/ops/${service}/dead-letters`]),
+  ["unrouted", "/api/v1/ops/unrouted"]]);
 
 async function loadDeadLetters() {
-  const parked = await Promise.all(PARKED.map(async ([name, path]) => {
+  const parked = await Promise.all([...PARKED].map(async ([name, path]) => {
     try {
       return [name, await api(`${path}?limit=20`)];
     } catch (error) {
       return [name, { error: error.message, messages: [], total: 0 }];
     }
   }));
-  update($("dead-letters"), parked.map(([name, list]) => {
-    const replayable = name !== "unrouted";
-    return h("div", { class: "dlq", "data-queue": name },
-      h("h3", {}, `${name}: ${list.error ? list.error : `${list.total} parked`}`),
-      list.total && replayable ? h("button", { type: "button", onclick: () => replay(name, null) },
-        `Replay all of ${name}`) : null,
-      h("ul", {}, ...list.messages.map((m) => h("li", { "data-event": m.id },
-        h("code", {}, m.event_type || m.routing_key || "?"),
-        m.order_id ? ` order ${m.order_id}: ` : " (no order): ",
-        h("span", { class: "reason", title: m.reason || "" }, brief(m.reason || "")), " ",
-        replayable ? h("button", { type: "button", onclick: () => replay(name, m.id),
-                                   "aria-label": `Replay ${m.event_type || "message"}` +
-                                     (m.order_id ? ` of order ${m.order_id}` : "") }, "Replay")
-          : null))));
-  }));
+  update($("dead-letters"), parked.map(([name, list]) => h("div",
+    { class: "dlq", "data-queue": name },
+    h("h3", {}, `${name}: ${list.error ? list.error : `${list.total} parked`}`),
+    list.total ? h("button", { type: "button", onclick: () => replay(name, null) },
+      `Replay all of ${name}`) : null,
+    h("ul", {}, ...list.messages.map((m) => h("li", { "data-event": m.id },
+      h("code", {}, m.event_type || m.routing_key || "?"),
+      m.order_id ? ` order ${m.order_id}: ` : " (no order): ",
+      h("span", { class: "reason", title: m.reason || "" }, brief(m.reason || "")), " ",
+      h("button", { type: "button", onclick: () => replay(name, m.id),
+                    "aria-label": `Replay ${m.event_type || "message"}` +
+                      (m.order_id ? ` of order ${m.order_id}` : "") }, "Replay")))))));
 }
 
 /** The first line of a long reason (a validation error can run for lines), at most 140 chars. */
@@ -222,8 +220,8 @@ function brief(text) {
 }
 
 async function replay(service, id) {
-  const path = id ? `/api/v1/ops/${service}/dead-letters/${encodeURIComponent(id)}/replay`
-    : `/api/v1/ops/${service}/dead-letters/replay`;
+  const base = PARKED.get(service);
+  const path = id ? `${base}/${encodeURIComponent(id)}/replay` : `${base}/replay`;
   try {
     const outcome = await api(path, { method: "POST" });
     say($("dlq-status"), `Replayed ${outcome.replayed.length} message(s) of ${service}` +
