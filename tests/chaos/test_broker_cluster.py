@@ -69,6 +69,34 @@ def running_nodes(stack: ComposeStack, ask: str) -> set[str]:
     return set(json.loads(out)["running_nodes"])
 
 
+def _whereabouts(stack: ComposeStack, survivor: str, http: httpx.Client,
+                 orders: dict[str, str]) -> str:
+    """What an operator would look at for orders that did not end: each one's timeline, every
+    queue with messages or without consumers, the kitchen's outbox, the services' lines about
+    the order."""
+    lines = []
+    for queue in json.loads(stack.exec(
+            survivor, "rabbitmqctl", "-q", "list_queues", "name", "messages_ready",
+            "messages_unacknowledged", "consumers", "leader", "--formatter", "json")):
+        if queue["messages_ready"] or queue["messages_unacknowledged"] or (
+                queue["name"].endswith("-events") and not queue["consumers"]):
+            lines.append(f"queue {queue}")
+    lines.append("kitchen outbox: " + stack.exec(
+        "redis", "redis-cli", "XINFO", "GROUPS", "outbox").replace("\n", " "))
+    for order_id in orders:
+        order = http.get(f"/api/v1/orders/{order_id}").json()
+        if order.get("status") in ("finished", "cancelled", "refunded"):
+            continue
+        lines.append(f"order {order_id}: {order.get('status')}, timeline "
+                     f"{[(t['status'], t['at']) for t in order.get('timeline', [])]}")
+        for service in ("order", "production"):
+            said = [line for line in stack.compose("logs", "--no-log-prefix", service,
+                                                   timeout=120).splitlines()
+                    if order_id in line]
+            lines.extend(f"  {service}: {line[:400]}" for line in said[-8:])
+    return "\n".join(lines)
+
+
 def _stall_seconds(orders: dict[str, dict[str, Any]]) -> float:
     """The longest time no saga reached its end while the others kept finishing."""
     ends = sorted(datetime.fromisoformat(o["updated_at"]) for o in orders.values())
@@ -109,7 +137,11 @@ def test_the_node_leading_the_busiest_queues_stops_under_load(
           f"{leader} never rejoined the cluster", 120)
 
     orders = load.join()
-    Books(ha_client, cluster).settle("broker node stopped", orders, deadline=120)
+    try:
+        Books(ha_client, cluster).settle("broker node stopped", orders, deadline=120)
+    except AssertionError as failed:  # say where the missing events are, while the stack runs
+        raise AssertionError(f"{failed}\n{_whereabouts(stack, survivor, ha_client, orders)}") \
+            from None
 
     after = queues(stack, survivor)
     for queue in after:  # the node came back as a member of every queue again

@@ -12,6 +12,7 @@ empty ledger for payments), never their data.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -275,3 +276,52 @@ def test_token_endpoint_errors_follow_oauth(anonymous, form, status, error) -> N
     response = anonymous.post("/api/v1/auth/token", data=form)
     assert response.status_code == status, response.text
     assert response.json()["error"] == error
+
+
+def _log_in(http: httpx.Client, email: str, password: str) -> httpx.Response:
+    return http.post("/api/v1/auth/token", data={"grant_type": "password", "username": email,
+                                                 "password": password})
+
+
+def _waits(response: httpx.Response, error: str, field: str) -> int:
+    """A 429 of the per-account throttle: its Retry-After, after checking its shape."""
+    assert response.status_code == 429, response.text
+    body = response.json()
+    assert body["error"] == error and "access_token" not in body, body
+    assert body["errors"][0]["field"] == field and "try again in" in body["detail"], body
+    assert response.headers["cache-control"] == "no-store"
+    return int(response.headers["retry-after"])
+
+
+def test_guessing_a_password_waits_after_five_failures(anonymous) -> None:
+    """identity.throttle: five wrong passwords, then each attempt waits (even the right one),
+    the wait doubling; a burst while waiting is not counted; a success starts again."""
+    email, password = f"guessed-{uuid.uuid4().hex[:8]}@example.com", "the right password"
+    assert anonymous.post("/api/v1/customers", json={"name": "Gus", "email": email,
+                                                     "password": password}).status_code == 201
+    for _ in range(5):
+        assert _log_in(anonymous, email, "a wrong guess").status_code == 400
+    assert _waits(_log_in(anonymous, email, password), "invalid_grant", "username") == 1
+    for _ in range(5):  # not counted: the wait does not grow
+        assert _log_in(anonymous, email, "burst").status_code == 429
+    time.sleep(1.1)
+    assert _log_in(anonymous, email, "a sixth guess").status_code == 400
+    assert _waits(_log_in(anonymous, email.upper(), password), "invalid_grant", "username") == 2
+    time.sleep(2.1)
+    assert _log_in(anonymous, email, password).status_code == 200
+    assert _log_in(anonymous, email, "wrong again").status_code == 400  # counted from zero
+    assert _log_in(anonymous, email, password).status_code == 200
+
+
+def test_an_unknown_account_waits_alike(anonymous) -> None:
+    """The wait is the same whether the account exists or not: it tells nobody which do."""
+    email = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
+    for _ in range(5):
+        assert _log_in(anonymous, email, "guess").json()["error"] == "invalid_grant"
+    assert _waits(_log_in(anonymous, email, "guess"), "invalid_grant", "username") == 1
+    client = {"grant_type": "client_credentials", "client_id": f"bot-{uuid.uuid4().hex[:8]}",
+              "client_secret": "guess"}
+    for _ in range(5):
+        assert anonymous.post("/api/v1/auth/token", data=client).status_code == 401
+    assert _waits(anonymous.post("/api/v1/auth/token", data=client), "invalid_client",
+                  "client_id") == 1

@@ -330,8 +330,9 @@ def own_name(infra: Infra, request: pytest.FixtureRequest) -> str:
 SERVICES = Path(__file__).parents[2] / "services"
 
 
-async def _migrated_pool(infra: Infra, name: str, role: str, service: str) -> asyncpg.Pool:
-    created = await postgres.create_pool(infra.fresh_database(name, role, role), max_size=4)
+async def _migrated_pool(infra: Infra, name: str, role: str, service: str,
+                         size: int = 4) -> asyncpg.Pool:
+    created = await postgres.create_pool(infra.fresh_database(name, role, role), max_size=size)
     await postgres.migrate(created, [SERVICES / service / service / "migrations"])
     return created
 
@@ -348,6 +349,14 @@ async def order_db(infra: Infra, own_name: str) -> AsyncIterator[asyncpg.Pool]:
 async def payment_db(infra: Infra, own_name: str) -> AsyncIterator[asyncpg.Pool]:
     """A fresh database of the payment service's, migrated, for tests of its store."""
     pool = await _migrated_pool(infra, f"{own_name}_payment", "payment_svc", "payment")
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="module")
+async def identity_db(infra: Infra, own_name: str) -> AsyncIterator[asyncpg.Pool]:
+    """A fresh database of the identity service's, migrated; room for 25 requests at once."""
+    pool = await _migrated_pool(infra, f"{own_name}_identity", "identity_svc", "identity", 25)
     yield pool
     await pool.close()
 

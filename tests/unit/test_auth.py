@@ -13,6 +13,7 @@ import jwt
 import pytest
 
 from identity import keys
+from identity.throttle import LoginThrottle
 from identity.tokens import HashGate, Signer, check_password, hash_password
 from sagakit import auth
 from sagakit.errors import ApiError
@@ -237,3 +238,9 @@ async def test_the_hash_gate_runs_two_at_once_queues_a_few_and_refuses_the_rest(
     assert await asyncio.gather(*held) == [1, 1, 1]
     assert most == 2
     assert await gate.run(lambda: 7) == 7  # free again once they are done
+
+
+def test_password_guessing_waits_double_after_the_free_attempts() -> None:
+    throttle = LoginThrottle(free=5, first_wait=1, longest_wait=900)
+    assert [throttle.wait_after(n) for n in range(1, 10)] == [0, 0, 0, 0, 1, 2, 4, 8, 16]
+    assert throttle.wait_after(15) == 900 and throttle.wait_after(10_000) == 900

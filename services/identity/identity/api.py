@@ -9,6 +9,9 @@ profile and the public keys (identity.app builds the service around it).
   parameter given more than once is ``invalid_request`` (§3.1), never a pick of one copy.
 - ``GET /api/v1/customers/me``: the caller's profile (a customer token).
 - ``GET /.well-known/jwks.json``: the public keys every service verifies tokens with.
+
+Password guessing is slowed per account (identity.throttle): past a few failed attempts on an
+account, the next must wait (429, ``Retry-After``), for customers and clients alike.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from identity import keys
+from identity import keys, throttle
 from identity.settings import IdentitySettings
 from identity.tokens import Signer, check_password, hash_password
 from sagakit.auth import Caller, allow
@@ -90,7 +93,8 @@ async def me(caller: Caller, request: Request) -> CustomerOut:
 def _oauth_error(status_code: int, error: str, description: str, field: str | None = None,
                  headers: dict[str, str] | None = None) -> JSONResponse:
     """RFC 6749 §5.2 error, in the project's problem shape."""
-    titles = {400: "Bad Request", 401: "Unauthorized", 415: "Unsupported Media Type"}
+    titles = {400: "Bad Request", 401: "Unauthorized", 415: "Unsupported Media Type",
+              429: "Too Many Requests"}
     response = problem(status_code, titles[status_code], description,
                        [{"field": field, "message": description}] if field else None,
                        error=error, error_description=description)
@@ -107,6 +111,15 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return client_id, secret
+
+
+CUSTOMER, CLIENT = throttle.customer_key("{}"), throttle.client_key("{}")
+
+
+def _wait(seconds: int, error: str, field: str) -> JSONResponse:
+    """An attempt on an account that must wait (identity.throttle): its password unchecked."""
+    return _oauth_error(429, error, f"Too many failed attempts on this account: try again in "
+                        f"{seconds} s.", field, headers={"Retry-After": str(seconds)})
 
 
 def _with_nul(fields: dict[str, str]) -> str | None:
@@ -154,17 +167,22 @@ async def token(request: Request) -> Response:
         return _oauth_error(400, "invalid_request", "grant_type is required.", "grant_type")
     pool = request.app.state.pool
     signer: Signer = request.app.state.signer
+    guessing: throttle.LoginThrottle = request.app.state.login_throttle
     if grant == "password":
         for name in ("username", "password"):
             if not fields.get(name):
                 return _oauth_error(400, "invalid_request", f"{name} is required.", name)
+        email = fields["username"].strip()  # as sign-up keeps it
         async with pool.acquire() as conn:
+            if wait := await guessing.attempt(conn, CUSTOMER, email):
+                return _wait(wait, "invalid_grant", "username")
             row = await conn.fetchrow("SELECT id, name, email, password_hash FROM customers"
-                                      " WHERE lower(email) = lower($1)",
-                                      fields["username"].strip())  # as sign-up keeps it
+                                      " WHERE lower(email) = lower($1)", email)
         if not await check_password(row["password_hash"] if row else None, fields["password"]):
             return _oauth_error(400, "invalid_grant", "Wrong email or password.")
         assert row is not None
+        async with pool.acquire() as conn:
+            await guessing.succeeded(conn, CUSTOMER, email)
         allowed = {"orders"}
         if requested - allowed:
             return _oauth_error(400, "invalid_scope", "A customer may ask only for: orders.",
@@ -182,12 +200,16 @@ async def token(request: Request) -> Response:
             return _oauth_error(400, "invalid_request", f"{unreadable} holds a NUL character.",
                                 unreadable)
         async with pool.acquire() as conn:
+            if wait := await guessing.attempt(conn, CLIENT, client_id):
+                return _wait(wait, "invalid_client", "client_id")
             row = await conn.fetchrow("SELECT client_id, secret_hash, scopes FROM clients"
                                       " WHERE client_id = $1", client_id)
         if not await check_password(row["secret_hash"] if row else None, secret):
             return _oauth_error(401, "invalid_client", "Unknown client or wrong secret.",
                                 headers={"WWW-Authenticate": 'Basic realm="saga-shop"'})
         assert row is not None
+        async with pool.acquire() as conn:
+            await guessing.succeeded(conn, CLIENT, client_id)
         allowed = set(row["scopes"])
         if requested - allowed:
             return _oauth_error(400, "invalid_scope",

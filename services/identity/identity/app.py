@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncpg
 from fastapi import FastAPI
 
-from identity import api, customer_data, data_api, handlers, keys
+from identity import api, customer_data, data_api, handlers, keys, throttle
 from identity.settings import IdentitySettings
 from identity.tokens import Signer, hash_password
 from sagakit.archive import archive_router
@@ -85,11 +85,17 @@ def build(settings: IdentitySettings | None = None) -> FastAPI:
     ``python -m identity`` serves ``build()`` (uvicorn's factory mode)."""
     settings = settings or IdentitySettings()
     messaging = Messaging(SERVICE, settings, handlers.QUEUES, customer_data.PUBLISHES)
+    guessing = throttle.LoginThrottle(
+        settings.login_free_attempts, settings.login_first_wait_seconds,
+        settings.login_longest_wait_seconds, settings.login_forget_seconds)
+
+    async def retention(pool: asyncpg.Pool, _: int) -> None:
+        await customer_data.forget_old_exports(pool, settings.export_retention_seconds)
+        await guessing.forget_idle(pool)
 
     saga_lifespan = postgres_lifespan(
         SERVICE, settings, messaging, Path(__file__).with_name("migrations"),
-        retention=lambda pool, _: customer_data.forget_old_exports(
-            pool, settings.export_retention_seconds),
+        retention=retention,
         prepare=seed if settings.seed_dev_accounts else None,
     )
 
@@ -120,5 +126,6 @@ def build(settings: IdentitySettings | None = None) -> FastAPI:
     handlers.router.include(messaging, app.state)  # its pool: opened by the lifespan
     add_asyncapi_route(app, SERVICE, messaging)
     app.state.settings = settings
+    app.state.login_throttle = guessing
     app.include_router(api.router)
     return app

@@ -23,6 +23,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
+from identity import throttle
 from sagakit.envelope import EventMeta, EventSource
 from sagakit.events import (
     CustomerData,
@@ -123,6 +124,9 @@ async def erase(pool: asyncpg.Pool, customer_id: UUID, requested_by: str) -> dic
             row = await conn.fetchrow("SELECT * FROM erasures WHERE customer_id = $1",
                                       customer_id)
         else:
+            await conn.execute(  # its failed log-ins' count (identity.throttle) goes too
+                "DELETE FROM login_attempts WHERE account = (SELECT"
+                f" {throttle.customer_key('email')} FROM customers WHERE id = $1)", customer_id)
             await conn.execute(
                 "UPDATE customers SET name = $2, email = 'erased-' || id || '@invalid',"
                 " password_hash = $2, erased_at = now() WHERE id = $1", customer_id, ERASED)

@@ -24,6 +24,13 @@ class IdentitySettings(DatabaseSettings):
     export_reuse_seconds: int = Field(300, ge=0)
     # An export (personal data) is deleted this long after it was asked for.
     export_retention_seconds: int = Field(86_400, ge=60)
+    # Password guessing (identity.throttle): attempts on one account checked at once, then the
+    # first wait (doubling with each further failure, up to the longest); a count with no
+    # attempt for IDENTITY_LOGIN_FORGET_SECONDS is forgotten.
+    login_free_attempts: int = Field(5, ge=1)
+    login_first_wait_seconds: float = Field(1.0, ge=0)
+    login_longest_wait_seconds: float = Field(900.0, ge=0)
+    login_forget_seconds: float = Field(86_400.0, ge=60)
     # The development accounts of README "Accounts"; off for anything reachable from outside.
     seed_dev_accounts: bool = True
     # Where the gateway listens (GATEWAY_BIND): with the development accounts on, only loopback.
