@@ -138,6 +138,40 @@ class JsonRoute(APIRoute):
 
         return strict_json
 
+    # HEAD (RFC 9110 §9.3.2: every general-purpose server supports GET and HEAD): a GET route
+    # takes it too, runs as for GET and sends only the head. Starlette's own routes do so;
+    # FastAPI's leave HEAD out, and adding it to ``methods`` would put a HEAD operation of
+    # every GET into the OpenAPI documents.
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if _head_of_get(self, scope):
+            return super().matches({**scope, "method": "GET"})
+        return super().matches(scope)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _head_of_get(self, scope):
+            await super().handle(scope, receive, send)
+            return
+        done = False
+
+        async def head_only(message: AsgiMessage) -> None:
+            # The status and headers (Content-Length included), then the end at once: uvicorn
+            # writes no body for HEAD, and a response ended is a disconnect to the endpoint's
+            # receive(), so a live event stream stops instead of running for nobody.
+            nonlocal done
+            if done:
+                return
+            if message["type"] == "http.response.start":
+                await send(message)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                done = True
+
+        await self.app(scope, receive, head_only)
+
+
+def _head_of_get(route: APIRoute, scope: Scope) -> bool:
+    return (scope["type"] == "http" and scope["method"] == "HEAD"
+            and "GET" in (route.methods or ()))
+
 
 def problem(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None,
             **extra: Any) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,7 @@ from tests.e2e.conftest import (
     flood,
     newest_order,
     order_body,
+    place,
     stock_of,
     wait_until_allowed,
 )
@@ -186,11 +188,27 @@ def test_other_methods_on_the_gateways_own_paths_are_json_405(client):
 def test_a_services_405_names_the_methods_its_path_takes(client):
     menu = client.delete("/api/v1/products")
     assert menu.status_code == 405 and menu.json()["status"] == 405
-    assert menu.headers.get_list("allow") == ["GET"]  # the service's, not the gateway's too
+    assert menu.headers.get_list("allow") == ["GET, HEAD"]  # the service's, not the gateway's
     cancel = client.get(f"/api/v1/orders/{uuid.uuid4()}/cancel")
     assert cancel.status_code == 405 and cancel.headers["allow"] == "POST"
     orders = client.patch("/api/v1/orders", json={})  # a GET route and a POST route: both named
-    assert orders.status_code == 405 and orders.headers["allow"] == "GET, POST"
+    assert orders.status_code == 405 and orders.headers["allow"] == "GET, HEAD, POST"
+
+
+def test_head_answers_as_get_without_the_body(client):
+    """RFC 9110: a server that takes GET takes HEAD, through the gateway too."""
+    placed_order = place(client, [("lemonade", 1)]).json()["id"]
+    menu, head = client.get("/api/v1/products"), client.head("/api/v1/products")
+    assert head.status_code == menu.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == menu.headers["content-type"]
+    order = client.head(f"/api/v1/orders/{placed_order}")
+    assert order.status_code == 200 and order.content == b""
+    assert client.head(f"/api/v1/orders/{uuid.uuid4()}").status_code == 404
+    started = time.monotonic()  # a live event stream answers its head and ends
+    stream = client.head(f"/api/v1/orders/{placed_order}/events")
+    assert stream.status_code == 200 and stream.content == b""
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert time.monotonic() - started < 5
 
 
 def test_request_id_is_generated_or_passed_through_and_echoed(client):

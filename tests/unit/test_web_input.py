@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, Form, params
+from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,7 +54,16 @@ def _app() -> FastAPI:
 
     @router.get("/people")
     async def people() -> list[Person]:
-        return []
+        return [Person.model_validate_json(GOOD)]
+
+    @router.get("/ticks")  # a stream that never ends by itself, as an order's live events
+    async def ticks() -> StreamingResponse:
+        async def forever() -> AsyncIterator[bytes]:
+            while True:
+                yield b"tick\n"
+                await asyncio.sleep(0.01)
+
+        return StreamingResponse(forever(), media_type="text/plain")
 
     app.include_router(router)
 
@@ -325,5 +335,19 @@ async def test_a_405_names_every_method_of_the_path_not_only_the_first_routes() 
         two_routes = await client.patch("/api/people")
         one_route = await client.get("/api/login")
     assert two_routes.status_code == 405 and two_routes.json()["status"] == 405
-    assert two_routes.headers.get_list("allow") == ["GET, POST"]
+    assert two_routes.headers.get_list("allow") == ["GET, HEAD, POST"]
     assert one_route.status_code == 405 and one_route.headers["allow"] == "POST"
+
+
+async def test_head_is_a_get_without_its_body() -> None:
+    transport = httpx.ASGITransport(app=APP, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        got, head = await client.get("/api/people"), await client.head("/api/people")
+        assert head.status_code == got.status_code == 200 and got.json()
+        assert head.content == b"" and head.headers["content-length"] == \
+            got.headers["content-length"] == str(len(got.content))
+        assert (await client.head("/api/login")).status_code == 405  # POST only: no HEAD
+        assert "head" not in APP.openapi()["paths"]["/api/people"]  # nor in the documents
+        async with asyncio.timeout(5):  # a stream ends once its head is sent
+            stream = await client.head("/api/ticks")
+        assert stream.status_code == 200 and stream.content == b""
