@@ -196,7 +196,8 @@ def verify(token: str, keys: KeySet) -> Principal:
 
 def unauthorized(detail: str, *, error: str | None = None) -> ApiError:
     challenge = "Bearer" + (f' error="{error}"' if error else "")
-    return ApiError(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
+    return ApiError(401, "Unauthorized", detail, field="Authorization",
+                    headers={"WWW-Authenticate": challenge})
 
 
 # The OpenAPI security scheme: both grants of the one token endpoint. auto_error=False: a missing
@@ -260,7 +261,7 @@ def allow(*scopes: str) -> dict[str, Any]:
         if not caller.scopes & set(scopes):
             raise ApiError(403, "Forbidden",
                            f"This operation needs one of the scopes: {', '.join(scopes)}.",
-                           headers={"WWW-Authenticate": challenge})
+                           field="Authorization", headers={"WWW-Authenticate": challenge})
 
     return {"dependencies": [Depends(check)],
             "openapi_extra": {"security": [{SCHEME: [s]} for s in scopes]}}

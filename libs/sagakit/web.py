@@ -233,9 +233,11 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    titles = {404: "Not found", 405: "Method not allowed"}
+    titles = {404: "Not Found", 405: "Method Not Allowed"}  # RFC 9110's, as the gateway's
+    blamed = {404: "path", 405: "method"}.get(exc.status_code)
     response = problem(exc.status_code, titles.get(exc.status_code, "HTTP error"),
-                       str(exc.detail))
+                       str(exc.detail),
+                       [{"field": blamed, "message": str(exc.detail)}] if blamed else None)
     response.headers.update(exc.headers or {})
     if exc.status_code == 405:  # RFC 9110: a 405 must name what the path takes
         response.headers["Allow"] = allowed_methods(request) or response.headers.get("Allow", "")

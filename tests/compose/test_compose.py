@@ -215,6 +215,23 @@ def _mount(service: str, volume: str) -> str:
     raise AssertionError(f"{service} does not mount {volume}")
 
 
+# The VOLUME each image declares (its Dockerfile, official and stand-in alike).
+IMAGE_VOLUMES = {"rabbitmq": "/var/lib/rabbitmq", "postgres": "/var/lib/postgresql/data",
+                 "redis": "/data", "datalust/seq": "/data", "jaegertracing/jaeger": "/tmp"}  # noqa: S108
+
+
+def test_every_volume_an_image_declares_is_mounted_by_name_or_in_memory() -> None:
+    """Else compose gives it an unnamed volume, and each `make down` / `make up` leaves one
+    more behind (which `make down-volumes` no longer finds)."""
+    for name, service in services().items():
+        image = str(service.get("image", "")).rpartition(":")[0]
+        if (path := IMAGE_VOLUMES.get(image)) is None:
+            continue
+        mounted = {str(v).partition(":")[2].removesuffix(":ro")
+                   for v in service.get("volumes", [])} | set(service.get("tmpfs", []))
+        assert path in mounted, f"{name} leaves its image's VOLUME {path} unnamed"
+
+
 def test_each_database_url_names_a_postgres_of_its_own() -> None:
     seen = set()
     for service in ("order", "payment", "identity"):

@@ -207,6 +207,8 @@ def test_sign_up_then_log_in(anonymous) -> None:
     wrong = anonymous.post("/api/v1/auth/token", data={"grant_type": "password",
                                                        "username": email, "password": "nope"})
     assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+    # Both are named: the answer never says which of the two was wrong.
+    assert [e["field"] for e in wrong.json()["errors"]] == ["username", "password"]
     token = anonymous.post("/api/v1/auth/token", data={
         "grant_type": "password", "username": email, "password": "long enough secret"})
     assert token.status_code == 200, token.text
@@ -276,6 +278,7 @@ def test_token_endpoint_errors_follow_oauth(anonymous, form, status, error) -> N
     response = anonymous.post("/api/v1/auth/token", data=form)
     assert response.status_code == status, response.text
     assert response.json()["error"] == error
+    assert response.json()["errors"][0]["field"]  # every one names what to look at
 
 
 def _log_in(http: httpx.Client, email: str, password: str) -> httpx.Response:

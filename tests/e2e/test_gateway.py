@@ -84,6 +84,7 @@ def assert_unauthorized(response: httpx.Response) -> None:
     body = response.json()
     assert body["status"] == 401 and body["title"] == "Unauthorized"
     assert body.get("request_id") == response.headers["x-request-id"]
+    assert [e["field"] for e in body["errors"]] == ["Authorization"]  # the gateway's or a service's
 
 
 @pytest.mark.parametrize("headers", BAD_CREDENTIALS.values(), ids=BAD_CREDENTIALS.keys())
@@ -191,6 +192,7 @@ def test_a_services_405_names_the_methods_its_path_takes(client):
     assert menu.headers.get_list("allow") == ["GET, HEAD"]  # the service's, not the gateway's
     cancel = client.get(f"/api/v1/orders/{uuid.uuid4()}/cancel")
     assert cancel.status_code == 405 and cancel.headers["allow"] == "POST"
+    assert menu.json()["errors"][0]["field"] == "method"
     orders = client.patch("/api/v1/orders", json={})  # a GET route and a POST route: both named
     assert orders.status_code == 405 and orders.headers["allow"] == "GET, HEAD, POST"
 

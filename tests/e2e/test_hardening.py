@@ -200,32 +200,43 @@ def test_a_body_trickled_in_is_answered_408_at_the_total_deadline(stack, path, m
 # --- Errors the gateway makes itself are JSON with the request id --------------------------------
 
 HOST = "Host: gateway\r\n"
-NGINX_ERRORS = {
-    "400 bad request line": (b"get /api/v1/products HTTP/1.1\r\n" + HOST.encode() + b"\r\n", 400),
+NGINX_ERRORS = {  # what is sent, the status, the part of the request it blames
+    "400 bad request line": (b"get /api/v1/products HTTP/1.1\r\n" + HOST.encode() + b"\r\n", 400,
+                             "request"),
     "400 HTTP/1.0 with chunked": ((b"POST /api/v1/customers HTTP/1.0\r\n"
-                                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
+                                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400, "request"),
     "405 on the gateway's own path": (b"DELETE /health HTTP/1.1\r\n" + HOST.encode()
-                                      + b"Connection: close\r\n\r\n", 405),
+                                      + b"Connection: close\r\n\r\n", 405, "method"),
     "413 body over 64 KiB": (b"POST /api/v1/customers HTTP/1.1\r\n" + HOST.encode()
                              + b"Content-Type: application/json\r\nContent-Length: 70000\r\n"
-                               b"Connection: close\r\n\r\n", 413),
+                               b"Connection: close\r\n\r\n", 413, "body"),
     "414 URI too long": (b"GET /api/v1/products?q=" + b"a" * 9000 + b" HTTP/1.1\r\n"
-                         + HOST.encode() + b"\r\n", 414),
+                         + HOST.encode() + b"\r\n", 414, "path"),
     "431 header too large": (b"GET /api/v1/products HTTP/1.1\r\n" + HOST.encode()
-                             + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+                             + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "headers"),
     "501 unknown transfer encoding": (b"POST /api/v1/customers HTTP/1.1\r\n" + HOST.encode()
-                                      + b"Transfer-Encoding: gzip\r\n\r\n", 501),
+                                      + b"Transfer-Encoding: gzip\r\n\r\n", 501,
+                                      "Transfer-Encoding"),
+    "501 TRACE on an API path": (b"TRACE /api/v1/auth/token HTTP/1.1\r\n" + HOST.encode()
+                                 + b"Connection: close\r\n\r\n", 501, "method"),
+    "501 TRACE on the gateway's own path": (b"TRACE /health HTTP/1.1\r\n" + HOST.encode()
+                                            + b"Connection: close\r\n\r\n", 501, "method"),
     "416 range outside a file": (b"GET / HTTP/1.1\r\n" + HOST.encode()
-                                 + b"Range: bytes=99999999-\r\nConnection: close\r\n\r\n", 416),
+                                 + b"Range: bytes=99999999-\r\nConnection: close\r\n\r\n", 416,
+                                 "Range"),
     "505 HTTP/2.0 request line": (b"GET / HTTP/2.0\r\n" + HOST.encode()
-                                  + b"Connection: close\r\n\r\n", 505),
+                                  + b"Connection: close\r\n\r\n", 505, "protocol"),
 }
 
 
-@pytest.mark.parametrize(("request_bytes", "status"), NGINX_ERRORS.values(),
+@pytest.mark.parametrize(("request_bytes", "status", "field"), NGINX_ERRORS.values(),
                          ids=NGINX_ERRORS.keys())
-def test_every_error_the_gateway_makes_is_json_with_the_request_id(stack, request_bytes, status):
-    _assert_json_problem(send_raw(stack.base_url, request_bytes), status)
+def test_every_error_the_gateway_makes_is_json_naming_what_to_blame(stack, request_bytes, status,
+                                                                    field):
+    response = send_raw(stack.base_url, request_bytes)
+    _assert_json_problem(response, status)
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert "allow" not in response.headers or status == 405
 
 
 @pytest.mark.parametrize("path", ["/api/v1/products", "/health", "/api/v1/orders"])
@@ -234,6 +245,7 @@ def test_an_unknown_method_is_json_501(stack, path):
     response = send_raw(stack.base_url, f"BREW {path} HTTP/1.1\r\n{HOST}"
                         "Connection: close\r\n\r\n".encode())
     _assert_json_problem(response, 501)
+    assert response.json()["errors"][0]["field"] == "method"
 
 
 def test_the_gateway_logs_the_method_the_client_sent_even_for_its_own_errors(stack):

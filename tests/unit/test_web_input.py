@@ -336,6 +336,8 @@ async def test_a_405_names_every_method_of_the_path_not_only_the_first_routes() 
         one_route = await client.get("/api/login")
     assert two_routes.status_code == 405 and two_routes.json()["status"] == 405
     assert two_routes.headers.get_list("allow") == ["GET, HEAD, POST"]
+    assert two_routes.json()["errors"][0]["field"] == "method"
+    assert two_routes.json()["title"] == "Method Not Allowed"  # RFC 9110's, as the gateway's
     assert one_route.status_code == 405 and one_route.headers["allow"] == "POST"
 
 

@@ -81,22 +81,26 @@ async def sign_up(body: SignUp, request: Request, response: Response) -> Custome
             summary="The customer the token belongs to", **allow("orders"))
 async def me(caller: Caller, request: Request) -> CustomerOut:
     if caller.kind != "customer":
-        raise ApiError(404, "Not found", "This token is a client's, not a customer's.")
+        raise ApiError(404, "Not found", "This token is a client's, not a customer's.",
+                       field="Authorization")
     async with request.app.state.pool.acquire() as conn:
         row = await conn.fetchrow("SELECT id, name, email FROM customers WHERE id = $1",
                                   uuid.UUID(caller.subject))
     if row is None:
-        raise ApiError(404, "Not found", "No such customer.")
+        raise ApiError(404, "Not found", "No such customer.", field="Authorization")
     return CustomerOut(**dict(row))
 
 
-def _oauth_error(status_code: int, error: str, description: str, field: str | None = None,
+def _oauth_error(status_code: int, error: str, description: str,
+                 field: str | tuple[str, ...] | None = None,
                  headers: dict[str, str] | None = None) -> JSONResponse:
-    """RFC 6749 §5.2 error, in the project's problem shape."""
+    """RFC 6749 §5.2 error, in the project's problem shape; ``field``: the one to blame, or
+    the pair a wrong credential leaves open (never telling which of the two was wrong)."""
     titles = {400: "Bad Request", 401: "Unauthorized", 415: "Unsupported Media Type",
               429: "Too Many Requests"}
+    fields = (field,) if isinstance(field, str) else field or ()
     response = problem(status_code, titles[status_code], description,
-                       [{"field": field, "message": description}] if field else None,
+                       [{"field": f, "message": description} for f in fields] or None,
                        error=error, error_description=description)
     response.headers.update({"Cache-Control": "no-store", **(headers or {})})
     return response
@@ -179,7 +183,8 @@ async def token(request: Request) -> Response:
             row = await conn.fetchrow("SELECT id, name, email, password_hash FROM customers"
                                       " WHERE lower(email) = lower($1)", email)
         if not await check_password(row["password_hash"] if row else None, fields["password"]):
-            return _oauth_error(400, "invalid_grant", "Wrong email or password.")
+            return _oauth_error(400, "invalid_grant", "Wrong email or password.",
+                                ("username", "password"))
         assert row is not None
         async with pool.acquire() as conn:
             await guessing.succeeded(conn, CUSTOMER, email)
@@ -206,6 +211,7 @@ async def token(request: Request) -> Response:
                                       " WHERE client_id = $1", client_id)
         if not await check_password(row["secret_hash"] if row else None, secret):
             return _oauth_error(401, "invalid_client", "Unknown client or wrong secret.",
+                                ("client_id", "client_secret"),
                                 headers={"WWW-Authenticate": 'Basic realm="saga-shop"'})
         assert row is not None
         async with pool.acquire() as conn:
