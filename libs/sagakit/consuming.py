@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+import aiormq.exceptions
 import asyncpg
 import redis.exceptions
 from aio_pika import IncomingMessage
@@ -66,6 +67,32 @@ OUTAGE: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 )
 POISON = (ValidationError, json.JSONDecodeError, UnicodeDecodeError, SubscriberNotFound, Poison)
+
+
+# The channel a delivery came on is gone (a broker node stopped, a connection dropped): its ack
+# cannot be sent, and needs not be (below).
+CHANNEL_GONE = (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.ChannelClosed,
+                aiormq.exceptions.ConnectionClosed)
+
+
+class LostAcks(logging.Filter):
+    """FastStream logs an ack (or nack) it could not send as CRITICAL, with a traceback. When
+    the channel closed under it, nothing is lost and nothing needs doing: the broker delivers
+    the unacknowledged message again, to whichever consumer is connected, and the inbox makes
+    a step already applied a no-op. Said as a warning, without the alarm; any other failure to
+    ack keeps FastStream's level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.levelno == logging.CRITICAL and isinstance(error, CHANNEL_GONE):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = ("a delivery's ack was lost with its channel (%r): the broker delivers "
+                          "it again and the inbox ignores it if it was applied")
+            record.args, record.exc_info, record.exc_text = (error,), None, None
+        return True
+
+
+LOST_ACKS = LostAcks()
 
 
 # The envelope of the delivery being handled, set by the middleware for the handler's task.

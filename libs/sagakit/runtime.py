@@ -27,7 +27,7 @@ from uvicorn.config import STARTUP_FAILURE
 from sagakit import logs, metrics, postgres, telemetry, units
 from sagakit.archive import PostgresArchive
 from sagakit.audit import PostgresAuditLog
-from sagakit.consuming import RetryPolicy, event_meta
+from sagakit.consuming import LOST_ACKS, RetryPolicy, event_meta
 from sagakit.docs import asyncapi_html, docs_paths
 from sagakit.events import Event
 from sagakit.outbox import EventPublisher, PostgresOutboxRelay
@@ -49,12 +49,14 @@ class Messaging:
         publishes: Sequence[type[Event]] = (),
     ) -> None:
         self.service = service
+        broker_log = logging.getLogger(f"{service}.broker")
+        broker_log.addFilter(LOST_ACKS)  # once: a logger keeps a filter once
         self.broker = RabbitBroker(
             settings.rabbitmq_dsn,
             app_id=service,
             graceful_timeout=15.0,
             default_channel=Channel(prefetch_count=settings.prefetch),
-            logger=logging.getLogger(f"{service}.broker"),
+            logger=broker_log,
             log_level=logging.DEBUG,
         )
         self.queues = tuple(queues)

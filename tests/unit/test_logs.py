@@ -156,3 +156,37 @@ def test_a_deliverys_log_lines_name_its_order_only_when_it_is_about_one(
 ) -> None:
     meta = EventMeta(id=uuid4(), type=event_type, subject=subject, attempt=1)
     assert order_of(meta) == order_id
+
+
+def test_an_ack_lost_with_its_channel_is_a_warning_not_a_critical_alarm() -> None:
+    """FastStream logs a failed ack as CRITICAL with a traceback; a channel that closed under
+    it (a broker node stopped) loses nothing: the broker delivers the message again."""
+    from aiormq.exceptions import ChannelInvalidStateError
+
+    from order.settings import OrderSettings
+    from sagakit.consuming import LOST_ACKS
+    from sagakit.runtime import Messaging
+
+    Messaging("order", OrderSettings(), ())
+    broker_log = logging.getLogger("order.broker")
+    assert broker_log.filters.count(LOST_ACKS) == 1
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    broker_log.addHandler(keep)
+    try:
+        for error in (ChannelInvalidStateError("closed"), RuntimeError("something else")):
+            try:
+                raise error
+            except Exception as caught:  # as FastStream's ack middleware does
+                broker_log.log(logging.CRITICAL, repr(caught), exc_info=caught)
+    finally:
+        broker_log.removeHandler(keep)
+    lost, other = seen
+    assert (lost.levelname, lost.exc_info) == ("WARNING", None)
+    assert "delivers it again" in lost.getMessage()
+    assert other.levelname == "CRITICAL" and other.exc_info is not None
