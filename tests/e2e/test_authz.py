@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -314,6 +315,20 @@ def test_guessing_a_password_waits_after_five_failures(anonymous) -> None:
     assert _log_in(anonymous, email, password).status_code == 200
     assert _log_in(anonymous, email, "wrong again").status_code == 400  # counted from zero
     assert _log_in(anonymous, email, password).status_code == 200
+
+
+def test_right_log_ins_at_once_never_wait(stack) -> None:
+    """Only failures count: a customer's tabs (or a test's workers) logging in together."""
+    email, password = f"tabs-{uuid.uuid4().hex[:8]}@example.com", "the right password"
+    with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+        assert http.post("/api/v1/customers", json={"name": "Tab", "email": email,
+                                                    "password": password}).status_code == 201
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(
+            lambda _: httpx.post(f"{stack.base_url}/api/v1/auth/token", timeout=30, data={
+                "grant_type": "password", "username": email, "password": password}).status_code,
+            range(12)))
+    assert statuses == [200] * 12
 
 
 def test_an_unknown_account_waits_alike(anonymous) -> None:

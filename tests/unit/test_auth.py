@@ -14,7 +14,7 @@ import pytest
 
 from identity import keys
 from identity.throttle import LoginThrottle
-from identity.tokens import HashGate, Signer, check_password, hash_password
+from identity.tokens import HashGate, Signer, hash_password, verify_password
 from sagakit import auth
 from sagakit.errors import ApiError
 
@@ -199,9 +199,9 @@ def test_secrets_come_from_the_variable_or_its_file(tmp_path):
 def test_passwords_are_argon2id_and_checked_in_constant_shape():
     hashed = asyncio.run(hash_password("correct horse"))
     assert hashed.startswith("$argon2id$")
-    assert asyncio.run(check_password(hashed, "correct horse"))
-    assert not asyncio.run(check_password(hashed, "wrong"))
-    assert not asyncio.run(check_password(None, "anything"))  # unknown account
+    assert verify_password(hashed, "correct horse")
+    assert not verify_password(hashed, "wrong")
+    assert not verify_password(None, "anything")  # unknown account: the dummy hash's work
 
 
 def test_allow_declares_the_openapi_security_and_refuses_unknown_scopes():

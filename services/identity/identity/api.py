@@ -16,6 +16,7 @@ account, the next must wait (429, ``Retry-After``), for customers and clients al
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import uuid
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from identity import keys, throttle
 from identity.settings import IdentitySettings
-from identity.tokens import Signer, check_password, hash_password
+from identity.tokens import GATE, Signer, hash_password, verify_password
 from sagakit.auth import Caller, allow
 from sagakit.errors import ApiError
 from sagakit.text import Email, Text
@@ -126,6 +127,27 @@ def _wait(seconds: int, error: str, field: str) -> JSONResponse:
                         f"{seconds} s.", field, headers={"Retry-After": str(seconds)})
 
 
+async def _guarded_check(request: Request, key: str, account: str, hashed: str | None,
+                         password: str) -> tuple[bool, int]:
+    """Whether ``password`` is right for ``account`` and, if it may not be checked yet, the
+    seconds to wait (identity.throttle). The wait is read in the hash gate's slot, just before
+    the hash, and a failure recorded before the slot is let go: concurrent guesses are checked
+    a few at a time against the count, never all on one reading of it."""
+    guessing: throttle.LoginThrottle = request.app.state.login_throttle
+    pool: asyncpg.Pool = request.app.state.pool
+    async with GATE.slot():
+        async with pool.acquire() as conn:
+            if wait := await guessing.wait_left(conn, key, account):
+                return False, wait
+        right = await asyncio.to_thread(verify_password, hashed, password)
+        async with pool.acquire() as conn:
+            if right:
+                await guessing.succeeded(conn, key, account)
+            else:
+                await guessing.failed(conn, key, account)
+    return right, 0
+
+
 def _with_nul(fields: dict[str, str]) -> str | None:
     """The first field holding a NUL character, which no PostgreSQL text can hold."""
     return next((name for name, value in fields.items() if "\x00" in value), None)
@@ -171,23 +193,23 @@ async def token(request: Request) -> Response:
         return _oauth_error(400, "invalid_request", "grant_type is required.", "grant_type")
     pool = request.app.state.pool
     signer: Signer = request.app.state.signer
-    guessing: throttle.LoginThrottle = request.app.state.login_throttle
     if grant == "password":
         for name in ("username", "password"):
             if not fields.get(name):
                 return _oauth_error(400, "invalid_request", f"{name} is required.", name)
         email = fields["username"].strip()  # as sign-up keeps it
         async with pool.acquire() as conn:
-            if wait := await guessing.attempt(conn, CUSTOMER, email):
-                return _wait(wait, "invalid_grant", "username")
             row = await conn.fetchrow("SELECT id, name, email, password_hash FROM customers"
                                       " WHERE lower(email) = lower($1)", email)
-        if not await check_password(row["password_hash"] if row else None, fields["password"]):
+        right, wait = await _guarded_check(request, CUSTOMER, email,
+                                           row["password_hash"] if row else None,
+                                           fields["password"])
+        if wait:
+            return _wait(wait, "invalid_grant", "username")
+        if not right:
             return _oauth_error(400, "invalid_grant", "Wrong email or password.",
                                 ("username", "password"))
         assert row is not None
-        async with pool.acquire() as conn:
-            await guessing.succeeded(conn, CUSTOMER, email)
         allowed = {"orders"}
         if requested - allowed:
             return _oauth_error(400, "invalid_scope", "A customer may ask only for: orders.",
@@ -205,17 +227,17 @@ async def token(request: Request) -> Response:
             return _oauth_error(400, "invalid_request", f"{unreadable} holds a NUL character.",
                                 unreadable)
         async with pool.acquire() as conn:
-            if wait := await guessing.attempt(conn, CLIENT, client_id):
-                return _wait(wait, "invalid_client", "client_id")
             row = await conn.fetchrow("SELECT client_id, secret_hash, scopes FROM clients"
                                       " WHERE client_id = $1", client_id)
-        if not await check_password(row["secret_hash"] if row else None, secret):
+        right, wait = await _guarded_check(request, CLIENT, client_id,
+                                           row["secret_hash"] if row else None, secret)
+        if wait:
+            return _wait(wait, "invalid_client", "client_id")
+        if not right:
             return _oauth_error(401, "invalid_client", "Unknown client or wrong secret.",
                                 ("client_id", "client_secret"),
                                 headers={"WWW-Authenticate": 'Basic realm="saga-shop"'})
         assert row is not None
-        async with pool.acquire() as conn:
-            await guessing.succeeded(conn, CLIENT, client_id)
         allowed = set(row["scopes"])
         if requested - allowed:
             return _oauth_error(400, "invalid_scope",

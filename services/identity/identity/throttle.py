@@ -2,26 +2,26 @@
 
 The gateway limits each address (``GATEWAY_RATE_LIMIT``) and the hash gate each process
 (identity.tokens.HashGate), but neither stops many addresses guessing one account's password
-slowly. So the identity counts the attempts on each account since its last success: the first
-``free`` are checked at once; after that each one must wait ``first_wait`` seconds, doubling
-with each further failure up to ``longest_wait`` (5 free, then 1 s, 2 s, 4 s ... 15 min by
-default). An attempt that comes during the wait is answered 429 with ``Retry-After``, its
-password not even checked and the attempt not counted, so a burst of guesses does not make
-the account's owner wait longer; a success forgets the count; so do ``forget`` seconds with no
-attempt. Times are the database's clock when each statement runs (``clock_timestamp()``, not the
-transaction's start: an attempt that waited for the row lock would otherwise see the wait its
-predecessor just set as still ahead of it).
+slowly. So the identity counts the failed attempts on each account since its last success:
+after ``free`` of them, the next attempt must wait ``first_wait`` seconds, doubling with each
+further failure up to ``longest_wait`` (5 free, then 1 s, 2 s, 4 s ... 15 min by default). An
+attempt that comes during the wait is answered 429 with ``Retry-After``, its password not even
+checked and the attempt not counted, so a burst of guesses does not make the account's owner
+wait longer; a success forgets the count; so do ``forget`` seconds with no failure.
 
 This is OWASP's "progressive delay" rather than ASP.NET Identity's fixed lock-out (5 failures,
 5 minutes, the owner locked out too): someone who types a password wrong a few times waits
 seconds, while guessing one account's password gets about a hundred tries a day.
 
+Only failures count, so any number of right log-ins at once (a customer's tabs, a test's
+workers) never wait. The wait is read inside the hash gate's slot, just before the hash, and a
+failure recorded before the slot is let go (identity.api): a burst of concurrent guesses is
+checked a few at a time against the count, never all at once on one reading of it.
+
 The count is kept for what was typed as the account, whether or not such an account exists, so
 a wait tells nobody which accounts exist; the key is a SHA-256 digest of it (a customer's email
 lower-cased, as sign-up keeps it; a client's id), so a mistyped or probed email is not stored
-as typed. An attempt is counted *before* its password is checked, inside the transaction that
-reads the count with the row locked: concurrent guesses are each counted, never all let
-through on one reading.
+as typed. Times are the database's clock when each statement runs (``clock_timestamp()``).
 
 Written here rather than taken from a library: the rate-limiting libraries for Python (limits,
 slowapi) keep counters in memory, Redis or Memcached, and this service has PostgreSQL only; the
@@ -56,35 +56,37 @@ class LoginThrottle:
     forget: float = 86_400.0
 
     def wait_after(self, failures: int) -> float:
-        """Seconds an attempt waits after ``failures`` attempts with no success."""
+        """Seconds the next attempt waits after ``failures`` failures with no success."""
         if failures < self.free:
             return 0.0
         return min(self.longest_wait, self.first_wait * 2.0 ** min(failures - self.free, 30))
 
-    async def attempt(self, conn: asyncpg.Connection, key_sql: str, account: str) -> int:
-        """Count an attempt on ``account`` (``key_sql`` turns ``$1`` into its key), unless it
-        must wait: then nothing is counted and the seconds left (at least 1) are returned;
-        0 means check the password now."""
+    async def wait_left(self, conn: asyncpg.Connection, key_sql: str, account: str) -> int:
+        """Seconds ``account`` (``key_sql`` turns ``$1`` into its key) must wait before its
+        next attempt is checked (at least 1), or 0: check it now."""
+        left = await conn.fetchval(
+            "SELECT extract(epoch FROM wait_until - clock_timestamp()) FROM login_attempts"
+            f" WHERE account = {key_sql.format('$1')}", account)
+        return max(1, math.ceil(left)) if left is not None and left > 0 else 0
+
+    async def failed(self, conn: asyncpg.Connection, key_sql: str, account: str) -> None:
+        """A wrong password (or secret) for ``account``: one more failure, and the wait it
+        brings. Concurrent failures are each counted (the row is locked while it is read)."""
         key = key_sql.format("$1")
         async with conn.transaction():
             await conn.execute(
                 f"INSERT INTO login_attempts (account, failures, last_at) VALUES ({key}, 0,"
-                " now()) ON CONFLICT (account) DO NOTHING", account)
+                " clock_timestamp()) ON CONFLICT (account) DO NOTHING", account)
             row = await conn.fetchrow(
-                "SELECT failures, extract(epoch FROM wait_until - clock_timestamp()) AS left,"
-                " last_at < clock_timestamp() - $2::interval AS forgotten"
+                "SELECT failures, last_at < clock_timestamp() - $2::interval AS forgotten"
                 f" FROM login_attempts WHERE account = {key} FOR UPDATE",
                 account, timedelta(seconds=self.forget))
-            left = float(row["left"] or 0)  # numeric: seconds to wait still
-            if left > 0:
-                return max(1, math.ceil(left))
-            failures = 0 if row["forgotten"] else row["failures"]
+            failures = 1 + (0 if row["forgotten"] else row["failures"])
             await conn.execute(
                 "UPDATE login_attempts SET failures = $2, last_at = clock_timestamp(),"
                 " wait_until = CASE WHEN $3::float8 > 0"
                 "  THEN clock_timestamp() + make_interval(secs => $3) END"
-                f" WHERE account = {key}", account, failures + 1, self.wait_after(failures + 1))
-        return 0
+                f" WHERE account = {key}", account, failures, self.wait_after(failures))
 
     async def succeeded(self, conn: asyncpg.Connection, key_sql: str, account: str) -> None:
         """The password was right: the account's count starts again."""

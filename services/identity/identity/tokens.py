@@ -14,9 +14,10 @@ written on orders, payments and cards), ``scope``, ``kind`` and, for a customer,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
 import jwt
@@ -47,7 +48,9 @@ class HashGate:
         self._slots = asyncio.Semaphore(at_once)
         self._queued = 0
 
-    async def run(self, work: Callable[[], T]) -> T:
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the ``at_once`` slots, waited for (or the 503 when too many wait)."""
         if self._queued >= self.at_once + self.waiting:
             raise ApiError(503, "Service unavailable", "Too many sign-ins at once; retry "
                            "shortly.", headers={"Retry-After": "1"},
@@ -55,9 +58,13 @@ class HashGate:
         self._queued += 1
         try:
             async with self._slots:
-                return await asyncio.to_thread(work)
+                yield
         finally:
             self._queued -= 1
+
+    async def run(self, work: Callable[[], T]) -> T:
+        async with self.slot():
+            return await asyncio.to_thread(work)
 
 
 GATE = HashGate()
@@ -67,14 +74,12 @@ async def hash_password(password: str) -> str:
     return await GATE.run(lambda: HASHER.hash(password))
 
 
-async def check_password(hashed: str | None, password: str) -> bool:
-    def check() -> bool:
-        try:
-            return HASHER.verify(hashed or _DUMMY, password) and hashed is not None
-        except (VerificationError, InvalidHashError):
-            return False
-
-    return await GATE.run(check)
+def verify_password(hashed: str | None, password: str) -> bool:
+    """Blocking (tens of milliseconds): run it in a thread, in a slot of :data:`GATE`."""
+    try:
+        return HASHER.verify(hashed or _DUMMY, password) and hashed is not None
+    except (VerificationError, InvalidHashError):
+        return False
 
 
 class Signer:
