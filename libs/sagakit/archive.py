@@ -7,11 +7,16 @@ extra round trip on the saga's path:
 - **published**, by the outbox relay, in the transaction that deletes the confirmed events
   from the outbox (PostgreSQL: one more CTE of the relay's ``DELETE``; Redis: two more
   commands of the relay's ``MULTI``). An event is archived once however often a crash makes
-  the relay publish it again, and the time is when the broker confirmed it.
+  the relay publish it again. Its time: Redis, when the broker confirmed it; PostgreSQL, when
+  the relay's statement took it from the outbox, just before the publish (the row is written
+  by that statement, which commits only once every event of the batch is confirmed).
 - **consumed**, with the inbox record (PostgreSQL: a CTE next to the ``INSERT INTO inbox`` of
   the handler's statement, :func:`consumed_insert`), so a redelivery the inbox ignores is not
-  archived twice. The production service keeps its inbox in Redis, marked by Lua scripts whose
-  arguments are laid out per script; rather than thread the archive through each of them, its
+  archived twice. An event that changed nothing leaves no inbox record, so no archive row
+  either: one the order judged stale (a ``payment.processed`` after the customer's cancel),
+  or a card token it only notes (``payment.card_tokenized``). The production service keeps its
+  inbox in Redis, marked by Lua scripts whose arguments are laid out per script; rather than
+  thread the archive through each of them, its
   consumed events are archived by the delivery middleware after the handler returned
   (:meth:`RedisArchive.record_consumed`, one extra round trip per consumed event there): a
   hash field per event (``HSETNX``) is idempotent, so a redelivery writes nothing new, and a
@@ -111,8 +116,9 @@ class ArchivedEvent(BaseModel):
     publisher: str = Field(description="who published it (its CloudEvents source)")
     consumer: str | None = Field(description="who consumed it (this service), for direction "
                                              "consumed")
-    at: datetime = Field(description="published: when the broker confirmed it; consumed: when "
-                                     "its effect committed")
+    at: datetime = Field(description="published: when the relay took it from the outbox "
+                                     "(PostgreSQL) or the broker confirmed it (Redis); "
+                                     "consumed: when its effect committed")
     trace_id: str | None
     headers: dict[str, Any] = Field(description="CloudEvents attributes, traceparent, ...")
     body: Any = Field(description="the event's data; null when withheld (personal data)")

@@ -9,10 +9,15 @@ A handler either returns (its effect is committed: the delivery is acked), or ra
 
 "Later" is a broker-side delay (see :mod:`sagakit.topology`) that grows with each attempt; after
 the last one the message is parked in the service's dead-letter queue with the reason, the
-attempt count and its original headers. The copy is published with a publisher confirm before
+attempt count and its original headers. A failure that is a store or the broker being away
+(:data:`OUTAGE`) is not the event's fault: it is retried at the last delay for as long as the
+outage lasts, never parked. The copy is published with a publisher confirm before
 the original is acked, so a crash in between means a redelivery (which the inbox absorbs),
-never a loss. A parked message expires after ``DEAD_LETTER_RETENTION_DAYS`` (a retention limit
-for whatever personal data it may hold).
+never a loss. A message parked here expires after ``DEAD_LETTER_RETENTION_DAYS`` (a retention
+limit for whatever personal data it may hold); one the broker parks by itself, after
+``topology.DELIVERY_LIMIT`` redeliveries of a handler that never returned (a process that
+crashes on it), carries no expiry and stays until an operator replays or discards it
+(SECURITY.md, "Known gaps").
 
 Every delivery is handled inside a CONSUMER span continuing the trace of the event's publish
 (:func:`sagakit.telemetry.consuming`); a failed handler marks it ERROR, and the counters of

@@ -21,9 +21,12 @@ class ServiceSettings(BaseSettings):
     rabbitmq_password_file: str | None = Field(None, validation_alias="RABBITMQ_PASSWORD_FILE")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
     # Growing delays (ms) between attempts of an event whose handler failed; after the last,
-    # the event is parked in the service's dead-letter queue.
+    # the event is parked in the service's dead-letter queue, unless the failure is a store
+    # or broker that is away (sagakit.consuming.OUTAGE): that is retried at the last delay for
+    # as long as the outage lasts.
     retry_delays_ms: tuple[int, ...] = Field(
-        (100, 500, 2_000, 10_000, 30_000, 60_000), validation_alias="RETRY_DELAYS_MS"
+        (100, 500, 2_000, 10_000, 30_000, 60_000), min_length=1,
+        validation_alias="RETRY_DELAYS_MS"
     )
     # Unacknowledged deliveries a consumer may hold at once.
     prefetch: int = Field(32, ge=1, validation_alias="RABBITMQ_PREFETCH")
@@ -35,8 +38,9 @@ class ServiceSettings(BaseSettings):
     auth_jwks: str | None = Field(None, validation_alias="AUTH_JWKS")
     # How long the event archive keeps an event (sagakit.archive); SECURITY.md states why.
     archive_retention_days: int = Field(400, ge=1, validation_alias="ARCHIVE_RETENTION_DAYS")
-    # How often an outbox relay looks for events no wake-up announced (sagakit.units): a
-    # replica's that died between commit and publish, an operator's SQL.
+    # How often a PostgreSQL outbox relay looks for events no wake-up announced (sagakit.units):
+    # a replica's that died between commit and publish, an operator's SQL. (The kitchen's Redis
+    # relay blocks on its stream instead: sagakit.outbox.RedisStreamOutboxRelay.)
     outbox_sweep_seconds: float = Field(1.0, gt=0, validation_alias="OUTBOX_SWEEP_SECONDS")
     # How often the order service looks for erasures whose customer's sagas have ended.
     sweep_seconds: float = Field(5.0, gt=0, validation_alias="SWEEP_SECONDS")

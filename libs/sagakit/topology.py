@@ -20,7 +20,7 @@ dead-lettering, so a message is never dropped on the way to a DLQ.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 
@@ -106,7 +106,7 @@ def retry_queue(delay_ms: int) -> RabbitQueue:
 class Topology:
     service: str
     queues: Sequence[ConsumerQueue]
-    retry_delays_ms: Sequence[int] = field(default=(100, 500, 2_000, 10_000, 30_000, 60_000))
+    retry_delays_ms: Sequence[int]  # the setting RETRY_DELAYS_MS (sagakit.settings)
 
     async def declare(self, broker: RabbitBroker) -> None:
         """Declare exchanges, queues and bindings; safe to run on every start of every replica."""

@@ -20,6 +20,7 @@ import pytest
 from order import customer_data as order_data
 from order import service as orders
 from order import webhooks
+from order.callbacks import CallbackPolicy
 from order.store import AccountClosed
 from payment import customer_data as payment_data
 from payment import service as payments
@@ -188,3 +189,35 @@ async def test_a_card_tokenized_while_the_account_closes_is_erased_with_the_rest
     async with asyncio.timeout(5):
         await erasing
     assert await _holders(payment_db, erin) == [payment_data.ERASED]
+
+
+async def test_an_erased_owner_without_a_secret_fails_no_webhook_batch(order_db):
+    """An order of an erased owner that never had a signing secret (an order from before
+    secrets) has no secret to sign with and may not get one: its delivery is parked, and the
+    batch it was claimed with goes on (it used to fail, every lease, for every row in it)."""
+    erin, olga = f"erin-{uuid4()}", f"olga-{uuid4()}"
+    for owner in (erin, olga):
+        await orders.place_order(
+            order_db, name="Erin Closed", email="erin@example.com", items=[("fries", 1)],
+            payment_token="tok_visa", currency="EUR", owner=owner, idempotency_key=None,
+            fingerprint="", callback_url="http://127.0.0.1:9/hook")
+    async with order_db.acquire() as conn:
+        await conn.execute("DELETE FROM webhook_secrets WHERE owner = $1", erin)
+        await conn.execute("INSERT INTO closed_accounts (customer_id, erasure_id)"
+                           " VALUES ($1, $2)", erin, uuid4())
+        secrets = await webhooks.signing_secrets(conn, [erin, olga])
+    assert secrets[erin] == [] and len(secrets[olga]) == 1
+    sender = webhooks.WebhookSender(
+        order_db, CallbackPolicy(()), webhooks.SenderSettings(
+            max_attempts=1, backoff_seconds=0.1, backoff_max_seconds=0.1, timeout_seconds=1,
+            batch_size=500))
+    try:
+        assert await sender.deliver_due() >= 2
+    finally:
+        await sender._http.aclose()
+    async with order_db.acquire() as conn:
+        rows = {r["owner"]: (r["state"], r["last_error"]) for r in await conn.fetch(
+            "SELECT o.owner, d.state, d.last_error FROM webhook_deliveries d"
+            " JOIN orders o ON o.id = d.order_id WHERE o.owner = ANY($1)", [erin, olga])}
+    assert rows[erin] == ("parked", "refused: the owner's account was erased")
+    assert rows[olga][0] == "parked" and "not enabled" in rows[olga][1]  # tried, refused

@@ -1,8 +1,10 @@
 """SQL for the order service (asyncpg).
 
-A saga step is two round trips: :func:`read` the order, decide in Python (order.domain), then
+A saga step decides in Python (order.domain) on the order as it was read with :func:`read`, or,
+usually, as this process last wrote it (order.service.KnownOrders: no read at all), then
 :func:`transition` writes the decision, its timeline entry, the inbox record and the outbox
-events in one statement that applies only if the order did not change in between.
+events in one statement that applies only if the order did not change in between: one round
+trip on the usual path, two when the order must be read.
 """
 
 from __future__ import annotations
@@ -186,9 +188,10 @@ async def transition(
     """Move ``order`` to ``status`` if it is still as it was read and ``event`` was not applied
     yet; False otherwise (it changed since, or the event is a redelivery).
 
-    This is optimistic concurrency instead of ``SELECT ... FOR UPDATE``: two round trips per
-    step (read, then this) and no transaction held open while Python decides. A False means
-    another step committed in between: read again and decide again.
+    This is optimistic concurrency instead of ``SELECT ... FOR UPDATE``: no transaction held
+    open while Python decides, and one round trip per step when the decision was taken on the
+    order as this process last wrote it (two with a :func:`read` first). A False means another
+    step committed in between: read again and decide again.
     """
     cancelling = status in (Status.CANCELLING, Status.CANCELLED)
     row = await conn.fetchrow(

@@ -100,13 +100,18 @@ async def previous_until(conn: asyncpg.Connection, owner: str) -> datetime | Non
 
 async def signing_secrets(conn: asyncpg.Connection, owners: Sequence[str]) -> dict[str, list[str]]:
     """Each owner's secrets that sign now: the current one, then the previous one while its
-    overlap lasts. An owner with none yet (an order from before webhooks) gets one."""
+    overlap lasts. An owner with none yet (an order from before webhooks) gets one; an erased
+    owner with none gets none (nothing is sent for it), never an error that would fail the
+    batch of every other owner."""
     rows = await conn.fetch(
         "SELECT owner, secret, CASE WHEN previous_until > now() THEN previous_secret END AS old"
         " FROM webhook_secrets WHERE owner = ANY($1)", list(owners))
     found = {r["owner"]: [r["secret"], *([r["old"]] if r["old"] else [])] for r in rows}
     for owner in set(owners) - found.keys():
-        found[owner] = [await secret_of(conn, owner)]
+        try:
+            found[owner] = [await secret_of(conn, owner)]
+        except AccountClosed:
+            found[owner] = []
     return found
 
 
@@ -229,6 +234,9 @@ class WebhookSender:
         return len(rows)
 
     async def _attempt(self, row: asyncpg.Record, secrets: list[str]) -> None:
+        if not secrets:  # signing_secrets: an erased owner's, nothing to sign it with
+            await self._record(row["id"], "parked", "refused: the owner's account was erased")
+            return
         try:
             error = await self._post(row, secrets)
         except CallbackRefused as exc:  # the allow-list changed, or DNS now points inside

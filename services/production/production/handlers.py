@@ -1,9 +1,10 @@
 """What the production service does with each event it consumes: one small function per type.
 
-The order service is the only source: paid orders to make, cancellations the customer asks for
-(the kitchen decides), and orders to drop. Deliveries are handled concurrently and replicas
-compete, so nothing relies on their order: a cancellation that overtakes its order leaves a
-tombstone the late order.received finds.
+From the order service: paid orders to make, cancellations the customer asks for (the kitchen
+decides), and orders to drop; from the identity: a customer's data export and erasure, which
+the kitchen only answers (it keeps nothing personal: production.customer_data). Deliveries are
+handled concurrently and replicas compete, so nothing relies on their order: a cancellation
+that overtakes its order leaves a tombstone the late order.received finds.
 """
 
 from __future__ import annotations
@@ -74,5 +75,5 @@ async def on_customer_data_requested(event: CustomerDataRequested, needs: Needs)
 
 @router.on(CUSTOMER_EVENTS, E.CUSTOMER_ERASURE_REQUESTED)
 async def on_customer_erasure_requested(event: CustomerErasureRequested, needs: Needs) -> None:
-    """Anonymise the customer's tickets and confirm (production.customer_erased)."""
+    """Confirm (production.customer_erased): the kitchen's tickets hold nothing personal."""
     await customer_data.erase(needs.store, event, event_meta())

@@ -5,8 +5,9 @@ cooks of every replica share one queue and each ticket goes to one cook. An entr
 stream in the script that finishes its ticket (or once it turned out not to need making); one
 whose cook died with it is taken over by another cook once it sat idle longer than any cook
 could need. The entry carries the ticket's order and trace context, so a cook's round trips per
-ticket are: the read, the start script, the finish script; with no preparation time the last two
-are one script (start_finish.lua), both events still announced, in order.
+ticket are: the read, the fault switches, the start script, the finish script; with no
+preparation time the last two are one script (start_finish.lua), both events still announced,
+in order.
 While the kitchen manager pauses the line, a cook holds the ticket it took, unstarted.
 
 A ticket is made inside a span of its order's trace (the ticket keeps the trace context of the

@@ -16,8 +16,8 @@ its id in the inbox. Keys::
     inbox:<event id>          string a consumed event (expires after the inbox TTL)
     cancelled:<order id>      string tombstone of a cancelled order (same TTL)
 
-The scripts address a few keys they derive (``ticket:<id>`` in cancel.lua), so the store
-needs one Redis, not a cluster.
+The scripts address a few keys they derive (``ticket:<id>`` in cancel.lua and
+request_cancel.lua), so the store needs one Redis, not a cluster.
 """
 
 from __future__ import annotations
