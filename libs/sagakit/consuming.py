@@ -16,8 +16,8 @@ the original is acked, so a crash in between means a redelivery (which the inbox
 never a loss. A message parked here expires after ``DEAD_LETTER_RETENTION_DAYS`` (a retention
 limit for whatever personal data it may hold); one the broker parks by itself, after
 ``topology.DELIVERY_LIMIT`` redeliveries of a handler that never returned (a process that
-crashes on it), carries no expiry and stays until an operator replays or discards it
-(SECURITY.md, "Known gaps").
+crashes on it), carries no expiry, and the hourly retention sweep of parked messages discards
+it (sagakit.deadletters).
 
 Every delivery is handled inside a CONSUMER span continuing the trace of the event's publish
 (:func:`sagakit.telemetry.consuming`); a failed handler marks it ERROR, and the counters of

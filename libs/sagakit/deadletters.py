@@ -22,6 +22,13 @@ replayed dead letter that fails again is parked again.
 Replays and discards are operator actions: each is recorded in the service's operator audit
 (:mod:`sagakit.audit`) with who asked and how it ended.
 
+Retention: a message the consumer parks expires after ``DEAD_LETTER_RETENTION_DAYS`` (its
+per-message expiry), but RabbitMQ drops an expired message only once it reaches the head of
+the queue, and one the broker parks by itself (past the delivery limit) has no expiry at all.
+So each service also sweeps its dead-letter queue every hour (sagakit.runtime.Messaging) and
+discards what was parked longer ago than the retention (:meth:`ParkedQueue.forget_older_than`),
+telling the time from the headers (:func:`parked_at`).
+
 Requests on one queue take turns (from any replica: the lock is an exclusive queue, which the
 broker keeps): a request holds what it read until it ends, so two at once would each miss what
 the other holds.
@@ -34,6 +41,7 @@ import base64
 import contextlib
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import aio_pika
@@ -103,6 +111,30 @@ def message_id(message: AbstractIncomingMessage) -> str:
     return message_name(message.message_id, message.headers, message.body)
 
 
+def parked_at(message: AbstractIncomingMessage) -> datetime | None:
+    """When ``message`` was parked: ``x-parked-at``, which the consumer writes when it parks
+    one, or the latest ``x-death`` the broker wrote when it dead-lettered one by itself (past
+    the delivery limit), which has no other mark of its time; None if neither says."""
+    headers = message.headers or {}
+    stamp = headers.get("x-parked-at")
+    if isinstance(stamp, bytes):
+        stamp = stamp.decode(errors="replace")
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):
+            return _aware(datetime.fromisoformat(stamp))
+    deaths = headers.get("x-death")
+    times: list[datetime] = []
+    for death in deaths if isinstance(deaths, list) else []:
+        at = death.get("time") if isinstance(death, dict) else None
+        if isinstance(at, datetime):
+            times.append(_aware(at))
+    return max(times, default=None)
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def original_queue(message: AbstractIncomingMessage) -> str | None:
     """Where the message was consumed from: our own header, else the broker's dead-lettering's
     (a message the broker parked itself after ``x-delivery-limit``)."""
@@ -124,7 +156,7 @@ def describe(message: AbstractIncomingMessage) -> ParkedMessage:
         attempts=int(attempts) if isinstance(attempts, int | str) and str(attempts).isdigit()
         else None,
         original_queue=original_queue(message),
-        parked_at=headers.get("x-parked-at"),
+        parked_at=at.isoformat() if (at := parked_at(message)) else None,  # the broker's too
         routing_key=message.routing_key,
         headers=headers,
         body=message.body.decode(errors="replace"),
@@ -257,6 +289,19 @@ class ParkedQueue:
         if event_id is not None and outcome.skipped:
             raise ApiError(409, "Cannot replay", f"{event_id} names no queue to go back to")
         return outcome
+
+    async def forget_older_than(self, seconds: float) -> int:
+        """Retention: discard what was parked more than ``seconds`` ago (see :func:`parked_at`);
+        returns how many. A message whose parking time cannot be told is kept."""
+        now = datetime.now(UTC)
+        gone = 0
+        async with self._channel() as channel:
+            for message in await self._holding(channel, None):
+                at = parked_at(message)
+                if at is not None and (now - at).total_seconds() > seconds:
+                    await message.ack()
+                    gone += 1
+        return gone
 
     async def discard(self, event_id: str) -> DiscardOutcome:
         async with self._channel() as channel:

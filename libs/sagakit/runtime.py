@@ -28,6 +28,7 @@ from sagakit import logs, metrics, postgres, telemetry, units
 from sagakit.archive import PostgresArchive
 from sagakit.audit import PostgresAuditLog
 from sagakit.consuming import LOST_ACKS, RetryPolicy, event_meta
+from sagakit.deadletters import ParkedQueue
 from sagakit.docs import asyncapi_html, docs_paths
 from sagakit.events import Event
 from sagakit.outbox import EventPublisher, PostgresOutboxRelay
@@ -39,6 +40,8 @@ from sagakit.web import JsonErrorsHttpProtocol
 
 # How often the depth of the service's dead-letter and consumer queues is sampled for /metrics.
 QUEUE_SAMPLE_SECONDS = 5.0
+# How often a replica discards dead letters parked longer than the retention.
+DEAD_LETTER_SWEEP_SECONDS = 3600.0
 
 
 class Messaging:
@@ -60,6 +63,8 @@ class Messaging:
             log_level=logging.DEBUG,
         )
         self.queues = tuple(queues)
+        self.rabbitmq_url = settings.rabbitmq_dsn
+        self.dead_letter_retention_seconds = settings.dead_letter_retention_days * 86_400
         self.topology = Topology(service, queues, settings.retry_delays_ms)
         self.retries = RetryPolicy(self.broker, service, settings.retry_delays_ms,
                                    settings.dead_letter_retention_days * 86_400, self.queues)
@@ -97,6 +102,17 @@ class Messaging:
         await self.broker.start()
         await self._sampling.enter_async_context(
             every(QUEUE_SAMPLE_SECONDS, self._sample_queues, "queue-depths"))
+        await self._sampling.enter_async_context(
+            every(DEAD_LETTER_SWEEP_SECONDS, self._forget_old_dead_letters,
+                  "dead-letter-retention"))
+
+    async def _forget_old_dead_letters(self) -> None:
+        """Retention of parked messages (sagakit.deadletters): whatever was parked longer ago
+        than ``DEAD_LETTER_RETENTION_DAYS``, the broker's own parkings too, is discarded."""
+        parked = ParkedQueue(self.rabbitmq_url, dead_letter_queue(self.service).name)
+        if gone := await parked.forget_older_than(self.dead_letter_retention_seconds):
+            logging.getLogger("sagakit.retention").info(
+                "discarded %d dead letters parked longer than the retention", gone)
 
     async def _depth(self, name: str) -> int:
         """Messages ready in a queue: a passive declare answers with its depth."""

@@ -187,3 +187,49 @@ async def test_an_unrouted_event_is_replayed_where_it_was_sent_once_a_queue_is_b
     assert (await unrouted.replay(event_id)).replayed == [event_id]
     await within(10, harness["done"].setdefault(95, asyncio.Event()).wait())
     assert not await kept()
+
+
+
+async def test_dead_letters_parked_longer_than_the_retention_are_discarded(harness,
+                                                                           rabbitmq_url):
+    """Retention of parked messages (sagakit.deadletters): the broker's own parkings (past a
+    queue's delivery limit) carry no expiry, so the hourly sweep tells their time from the
+    broker's x-death; the consumer's from x-parked-at; a message saying neither is kept."""
+    channel = harness["channel"]
+    crashy = await channel.declare_queue(f"{SERVICE}.crashy", durable=True, arguments={
+        "x-queue-type": "quorum", "x-dead-letter-exchange": topology.DEAD_LETTERS.name,
+        "x-dead-letter-routing-key": SERVICE, "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish", "x-delivery-limit": 1})
+    by_broker, by_consumer, untold = (str(uuid.uuid4()) for _ in range(3))
+    await channel.default_exchange.publish(
+        aio_pika.Message(b"{}", message_id=by_broker, delivery_mode=2), routing_key=crashy.name)
+    async with asyncio.timeout(10):  # a handler that never returns: the broker gives up
+        while (await crashy.declare()).message_count or not by_broker_parked(
+                await ParkedQueue(rabbitmq_url, f"{SERVICE}.dead-letters").list(100), by_broker):
+            message = await crashy.get(no_ack=False, fail=False)
+            if message is not None:
+                await message.nack(requeue=True)
+            await asyncio.sleep(0.05)
+    parked_queue = f"{SERVICE}.dead-letters"
+    await channel.default_exchange.publish(aio_pika.Message(
+        b"{}", message_id=by_consumer, delivery_mode=2,
+        headers={"x-parked-at": "2000-01-01T00:00:00+00:00"}), routing_key=parked_queue)
+    await channel.default_exchange.publish(
+        aio_pika.Message(b"{}", message_id=untold, delivery_mode=2), routing_key=parked_queue)
+    parked = ParkedQueue(rabbitmq_url, parked_queue)
+
+    listed = {m.id: m.parked_at for m in (await parked.list(1000)).messages}
+    assert listed[by_consumer] == "2000-01-01T00:00:00+00:00" and listed[untold] is None
+    assert listed[by_broker] is not None  # the broker's x-death tells it
+    assert await parked.forget_older_than(3600) >= 1  # the one parked in 2000
+    left = {m.id for m in (await parked.list(1000)).messages}
+    assert by_consumer not in left and {by_broker, untold} <= left
+    await asyncio.sleep(1.1)  # x-death's time is in whole seconds
+    await parked.forget_older_than(0)
+    left = {m.id for m in (await parked.list(1000)).messages}
+    assert by_broker not in left and untold in left
+    await parked.discard(untold)
+
+
+def by_broker_parked(listed: Any, event_id: str) -> bool:
+    return any(m.id == event_id for m in listed.messages)
