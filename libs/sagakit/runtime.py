@@ -67,7 +67,7 @@ class Messaging:
         self.dead_letter_retention_seconds = settings.dead_letter_retention_days * 86_400
         self.topology = Topology(service, queues, settings.retry_delays_ms)
         self.retries = RetryPolicy(self.broker, service, settings.retry_delays_ms,
-                                   settings.dead_letter_retention_days * 86_400, self.queues)
+                                   self.dead_letter_retention_seconds, self.queues)
         self.broker.add_middleware(self.retries.middleware())
         self.publisher = EventPublisher(self.broker)
         self._document_publishers(publishes)

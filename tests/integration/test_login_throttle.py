@@ -5,27 +5,25 @@ count."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from uuid import uuid4
 
 import asyncpg
 
 from identity import customer_data
-from identity.throttle import LoginThrottle, client_key, customer_key
-
-CUSTOMER, CLIENT = customer_key("{}"), client_key("{}")
-
+from identity.throttle import LoginThrottle, client, customer
 
 
 async def _wait(pool: asyncpg.Pool, throttle: LoginThrottle, account: str,
-                key: str = CUSTOMER) -> int:
+                key: Callable[[str], str] = customer) -> int:
     async with pool.acquire() as conn:
-        return await throttle.wait_left(conn, key, account)
+        return await throttle.wait_left(conn, key(account))
 
 
 async def _fail(pool: asyncpg.Pool, throttle: LoginThrottle, account: str,
-                key: str = CUSTOMER) -> None:
+                key: Callable[[str], str] = customer) -> None:
     async with pool.acquire() as conn:
-        await throttle.failed(conn, key, account)
+        await throttle.failed(conn, key(account))
 
 
 async def test_concurrent_failures_are_each_counted(identity_db):
@@ -37,12 +35,12 @@ async def test_concurrent_failures_are_each_counted(identity_db):
     await asyncio.gather(*(_fail(identity_db, throttle, email) for _ in range(16)))
     async with identity_db.acquire() as conn:  # no failure lost to a concurrent one
         assert await conn.fetchval(
-            f"SELECT failures FROM login_attempts WHERE account = {CUSTOMER.format('$1')}",
-            email) == 20
+            "SELECT failures FROM login_attempts WHERE account = $1",
+            customer(email)) == 20
     assert 55 <= await _wait(identity_db, throttle, email) <= 60
     # The same email typed otherwise is the same account; a client of that name is not.
     assert await _wait(identity_db, throttle, f"  {email.upper()} ") >= 55
-    assert await _wait(identity_db, throttle, email, CLIENT) == 0
+    assert await _wait(identity_db, throttle, email, client) == 0
 
 
 async def test_the_wait_doubles_and_a_success_starts_the_count_again(identity_db):
@@ -58,9 +56,9 @@ async def test_the_wait_doubles_and_a_success_starts_the_count_again(identity_db
     async with identity_db.acquire() as conn:
         left = await conn.fetchval(
             "SELECT extract(epoch FROM wait_until - clock_timestamp()) FROM login_attempts"
-            f" WHERE account = {CUSTOMER.format('$1')}", email)
+            " WHERE account = $1", customer(email))
         assert 0.9 < left <= 1.0  # doubled
-        await throttle.succeeded(conn, CUSTOMER, email)
+        await throttle.succeeded(conn, customer(email))
     assert await _wait(identity_db, throttle, email) == 0
     await _fail(identity_db, throttle, email)
     assert await _wait(identity_db, throttle, email) == 0  # one failure since: free again
@@ -82,9 +80,9 @@ async def test_an_erasure_and_the_retention_forget_counts(identity_db):
     async with identity_db.acquire() as conn:
         await conn.execute("UPDATE login_attempts SET last_at = now() - interval '2 minutes',"
                            " wait_until = now() - interval '1 minute'"
-                           f" WHERE account = {CUSTOMER.format('$1')}", idle)
+                           " WHERE account = $1", customer(idle))
     assert await throttle.forget_idle(identity_db) >= 1
     async with identity_db.acquire() as conn:
         assert await conn.fetchval(
-            f"SELECT count(*) FROM login_attempts WHERE account = {CUSTOMER.format('$1')}",
-            idle) == 0
+            "SELECT count(*) FROM login_attempts WHERE account = $1",
+            customer(idle)) == 0

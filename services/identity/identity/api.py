@@ -118,16 +118,13 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     return client_id, secret
 
 
-CUSTOMER, CLIENT = throttle.customer_key("{}"), throttle.client_key("{}")
-
-
 def _wait(seconds: int, error: str, field: str) -> JSONResponse:
     """An attempt on an account that must wait (identity.throttle): its password unchecked."""
     return _oauth_error(429, error, f"Too many failed attempts on this account: try again in "
                         f"{seconds} s.", field, headers={"Retry-After": str(seconds)})
 
 
-async def _guarded_check(request: Request, key: str, account: str, hashed: str | None,
+async def _guarded_check(request: Request, account: str, hashed: str | None,
                          password: str) -> tuple[bool, int]:
     """Whether ``password`` is right for ``account`` and, if it may not be checked yet, the
     seconds to wait (identity.throttle). The wait is read in the hash gate's slot, just before
@@ -137,14 +134,14 @@ async def _guarded_check(request: Request, key: str, account: str, hashed: str |
     pool: asyncpg.Pool = request.app.state.pool
     async with GATE.slot():
         async with pool.acquire() as conn:
-            if wait := await guessing.wait_left(conn, key, account):
+            if wait := await guessing.wait_left(conn, account):
                 return False, wait
         right = await asyncio.to_thread(verify_password, hashed, password)
         async with pool.acquire() as conn:
             if right:
-                await guessing.succeeded(conn, key, account)
+                await guessing.succeeded(conn, account)
             else:
-                await guessing.failed(conn, key, account)
+                await guessing.failed(conn, account)
     return right, 0
 
 
@@ -201,7 +198,7 @@ async def token(request: Request) -> Response:
         async with pool.acquire() as conn:
             row = await conn.fetchrow("SELECT id, name, email, password_hash FROM customers"
                                       " WHERE lower(email) = lower($1)", email)
-        right, wait = await _guarded_check(request, CUSTOMER, email,
+        right, wait = await _guarded_check(request, throttle.customer(email),
                                            row["password_hash"] if row else None,
                                            fields["password"])
         if wait:
@@ -229,7 +226,7 @@ async def token(request: Request) -> Response:
         async with pool.acquire() as conn:
             row = await conn.fetchrow("SELECT client_id, secret_hash, scopes FROM clients"
                                       " WHERE client_id = $1", client_id)
-        right, wait = await _guarded_check(request, CLIENT, client_id,
+        right, wait = await _guarded_check(request, throttle.client(client_id),
                                            row["secret_hash"] if row else None, secret)
         if wait:
             return _wait(wait, "invalid_client", "client_id")

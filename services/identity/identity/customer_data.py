@@ -115,7 +115,7 @@ async def record_part(pool: asyncpg.Pool, event: CustomerData, meta: EventMeta) 
 async def erase(pool: asyncpg.Pool, customer_id: UUID, requested_by: str) -> dict[str, Any]:
     """Erase the customer (once): the account now, every service's part by events."""
     async with pool.acquire() as conn, conn.transaction():
-        await _customer(conn, customer_id)
+        account = await _customer(conn, customer_id)
         row = await conn.fetchrow(
             "INSERT INTO erasures (id, customer_id, requested_by) VALUES ($1, $2, $3)"
             " ON CONFLICT (customer_id) DO NOTHING RETURNING *", uuid4(), customer_id,
@@ -125,8 +125,8 @@ async def erase(pool: asyncpg.Pool, customer_id: UUID, requested_by: str) -> dic
                                       customer_id)
         else:
             await conn.execute(  # its failed log-ins' count (identity.throttle) goes too
-                "DELETE FROM login_attempts WHERE account = (SELECT"
-                f" {throttle.customer_key('email')} FROM customers WHERE id = $1)", customer_id)
+                "DELETE FROM login_attempts WHERE account = $1",
+                throttle.customer(account["email"]))
             await conn.execute(
                 "UPDATE customers SET name = $2, email = 'erased-' || id || '@invalid',"
                 " password_hash = $2, erased_at = now() WHERE id = $1", customer_id, ERASED)

@@ -30,6 +30,7 @@ policy is a dozen lines of SQL on one table.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,15 +38,18 @@ from datetime import timedelta
 import asyncpg
 
 
-def customer_key(sql_email: str) -> str:
-    """SQL: the key of a customer's account from an SQL expression of its email."""
-    return (f"encode(sha256(convert_to('customer:' || lower(trim({sql_email})), 'UTF8')),"
-            " 'hex')")
+def customer(email: str) -> str:
+    """The key of a customer's account: what was typed as its email, as sign-up keeps it."""
+    return _digest(f"customer:{email.strip().lower()}")
 
 
-def client_key(sql_client_id: str) -> str:
-    """SQL: the key of a client's account from an SQL expression of its id."""
-    return f"encode(sha256(convert_to('client:' || {sql_client_id}, 'UTF8')), 'hex')"
+def client(client_id: str) -> str:
+    """The key of a client's account."""
+    return _digest(f"client:{client_id}")
+
+
+def _digest(account: str) -> str:
+    return hashlib.sha256(account.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -61,37 +65,35 @@ class LoginThrottle:
             return 0.0
         return min(self.longest_wait, self.first_wait * 2.0 ** min(failures - self.free, 30))
 
-    async def wait_left(self, conn: asyncpg.Connection, key_sql: str, account: str) -> int:
-        """Seconds ``account`` (``key_sql`` turns ``$1`` into its key) must wait before its
+    async def wait_left(self, conn: asyncpg.Connection, account: str) -> int:
+        """Seconds ``account`` (its key: :func:`customer`, :func:`client`) must wait before its
         next attempt is checked (at least 1), or 0: check it now."""
         left = await conn.fetchval(
             "SELECT extract(epoch FROM wait_until - clock_timestamp()) FROM login_attempts"
-            f" WHERE account = {key_sql.format('$1')}", account)
+            " WHERE account = $1", account)
         return max(1, math.ceil(left)) if left is not None and left > 0 else 0
 
-    async def failed(self, conn: asyncpg.Connection, key_sql: str, account: str) -> None:
+    async def failed(self, conn: asyncpg.Connection, account: str) -> None:
         """A wrong password (or secret) for ``account``: one more failure, and the wait it
         brings. Concurrent failures are each counted (the row is locked while it is read)."""
-        key = key_sql.format("$1")
         async with conn.transaction():
             await conn.execute(
-                f"INSERT INTO login_attempts (account, failures, last_at) VALUES ({key}, 0,"
+                "INSERT INTO login_attempts (account, failures, last_at) VALUES ($1, 0,"
                 " clock_timestamp()) ON CONFLICT (account) DO NOTHING", account)
             row = await conn.fetchrow(
                 "SELECT failures, last_at < clock_timestamp() - $2::interval AS forgotten"
-                f" FROM login_attempts WHERE account = {key} FOR UPDATE",
+                " FROM login_attempts WHERE account = $1 FOR UPDATE",
                 account, timedelta(seconds=self.forget))
             failures = 1 + (0 if row["forgotten"] else row["failures"])
             await conn.execute(
                 "UPDATE login_attempts SET failures = $2, last_at = clock_timestamp(),"
                 " wait_until = CASE WHEN $3::float8 > 0"
                 "  THEN clock_timestamp() + make_interval(secs => $3) END"
-                f" WHERE account = {key}", account, failures, self.wait_after(failures))
+                " WHERE account = $1", account, failures, self.wait_after(failures))
 
-    async def succeeded(self, conn: asyncpg.Connection, key_sql: str, account: str) -> None:
+    async def succeeded(self, conn: asyncpg.Connection, account: str) -> None:
         """The password was right: the account's count starts again."""
-        await conn.execute(f"DELETE FROM login_attempts WHERE account = {key_sql.format('$1')}",
-                           account)
+        await conn.execute("DELETE FROM login_attempts WHERE account = $1", account)
 
     async def forget_idle(self, pool: asyncpg.Pool) -> int:
         """Retention: counts with no attempt for ``forget`` seconds (and no wait left) go."""
