@@ -26,6 +26,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from production import service as kitchen_service
 from production.domain import (
     CancelAnswer,
     Step,
@@ -36,8 +37,9 @@ from production.domain import (
 )
 from production.store import KitchenEntry, ProductionStore
 from sagakit import telemetry
-from sagakit.envelope import OutgoingEvent
+from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.events import (
+    OrderCancellationRequested,
     OrderCancelled,
     OrderLine,
     OrderReceived,
@@ -659,9 +661,9 @@ async def test_a_cancel_request_is_answered_as_the_kitchens_rule_says(
         order_id=order_id, ticket_id=ticket_id, reason="started"), source="test",
         subject=str(order_id))
     try:
-        outcome = await store.request_cancel(event_id=uuid4(), order_id=order_id,
-                                             at=datetime.now(UTC), accepted=accepted,
-                                             refused=refused)
+        outcome = await store.request_cancel(
+            event_id=uuid4(), order_id=order_id, ticket_id=None if status is None else ticket_id,
+            at=datetime.now(UTC), accepted=accepted, refused=refused)
         expected = answer_cancel_request(status)
         assert CancelAnswer(outcome) is expected
         added: Any = await redis.xrange("outbox", min=f"({last[0][0]!s}" if last else "-")
@@ -677,14 +679,75 @@ async def test_a_cancel_request_is_answered_as_the_kitchens_rule_says(
         assert bool(await redis.exists(keys[2])) == (
             expected in (CancelAnswer.NO_TICKET, CancelAnswer.RELEASED))
     finally:
-        added = await redis.xrange("outbox", min=f"({last[0][0]!s}" if last else "-")
-        mine = [entry_id for entry_id, fields in added if fields["subject"] == str(order_id)]
-        if mine:
-            await redis.xdel("outbox", *mine)
-        await redis.hdel("stock", sku)
-        await redis.delete(*keys)
-        for state in TicketStatus:
-            await redis.zrem(f"tickets:{state}", str(ticket_id))
+        await _forget_cancel_request(redis, f"({last[0][0]!s}" if last else "-", order_id,
+                                     ticket_id, sku, keys)
+
+
+async def test_a_cancel_answer_names_the_ticket_the_order_has_when_it_is_decided(
+    redis: Redis,
+) -> None:
+    """The answers to a cancel request are built before request_cancel.lua runs, naming the
+    ticket read just before. If the order's order.received is applied in between, the script
+    does nothing ("moved": no inbox record, no answer, the ticket untouched), and the service
+    reads the ticket again: production.cancelled names the ticket it released."""
+    store = ProductionStore(redis, inbox_ttl_seconds=60)
+    order_id, ticket_id, sku = uuid4(), uuid4(), f"test-sku-{uuid4()}"
+    event_id = uuid4()
+    keys = [f"ticket:{ticket_id}", f"order-ticket:{order_id}", f"cancelled:{order_id}",
+            f"inbox:{event_id}"]
+    await redis.hset("stock", sku, 7)
+    await _seed_ticket(redis, ticket_id, order_id, TicketStatus.QUEUED, sku, 3)
+    last = await redis.xrevrange("outbox", count=1)
+    since = f"({last[0][0]!s}" if last else "-"
+
+    async def mine() -> list[dict[str, str]]:
+        added: Any = await redis.xrange("outbox", min=since)
+        return [fields for _, fields in added if fields["subject"] == str(order_id)]
+
+    stale = OutgoingEvent.build(ProductionCancelled(order_id=order_id, ticket_id=None),
+                                source="test", subject=str(order_id))
+    try:
+        moved = await store.request_cancel(event_id=event_id, order_id=order_id, ticket_id=None,
+                                           at=datetime.now(UTC), accepted=stale, refused=stale)
+        assert moved == "moved"
+        assert await mine() == []
+        assert not await redis.exists(f"inbox:{event_id}")
+        assert await redis.hget(keys[0], "status") == str(TicketStatus.QUEUED)
+        assert await redis.hget("stock", sku) == "7"
+
+        reads = 0
+        read_ticket = store.ticket_of
+
+        async def read_before_the_ticket_was_queued(order: UUID) -> UUID | None:
+            nonlocal reads
+            reads += 1
+            return None if reads == 1 else await read_ticket(order)
+
+        store.ticket_of = read_before_the_ticket_was_queued  # type: ignore[method-assign,assignment]
+        request = OrderCancellationRequested(order_id=order_id, reason="changed my mind")
+        meta = EventMeta(id=event_id, type=str(request.type), subject=str(order_id), attempt=1)
+        outcome = await kitchen_service.request_cancel(store, request, meta)
+        assert (outcome, reads) == ("released", 2)
+        [answer] = await mine()
+        assert answer["type"] == "production.cancelled"
+        assert orjson.loads(answer["body"])["ticket_id"] == str(ticket_id)
+        assert await redis.hget("stock", sku) == "10"
+    finally:
+        await _forget_cancel_request(redis, since, order_id, ticket_id, sku, keys)
+
+
+async def _forget_cancel_request(redis: Redis, since: str, order_id: UUID, ticket_id: UUID,
+                                 sku: str, keys: Sequence[str]) -> None:
+    """Take back what a cancel request test left: the order's answers in the outbox since
+    ``since``, the stock line, ``keys`` and the ticket in any status."""
+    added: Any = await redis.xrange("outbox", min=since)
+    mine = [entry_id for entry_id, fields in added if fields["subject"] == str(order_id)]
+    if mine:
+        await redis.xdel("outbox", *mine)
+    await redis.hdel("stock", sku)
+    await redis.delete(*keys)
+    for state in TicketStatus:
+        await redis.zrem(f"tickets:{state}", str(ticket_id))
 
 
 @pytest.mark.parametrize("paused", [False, True])

@@ -160,12 +160,14 @@ class FakeKitchen(ProductionStore):
         return None if ticket is None else ticket.id
 
     async def request_cancel(
-        self, *, event_id: UUID, order_id: UUID, at: datetime, accepted: OutgoingEvent,
-        refused: OutgoingEvent,
+        self, *, event_id: UUID, order_id: UUID, ticket_id: UUID | None, at: datetime,
+        accepted: OutgoingEvent, refused: OutgoingEvent,
     ) -> str:
+        ticket = self.ticket_of_order.get(order_id)
+        if (None if ticket is None else ticket.id) != ticket_id:
+            return self._did("request_cancel", "moved")
         if not self._first(event_id):
             return self._did("request_cancel", "duplicate")
-        ticket = self.ticket_of_order.get(order_id)
         answer = answer_cancel_request(None if ticket is None else ticket.status)
         if answer is CancelAnswer.RELEASED:
             assert ticket is not None

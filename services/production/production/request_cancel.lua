@@ -3,24 +3,31 @@
 -- stock back; no ticket yet leaves a tombstone so a late order.received queues nothing; a ticket
 -- in progress or done is not cancelled. Either way the answer goes to the outbox. The rule is
 -- production.domain.answer_cancel_request; a test holds this script to it.
+-- The answers are built before the script runs and name the ticket the order had then (ARGV 3,
+-- '' for none); if the order has another by now (its order.received was applied in between),
+-- nothing is done and 'moved' tells the caller to read it again and build the answers anew.
 --
 -- KEYS: 1 inbox:<event id>  2 cancelled:<order id>  3 order-ticket:<order id>  4 stock
 --       5 tickets:queued  6 tickets:cancelled  7 outbox
--- ARGV: 1 inbox and tombstone ttl (s)  2 cancelled at (ISO)  3 n = fields of the accepted answer
---       4 .. 3+n  production.cancelled outbox fields   4+n ..  production.cancel_refused fields
--- Returns 'duplicate' | 'no_ticket' | 'released' | 'already_cancelled' | 'refused'
+-- ARGV: 1 inbox and tombstone ttl (s)  2 cancelled at (ISO)  3 the ticket the answers name
+--       4 n = fields of the accepted answer  5 .. 4+n  production.cancelled outbox fields
+--       5+n ..  production.cancel_refused fields
+-- Returns 'moved' | 'duplicate' | 'no_ticket' | 'released' | 'already_cancelled' | 'refused'
+local ticket_id = redis.call('GET', KEYS[3])
+if (ticket_id or '') ~= ARGV[3] then
+  return 'moved'
+end
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then
   return 'duplicate'
 end
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 local function answer(accepted)
   if accepted then
-    redis.call('XADD', KEYS[7], '*', unpack(ARGV, 4, 3 + n))
+    redis.call('XADD', KEYS[7], '*', unpack(ARGV, 5, 4 + n))
   else
-    redis.call('XADD', KEYS[7], '*', unpack(ARGV, 4 + n))
+    redis.call('XADD', KEYS[7], '*', unpack(ARGV, 5 + n))
   end
 end
-local ticket_id = redis.call('GET', KEYS[3])
 if not ticket_id then
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
   answer(true)

@@ -23,6 +23,7 @@ from production.domain import (
 )
 from production.store import KitchenEntry, ProductionStore
 from sagakit import telemetry
+from sagakit.consuming import RetryLater
 from sagakit.envelope import EventMeta, EventSource
 from sagakit.events import (
     MissingStock,
@@ -106,18 +107,27 @@ async def cancel_order(store: ProductionStore, event: OrderCancelled, meta: Even
 async def request_cancel(
     store: ProductionStore, event: OrderCancellationRequested, meta: EventMeta
 ) -> str:
-    """Drop the ticket if no cook has started it, else refuse; answer the order either way."""
-    ticket_id = await store.ticket_of(event.order_id)
-    accepted = SOURCE.event(ProductionCancelled(order_id=event.order_id, ticket_id=ticket_id),
-                            event.order_id)
-    refused = SOURCE.event(ProductionCancelRefused(
-        order_id=event.order_id, ticket_id=ticket_id,
-        reason="the kitchen has already started this order",
-    ), event.order_id)
-    outcome = await store.request_cancel(event_id=meta.id, order_id=event.order_id, at=_now(),
-                                         accepted=accepted, refused=refused)
-    log.info("order.cancellation_requested: %s", outcome)
-    return outcome
+    """Drop the ticket if no cook has started it, else refuse; answer the order either way.
+
+    The answers name the order's ticket, read first; the script does nothing if the order got
+    one in between (its order.received applied meanwhile: ``"moved"``), and it is read again.
+    An order's ticket is set once, so a second try finds it unchanged; a third "moved" is
+    retried later by the broker (:class:`RetryLater`)."""
+    for _ in range(3):
+        ticket_id = await store.ticket_of(event.order_id)
+        accepted = SOURCE.event(ProductionCancelled(order_id=event.order_id, ticket_id=ticket_id),
+                                event.order_id)
+        refused = SOURCE.event(ProductionCancelRefused(
+            order_id=event.order_id, ticket_id=ticket_id,
+            reason="the kitchen has already started this order",
+        ), event.order_id)
+        outcome = await store.request_cancel(
+            event_id=meta.id, order_id=event.order_id, ticket_id=ticket_id, at=_now(),
+            accepted=accepted, refused=refused)
+        if outcome != "moved":
+            log.info("order.cancellation_requested: %s", outcome)
+            return outcome
+    raise RetryLater(f"the ticket of order {event.order_id} keeps changing")
 
 
 async def start_cooking(store: ProductionStore, ticket_id: UUID, order_id: UUID) -> str:

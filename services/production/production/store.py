@@ -148,17 +148,19 @@ class ProductionStore:
         return UUID(str(raw)) if raw else None
 
     async def request_cancel(
-        self, *, event_id: UUID, order_id: UUID, at: datetime, accepted: OutgoingEvent,
-        refused: OutgoingEvent,
+        self, *, event_id: UUID, order_id: UUID, ticket_id: UUID | None, at: datetime,
+        accepted: OutgoingEvent, refused: OutgoingEvent,
     ) -> str:
+        """request_cancel.lua: its outcome, or ``"moved"`` (nothing done) if the order's ticket
+        is no longer ``ticket_id``, the one the answers name."""
         accepted_fields = outbox_fields(accepted)
         outcome: str = await self._request_cancel(
             keys=[
                 inbox_key(event_id), tombstone_key(order_id), order_ticket_key(order_id), STOCK,
                 status_key(TicketStatus.QUEUED), status_key(TicketStatus.CANCELLED), OUTBOX,
             ],
-            args=[self.inbox_ttl, at.isoformat(), len(accepted_fields), *accepted_fields,
-                  *outbox_fields(refused)],
+            args=[self.inbox_ttl, at.isoformat(), str(ticket_id or ""), len(accepted_fields),
+                  *accepted_fields, *outbox_fields(refused)],
         )
         return outcome
 
