@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ from deploy.runner.config import (
 from deploy.runner.health import http_status, wait_ready
 from deploy.runner.provision import ensure_keys, prepare
 
+# How long ``up`` waits for a port still held before it says who must free it.
+PORT_WAIT_SECONDS = processes.STOP_WAIT_SECONDS
+
 
 def _port_busy(host: str, port: int) -> bool:
     try:
@@ -49,16 +53,28 @@ def _programs(env: dict[str, str], run_dir: Path,
 
 def _refuse_taken_ports(env: Mapping[str, str], wanted: list[Replica],
                         kept: Mapping[str, Mapping[str, Any]]) -> None:
-    """A port something else holds would have the new program fail; say so before starting."""
-    for replica in wanted:
-        host, port = replica.address.rsplit(":", 1)
-        if replica.name not in kept and _port_busy(host.strip("[]"), int(port)):
-            raise StackError(f"{replica.name}: port {port} is taken by a process this run dir "
-                             f"did not start; stop it or choose another "
-                             f"{replica.service.upper()}_HTTP_PORT")
-    if GATEWAY not in kept and _port_busy("127.0.0.1", int(env["GATEWAY_PORT"])):
-        raise StackError(f"gateway: port {env['GATEWAY_PORT']} is taken by a process this run "
-                         "dir did not start")
+    """A port something else holds would have the new program fail; say so before starting.
+
+    A port still held is waited for first, up to a stop's own limit: the programs of a
+    supervisord that was killed stop by themselves (launch.py), gracefully, and an ``up`` right
+    after the kill finds them finishing their requests and deliveries."""
+    busy = [(f"{replica.name}: port {port}", host.strip("[]"), int(port),
+             f"choose another {replica.service.upper()}_HTTP_PORT")
+            for replica in wanted if replica.name not in kept
+            for host, port in [replica.address.rsplit(":", 1)]]
+    if GATEWAY not in kept:
+        busy.append((f"gateway: port {env['GATEWAY_PORT']}", "127.0.0.1",
+                     int(env["GATEWAY_PORT"]), "choose another GATEWAY_PORT"))
+    deadline = time.monotonic() + PORT_WAIT_SECONDS
+    for what, host, port, hint in busy:
+        if _port_busy(host, port):
+            say(f"{what} is still taken: waiting up to {PORT_WAIT_SECONDS} s for it to be "
+                "freed (the processes of a supervisord that was killed stop by themselves)")
+        while _port_busy(host, port):
+            if time.monotonic() > deadline:
+                raise StackError(f"{what} is taken by a process this run dir did not start; "
+                                 f"stop it or {hint}")
+            time.sleep(0.5)
 
 
 def up(env: Mapping[str, str] | None = None, run_dir: str | os.PathLike[str] | None = None, *,

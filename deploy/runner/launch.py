@@ -5,15 +5,34 @@ its log file. This points stdout and stderr straight at that file (appending, as
 own copy of anything said before does): a service's log write never waits on supervisord, and
 survives it. Then it marks the start in the log and replaces itself with the program, so the
 pid supervisord watches is the program's own.
+
+If supervisord itself dies (SIGKILL, out of memory), its programs are told to stop (SIGTERM:
+a graceful stop, as ``down`` would do) instead of running on unwatched, holding their ports, so
+``make up`` afterwards starts a whole stack again. Linux's parent-death signal does it
+(``prctl(PR_SET_PDEATHSIG)``, kept across ``exec``); supervisord has no such option, and a
+container runtime gives its containers the same end. A launcher whose supervisord died before
+the signal was set exits at once.
 Standard library only, and no import of the package: it runs as a plain script.
 """
 
+import ctypes
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+if sys.platform.startswith("linux"):
+    supervisord = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        sys.exit(f"launch.py: prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}")
+    if os.getppid() != supervisord:  # it died before the signal was set
+        sys.exit(0)
 
 with Path(sys.argv[1]).open(encoding="utf-8") as spec_file:
     spec = json.load(spec_file)

@@ -9,7 +9,9 @@ import configparser
 import json
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -109,3 +111,71 @@ def test_a_program_that_dies_as_it_starts_is_retried_and_up_says_why(supervised:
     assert "no broker here" in str(failed.value)
     _wait(lambda: native.log_tail(supervised, "order").count(processes.START_MARK) >= 2,
           "supervisord did not retry order")
+
+
+# A program that says how it ends: SIGTERM is a graceful stop, as the services' own.
+GRACEFUL = [sys.executable, "-c", "\n".join((
+    "import signal, sys, time",
+    "signal.signal(signal.SIGTERM, lambda *_: (print('stopping', flush=True), sys.exit(0)))",
+    "print('up', flush=True)",
+    "time.sleep(600)"))]
+
+
+def test_the_programs_of_a_killed_supervisord_stop_and_up_starts_them_again(supervised: Path):
+    """supervisord killed (SIGKILL: nothing of it runs to stop its programs) leaves no program
+    running unwatched on its port: each is sent SIGTERM (launch.py's parent-death signal) and
+    stops gracefully; the next ``apply`` (what ``up`` does) starts a supervisord and them."""
+    programs = [processes.Program(name, GRACEFUL, dict(os.environ))
+                for name in ("order", "payment")]
+    processes.apply(supervised, programs)
+    pids = [_wait(lambda n=name: native.read_pid(supervised, n), f"{name} never started")
+            for name in ("order", "payment")]
+    for name in ("order", "payment"):
+        _wait(lambda n=name: native.log_tail(supervised, n).endswith("up"),
+              f"no output from {name}")
+    proxy = rpc(supervised)
+    assert proxy is not None
+    os.kill(proxy.supervisor.getPID(), signal.SIGKILL)
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False  # (a zombie of the dead supervisord is reaped by init)
+
+    _wait(lambda: all(gone(pid) for pid in pids), "a program outlived its supervisord", 15)
+    for name in ("order", "payment"):
+        assert native.log_tail(supervised, name).endswith("stopping")
+    assert native.rpc(supervised) is None
+
+    processes.apply(supervised, programs)
+    again = _wait(lambda: native.read_pid(supervised, "order"), "order not started again")
+    assert again not in pids
+
+
+def test_up_waits_for_a_port_being_freed_and_names_one_that_is_not(monkeypatch):
+    """``up`` after a killed supervisord may find its programs still stopping: it waits for
+    their ports (up to PORT_WAIT_SECONDS), and names a port that stays taken and what to set."""
+    from deploy.runner import cli
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    replica = native.Replica("order", 0, "127.0.0.1", port)
+    env = {"GATEWAY_PORT": "1"}  # nothing listens on port 1
+    threading.Timer(1.0, holder.close).start()
+    started = time.monotonic()
+    cli._refuse_taken_ports(env, [replica], {})
+    assert 0.9 < time.monotonic() - started < 10
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        replica = native.Replica("order", 0, "127.0.0.1", taken.getsockname()[1])
+        monkeypatch.setattr(cli, "PORT_WAIT_SECONDS", 1)
+        with pytest.raises(native.StackError, match=r"order: port \d+ .* ORDER_HTTP_PORT"):
+            cli._refuse_taken_ports(env, [replica], {})
+        # ... unless this run dir's supervisord keeps it
+        cli._refuse_taken_ports(env, [replica], {"order": {"statename": "RUNNING"}})
