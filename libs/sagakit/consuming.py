@@ -155,8 +155,11 @@ class RetryPolicy:
         attempt = int(headers.get("x-attempt", 1))
         reason = describe(exc)
         if isinstance(exc, SubscriberNotFound):  # its text is a dump of the whole message
-            kind = jsonable(headers.get("ce-type") or raw.type or raw.routing_key)
-            reason = f"SubscriberNotFound: no handler here for event type {kind!r}"
+            if kind := headers.get("ce-type"):
+                reason = f"SubscriberNotFound: no handler here for event type {jsonable(kind)!r}"
+            else:  # handlers are chosen by ce-type, whatever the routing key says
+                reason = ("SubscriberNotFound: no ce-type header, so no handler can tell what "
+                          f"event this is (routing key {raw.routing_key!r})")
         outage = isinstance(exc, OUTAGE)
         if isinstance(exc, POISON) or (attempt >= self.max_attempts and not outage):
             headers.update(

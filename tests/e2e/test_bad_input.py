@@ -130,3 +130,8 @@ def test_stock_updates_are_validated(client):
     assert negative.status_code == 422 and fields(negative) == ["available"]
     text = client.put("/api/v1/production/stock/fries", json={"available": "many"})
     assert text.status_code == 422 and fields(text) == ["available"]
+    # a sku is visible text, in a path as in an order: no line break, bidi override, zero-width
+    for sku in ("a%0Ab", "a%E2%80%AEb", "a%E2%80%8Bb", "a%09b"):
+        for answer in (client.get(f"/api/v1/production/stock/{sku}"),
+                       client.put(f"/api/v1/production/stock/{sku}", json={"available": 1})):
+            assert answer.status_code == 422 and fields(answer) == ["sku"], (sku, answer.text)

@@ -184,10 +184,15 @@ def test_export_then_erasure_leaves_nothing_personal_and_the_books_balance(
             "items": [{"sku": "fries", "quantity": 1}], "payment_token": "tok_visa"})
         assert refused.status_code == 403, refused.text
         assert refused.json()["title"] == "Account erased"
+        assert [e["field"] for e in refused.json()["errors"]] == ["Authorization"]
     refused = http.post("/api/v1/payments/cards", json={
         "number": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2040, "cvc": "123",
         "holder": customer["holder"]})
     assert refused.status_code == 403, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["Authorization"]
+    refused = http.get("/api/v1/orders/webhook-secret")
+    assert refused.status_code == 403, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["Authorization"]
     assert {o["id"] for o in http.get("/api/v1/orders").json()} == set(order_ids)
 
     # Nothing personal left: every table, Redis key and stream, parked message, the archive,

@@ -372,6 +372,7 @@ def test_a_json_endpoint_refuses_another_media_type_with_415(client, content_typ
 def test_the_token_endpoint_stays_form_encoded(anonymous):
     as_json = anonymous.post("/api/v1/auth/token", json={"grant_type": "password"})
     assert as_json.status_code == 415
+    assert _fields(as_json) == ["Content-Type"]
     as_form = anonymous.post("/api/v1/auth/token", data={
         "grant_type": "password", "username": "ana@example.com", "password": "ana-dev-password"})
     assert as_form.status_code == 200, as_form.text

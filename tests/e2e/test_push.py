@@ -69,6 +69,10 @@ def test_resuming_with_last_event_id_sends_only_the_later_entries(client):
     # Past the terminal entry there is nothing left: the stream ends at once, empty.
     _, nothing = _follow(client, order_id, last_event_id=events[-1]["id"], timeout=5)
     assert nothing == []
+    # An id past the last entry is none this stream gave (a shop-wide sequence number from
+    # before positions, another order's): the whole timeline again, rather than none ever.
+    _, again = _follow(client, order_id, last_event_id=str(int(events[-1]["id"]) + 1))
+    assert [e["id"] for e in again] == [e["id"] for e in events]
 
 
 def test_the_stream_of_an_unknown_order_or_a_bad_last_event_id_is_a_json_error(client):

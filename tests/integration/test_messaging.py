@@ -124,6 +124,20 @@ async def test_unknown_event_type_on_a_bound_queue_is_parked(harness):
     assert reason == "SubscriberNotFound: no handler here for event type 'probe.unknown'"
 
 
+async def test_a_message_without_ce_type_is_parked_saying_so(harness):
+    """Handlers are chosen by the ce-type header: a message with none, on a key a handler
+    takes, is parked naming the missing header, not as a type nobody handles."""
+    event_id = str(uuid.uuid4())
+    exchange = await harness["channel"].get_exchange("saga.events")
+    await exchange.publish(aio_pika.Message(b'{"n": 10}', message_id=event_id, delivery_mode=2,
+                                            headers={"ce-id": event_id}),
+                           routing_key="probe.ping")
+    message = await parked(harness["channel"], event_id)
+    assert text_header(message, "x-dead-letter-reason") == (
+        "SubscriberNotFound: no ce-type header, so no handler can tell what event this is "
+        "(routing key 'probe.ping')")
+
+
 async def test_replay_all_replays_what_it_can_and_leaves_a_message_whose_queue_is_gone(
         harness, rabbitmq_url):
     dead_letters = topology.dead_letter_queue(SERVICE).name

@@ -172,7 +172,7 @@ async def token(request: Request) -> Response:
     if content_type != "application/x-www-form-urlencoded":
         return _oauth_error(415, "invalid_request",
                             "Send the token request form-encoded "
-                            "(application/x-www-form-urlencoded).")
+                            "(application/x-www-form-urlencoded).", "Content-Type")
     form = await request.form()
     # RFC 6749 §3.1: a parameter sent twice is an invalid request, not a choice between two
     # values (which copy wins is where two parsers disagree; JSON bodies refuse it too).

@@ -183,7 +183,8 @@ async def place_order(
         raise ApiError(422, "Quantity too large", str(exc), field="items") from None
     except service.AccountClosed:
         raise ApiError(403, "Account erased",
-                       "this account was erased: it can place no more orders") from None
+                       "this account was erased: it can place no more orders",
+                       field="Authorization") from None
     except service.IdempotencyConflict:
         raise ApiError(409, "Idempotency-Key reused",
                        "this Idempotency-Key was used with a different request body",

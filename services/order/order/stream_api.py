@@ -108,7 +108,8 @@ async def _follow(pool: asyncpg.Pool, order_id: UUID, after: int, ended: bool,
     "timeline: 1, 2, ...), from the "
     "first entry on, each as soon as it commits; a `: heartbeat` comment line while nothing "
     "happens. The stream ends after the order's terminal status (finished, cancelled, "
-    "refunded). Reconnect with `Last-Event-ID` to get only the entries after that one.",
+    "refunded). Reconnect with `Last-Event-ID` to get only the entries after that one; an "
+    "id past the order's last entry is none this stream gave, and every entry is sent again.",
     responses={200: {"content": {"text/event-stream": {}},
                      "description": "The stream of the order's timeline entries"},
                404: {"description": "No such order (or not yours)"},

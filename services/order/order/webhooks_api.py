@@ -63,7 +63,7 @@ def _open_account() -> Iterator[None]:
         yield
     except AccountClosed:
         raise ApiError(403, "Account erased", "this account was erased: it has no webhook "
-                       "secret any more") from None
+                       "secret any more", field="Authorization") from None
 
 
 def _pool(request: Request) -> asyncpg.Pool:

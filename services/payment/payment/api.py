@@ -92,7 +92,8 @@ async def tokenize_card(body: CardIn, request: Request, response: Response,
         raise ApiError(422, "Invalid card", exc.message, field=exc.field) from None
     except service.AccountClosed:
         raise ApiError(403, "Account erased",
-                       "this account was erased: it can tokenize no more cards") from None
+                       "this account was erased: it can tokenize no more cards",
+                       field="Authorization") from None
     response.headers["Location"] = f"/api/v1/payments/cards/{card.token}"
     return _card_out(card)
 

@@ -18,6 +18,7 @@ from production.store import ProductionStore
 from sagakit.audit import Audit
 from sagakit.auth import allow
 from sagakit.errors import ApiError
+from sagakit.text import Text
 from sagakit.web import JsonRoute
 
 # The kitchen, its stock and its tickets are the operators' (scope ops), reads included.
@@ -25,7 +26,8 @@ OPS = allow("ops")
 router = APIRouter(prefix="/api/v1/production", route_class=JsonRoute)
 
 MAX_UNITS = 1_000_000
-Sku = Annotated[str, Path(min_length=1, max_length=64, examples=["burger-classic"])]
+# A sku as the order service takes it (order.schemas.Line): visible text, 1 to 64 characters.
+Sku = Annotated[Text, Path(min_length=1, max_length=64, examples=["burger-classic"])]
 
 
 class StockOut(BaseModel):
