@@ -317,6 +317,26 @@ def test_guessing_a_password_waits_after_five_failures(anonymous) -> None:
     assert _log_in(anonymous, email, password).status_code == 200
 
 
+def test_no_spelling_of_an_email_escapes_its_accounts_wait(anonymous) -> None:
+    """The count is kept per account as the database tells emails apart (its lower(), which
+    finds the account), not per spelling: where the database folds the Turkish capital dotted
+    I (U+0130) to i, as in en_US.utf8, that spelling opens the same account and must wait with
+    it; where it does not, it names no account at all. Either way it never logs in while the
+    account waits (Python's lower() makes it i + a combining dot: a count of its own)."""
+    email, password = f"iris-{uuid.uuid4().hex[:8]}@example.com", "the right password"
+    assert anonymous.post("/api/v1/customers", json={"name": "Iris", "email": email,
+                                                     "password": password}).status_code == 201
+    for _ in range(5):
+        assert _log_in(anonymous, email, "a wrong guess").status_code == 400
+    assert _waits(_log_in(anonymous, email, password), "invalid_grant", "username") >= 1
+    for spelling in (email.upper(), email.replace("i", "\u0130", 1),
+                     email.replace("i", "\u0130")):
+        answer = _log_in(anonymous, spelling, password)
+        assert answer.status_code in (400, 429), (spelling, answer.text)
+        if answer.status_code == 400:  # the database keeps it apart: no account, a 400 alike
+            assert answer.json()["error"] == "invalid_grant"
+
+
 def test_right_log_ins_at_once_never_wait(stack) -> None:
     """Only failures count: a customer's tabs (or a test's workers) logging in together."""
     email, password = f"tabs-{uuid.uuid4().hex[:8]}@example.com", "the right password"

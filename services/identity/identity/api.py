@@ -196,17 +196,20 @@ async def token(request: Request) -> Response:
                 return _oauth_error(400, "invalid_request", f"{name} is required.", name)
         email = fields["username"].strip()  # as sign-up keeps it
         async with pool.acquire() as conn:
-            row = await conn.fetchrow("SELECT id, name, email, password_hash FROM customers"
-                                      " WHERE lower(email) = lower($1)", email)
-        right, wait = await _guarded_check(request, throttle.customer(email),
-                                           row["password_hash"] if row else None,
-                                           fields["password"])
+            # The account as the database tells emails apart (lower(), as its unique index),
+            # found or not: every spelling that opens an account counts on that account.
+            row = await conn.fetchrow(
+                "SELECT typed.account, c.id, c.name, c.email, c.password_hash"
+                " FROM (SELECT lower($1) AS account) AS typed"
+                " LEFT JOIN customers c ON lower(c.email) = typed.account", email)
+        right, wait = await _guarded_check(request, throttle.customer(row["account"]),
+                                           row["password_hash"], fields["password"])
         if wait:
             return _wait(wait, "invalid_grant", "username")
         if not right:
             return _oauth_error(400, "invalid_grant", "Wrong email or password.",
                                 ("username", "password"))
-        assert row is not None
+        assert row["id"] is not None
         allowed = {"orders"}
         if requested - allowed:
             return _oauth_error(400, "invalid_scope", "A customer may ask only for: orders.",

@@ -72,8 +72,8 @@ async def _customer(conn: asyncpg.Connection, customer_id: UUID) -> asyncpg.Reco
     """The account, its row locked until the transaction ends: an export and an erasure of one
     customer take turns (without it, an export committed while an erasure deleted the
     customer's exports outlived the erasure, with the name and email in its parts)."""
-    row = await conn.fetchrow("SELECT id, name, email, created_at, erased_at FROM customers"
-                              " WHERE id = $1 FOR UPDATE", customer_id)
+    row = await conn.fetchrow("SELECT id, name, email, lower(email) AS account, created_at,"
+                              " erased_at FROM customers WHERE id = $1 FOR UPDATE", customer_id)
     if row is None:
         raise UnknownCustomer(str(customer_id))
     return row
@@ -126,7 +126,7 @@ async def erase(pool: asyncpg.Pool, customer_id: UUID, requested_by: str) -> dic
         else:
             await conn.execute(  # its failed log-ins' count (identity.throttle) goes too
                 "DELETE FROM login_attempts WHERE account = $1",
-                throttle.customer(account["email"]))
+                throttle.customer(account["account"]))
             await conn.execute(
                 "UPDATE customers SET name = $2, email = 'erased-' || id || '@invalid',"
                 " password_hash = $2, erased_at = now() WHERE id = $1", customer_id, ERASED)

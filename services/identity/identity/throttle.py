@@ -20,8 +20,8 @@ checked a few at a time against the count, never all at once on one reading of i
 
 The count is kept for what was typed as the account, whether or not such an account exists, so
 a wait tells nobody which accounts exist; the key is a SHA-256 digest of it (a customer's email
-lower-cased, as sign-up keeps it; a client's id), so a mistyped or probed email is not stored
-as typed. Times are the database's clock when each statement runs (``clock_timestamp()``).
+as the database lower-cases it, :func:`customer`; a client's id), so a mistyped or probed email
+is not stored as typed. Times are the database's clock when each statement runs (``clock_timestamp()``).
 
 Written here rather than taken from a library: the rate-limiting libraries for Python (limits,
 slowapi) keep counters in memory, Redis or Memcached, and this service has PostgreSQL only; the
@@ -38,9 +38,13 @@ from datetime import timedelta
 import asyncpg
 
 
-def customer(email: str) -> str:
-    """The key of a customer's account: what was typed as its email, as sign-up keeps it."""
-    return _digest(f"customer:{email.strip().lower()}")
+def customer(account: str) -> str:
+    """The key of a customer's account: its email as the database lower-cases it (``lower()``,
+    which sign-up's unique index and log-in's lookup use). Python's ``str.lower`` is not the
+    same function (the database's follows its locale: ``İ`` is ``i`` there, ``i̇`` in Python),
+    and a key from the one with a lookup by the other gave each spelling of an account its own
+    count."""
+    return _digest(f"customer:{account}")
 
 
 def client(client_id: str) -> str:
