@@ -21,7 +21,8 @@ checked a few at a time against the count, never all at once on one reading of i
 The count is kept for what was typed as the account, whether or not such an account exists, so
 a wait tells nobody which accounts exist; the key is a SHA-256 digest of it (a customer's email
 as the database lower-cases it, :func:`customer`; a client's id), so a mistyped or probed email
-is not stored as typed. Times are the database's clock when each statement runs (``clock_timestamp()``).
+is not stored as typed. Times are the database's clock when each statement runs
+(``clock_timestamp()``).
 
 Written here rather than taken from a library: the rate-limiting libraries for Python (limits,
 slowapi) keep counters in memory, Redis or Memcached, and this service has PostgreSQL only; the
