@@ -254,21 +254,30 @@ class WebhookSender:
             await self._record(row["id"], "pending", error, retry_in=delay)
 
     async def _post(self, row: asyncpg.Record, secrets: list[str]) -> str | None:
-        """POST once to the checked address; None on a 2xx, else what went wrong."""
-        target = await self.policy.target(row["url"])
-        body = payload(row)
-        headers = {**signed_headers(secrets, row["id"], body, datetime.now(UTC)),
-                   "content-type": "application/json", "host": target.host_header}
-        extensions: dict[str, Any] = (
-            {"sni_hostname": target.host} if target.url.scheme == "https" else {})
+        """POST once to the checked address; None on a 2xx, else what went wrong.
+
+        The receiver is someone else's server: the whole attempt (the address check, connect,
+        send, the answer's head) has one deadline, ``timeout_seconds`` (httpx's timeout bounds
+        each read, so a receiver sending a byte now and then would hold it for ever), and only
+        the status is read: the body is never, however large, and the connection is closed."""
         try:
-            response = await self._http.post(target.connect_url, content=body, headers=headers,
-                                             extensions=extensions)
+            async with asyncio.timeout(self.settings.timeout_seconds):
+                target = await self.policy.target(row["url"])
+                body = payload(row)
+                headers = {**signed_headers(secrets, row["id"], body, datetime.now(UTC)),
+                           "content-type": "application/json", "host": target.host_header}
+                extensions: dict[str, Any] = (
+                    {"sni_hostname": target.host} if target.url.scheme == "https" else {})
+                async with self._http.stream("POST", target.connect_url, content=body,
+                                             headers=headers, extensions=extensions) as response:
+                    status = response.status_code
+        except TimeoutError:
+            return f"no answer within {self.settings.timeout_seconds:g} s"
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"[:500]
-        if 200 <= response.status_code < 300:
+        if 200 <= status < 300:
             return None
-        return f"HTTP {response.status_code}"
+        return f"HTTP {status}"
 
     async def _record(self, delivery_id: UUID, state: str, error: str | None,
                       retry_in: float = 0.0) -> None:
