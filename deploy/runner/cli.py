@@ -28,6 +28,7 @@ from deploy.runner.config import (
     service_command,
     stack_env,
 )
+from deploy.runner.control import rpc
 from deploy.runner.health import http_status, wait_ready
 from deploy.runner.provision import ensure_keys, prepare
 
@@ -52,12 +53,13 @@ def _programs(env: dict[str, str], run_dir: Path,
 
 
 def _refuse_taken_ports(env: Mapping[str, str], wanted: list[Replica],
-                        kept: Mapping[str, Mapping[str, Any]]) -> None:
+                        kept: Mapping[str, Mapping[str, Any]], *, killed: bool) -> None:
     """A port something else holds would have the new program fail; say so before starting.
 
-    A port still held is waited for first, up to a stop's own limit: the programs of a
-    supervisord that was killed stop by themselves (launch.py), gracefully, and an ``up`` right
-    after the kill finds them finishing their requests and deliveries."""
+    After this run dir's supervisord was killed (``killed``: its pid file left behind, nobody
+    answering), a port still held is waited for first, up to a stop's own limit: its programs
+    stop by themselves (launch.py), gracefully, and an ``up`` right after the kill finds them
+    finishing their requests and deliveries."""
     busy = [(f"{replica.name}: port {port}", host.strip("[]"), int(port),
              f"choose another {replica.service.upper()}_HTTP_PORT")
             for replica in wanted if replica.name not in kept
@@ -65,15 +67,17 @@ def _refuse_taken_ports(env: Mapping[str, str], wanted: list[Replica],
     if GATEWAY not in kept:
         busy.append((f"gateway: port {env['GATEWAY_PORT']}", "127.0.0.1",
                      int(env["GATEWAY_PORT"]), "choose another GATEWAY_PORT"))
-    deadline = time.monotonic() + PORT_WAIT_SECONDS
+    deadline = time.monotonic() + (PORT_WAIT_SECONDS if killed else 0)
     for what, host, port, hint in busy:
-        if _port_busy(host, port):
-            say(f"{what} is still taken: waiting up to {PORT_WAIT_SECONDS} s for it to be "
-                "freed (the processes of a supervisord that was killed stop by themselves)")
+        if killed and _port_busy(host, port):
+            say(f"{what} is still taken: waiting up to {PORT_WAIT_SECONDS} s for the programs "
+                "of this run dir's killed supervisord to stop")
         while _port_busy(host, port):
-            if time.monotonic() > deadline:
-                raise StackError(f"{what} is taken by a process this run dir did not start; "
-                                 f"stop it or {hint}")
+            if time.monotonic() >= deadline:
+                left = (" (a program of this run dir's killed supervisord that does not stop?)"
+                        if killed else "")
+                raise StackError(f"{what} is taken by a process this run dir's supervisord "
+                                 f"does not keep{left}; stop it or {hint}")
             time.sleep(0.5)
 
 
@@ -93,7 +97,10 @@ def up(env: Mapping[str, str] | None = None, run_dir: str | os.PathLike[str] | N
     prepare(full)
     kept = {name: info for name, info in processes.processes(path).items()
             if info["statename"] in processes.ALIVE}
-    _refuse_taken_ports(full, wanted, kept)
+    # supervisord removes its pid file when it stops; left behind with nobody answering, it
+    # was killed, and its programs may still be stopping.
+    killed = rpc(path) is None and (path / processes.PID_FILE).exists()
+    _refuse_taken_ports(full, wanted, kept, killed=killed)
     changed = gateway.write_config(full, path / "nginx")
     surplus = processes.apply(path, _programs(full, path, wanted))
     if changed and GATEWAY in kept:

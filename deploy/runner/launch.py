@@ -6,12 +6,13 @@ own copy of anything said before does): a service's log write never waits on sup
 survives it. Then it marks the start in the log and replaces itself with the program, so the
 pid supervisord watches is the program's own.
 
-If supervisord itself dies (SIGKILL, out of memory), its programs are told to stop (SIGTERM:
-a graceful stop, as ``down`` would do) instead of running on unwatched, holding their ports, so
-``make up`` afterwards starts a whole stack again. Linux's parent-death signal does it
-(``prctl(PR_SET_PDEATHSIG)``, kept across ``exec``); supervisord has no such option, and a
-container runtime gives its containers the same end. A launcher whose supervisord died before
-the signal was set exits at once.
+If supervisord itself dies (SIGKILL, out of memory), its programs are told to stop (SIGTERM,
+as ``down`` sends them: the services stop gracefully, nginx at once) instead of running on
+unwatched, holding their ports, so ``make up`` afterwards starts a whole stack again. Linux's
+parent-death signal does it (``prctl(PR_SET_PDEATHSIG)``, kept across ``exec``); supervisord has
+no such option, and a container runtime gives its containers the same end. It reaches the
+program itself, not children it starts: a ``SAGA_SERVICE_CMD_<SERVICE>`` wrapper should
+``exec`` it. A launcher whose supervisord died before the signal was set exits at once.
 Standard library only, and no import of the package: it runs as a plain script.
 """
 
@@ -25,14 +26,25 @@ import time
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# supervisord's pid file in the run dir (processes.write_config), ENV_FILE being run_dir/env/x
+PID_FILE = Path(sys.argv[1]).resolve().parents[1] / "supervisord.pid"
 
 if sys.platform.startswith("linux"):
-    supervisord = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        sys.exit(f"launch.py: prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}")
-    if os.getppid() != supervisord:  # it died before the signal was set
-        sys.exit(0)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:  # e.g. refused by seccomp
+        print(f"launch.py: prctl(PR_SET_PDEATHSIG) failed ({os.strerror(ctypes.get_errno())}): "
+              "this program outlives a killed supervisord", file=sys.stderr)
+    else:
+        # Did supervisord die before the signal was set (since the fork)? Then this process
+        # has another parent already (init) than the pid supervisord wrote before starting
+        # any program, and the signal will never come.
+        supervisord: int | None
+        try:
+            supervisord = int(PID_FILE.read_text())
+        except (OSError, ValueError):
+            supervisord = None  # cannot tell: go on
+        if supervisord is not None and os.getppid() != supervisord:
+            sys.exit(f"launch.py: supervisord (pid {supervisord}) is gone; not starting")
 
 with Path(sys.argv[1]).open(encoding="utf-8") as spec_file:
     spec = json.load(spec_file)

@@ -39,6 +39,7 @@ from deploy.runner.control import rpc, socket_path
 START_MARK = "native: starting"  # launch.py writes it, log_tail cuts at it
 LAUNCHER = Path(__file__).resolve().with_name("launch.py")
 CONFIG = "supervisord.conf"
+PID_FILE = "supervisord.pid"  # in the run dir; launch.py reads it too
 # Restart policy (module docstring): alive this long counts as started; retries before FATAL.
 START_SECONDS = 2
 START_RETRIES = 20
@@ -143,7 +144,7 @@ def write_config(run_dir: Path, programs: Iterable[Program]) -> Path:
         f"[unix_http_server]\nfile={_value(sock)}\nchmod=0700\n\n"
         f"[supervisord]\nlogfile={_value(log_file(run_dir, 'supervisord'))}\n"
         "logfile_maxbytes=10MB\nlogfile_backups=1\n"
-        f"pidfile={_value(run_dir / 'supervisord.pid')}\n"
+        f"pidfile={_value(run_dir / PID_FILE)}\n"
         f"childlogdir={_value(run_dir / 'logs')}\ndirectory={_value(REPO_ROOT)}\n\n"
         "[rpcinterface:supervisor]\n"
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"

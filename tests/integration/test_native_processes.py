@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -138,11 +139,12 @@ def test_the_programs_of_a_killed_supervisord_stop_and_up_starts_them_again(supe
     os.kill(proxy.supervisor.getPID(), signal.SIGKILL)
 
     def gone(pid: int) -> bool:
+        """Exited: no such process, or a zombie (where nothing reaps the dead
+        supervisord's orphans, as a container's first process may not)."""
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
             return True
-        return False  # (a zombie of the dead supervisord is reaped by init)
 
     _wait(lambda: all(gone(pid) for pid in pids), "a program outlived its supervisord", 15)
     for name in ("order", "payment"):
@@ -154,9 +156,23 @@ def test_the_programs_of_a_killed_supervisord_stop_and_up_starts_them_again(supe
     assert again not in pids
 
 
-def test_up_waits_for_a_port_being_freed_and_names_one_that_is_not(monkeypatch):
+def test_a_launch_whose_supervisord_is_gone_starts_nothing(tmp_path: Path):
+    """launch.py run after its supervisord died (before the parent-death signal was set): its
+    parent is not the pid supervisord wrote, so it exits instead of starting the program."""
+    programs = [processes.Program("order", SLEEPER, dict(os.environ))]
+    processes.write_config(tmp_path, programs)
+    (tmp_path / processes.PID_FILE).write_text("999999999")  # no such process is its parent
+    done = subprocess.run([sys.executable, str(processes.LAUNCHER),
+                           str(tmp_path / "env" / "order.json")],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1 and "supervisord (pid 999999999) is gone" in done.stderr
+    assert processes.START_MARK not in native.log_tail(tmp_path, "order")
+
+
+def test_up_waits_for_a_port_only_after_a_killed_supervisord(monkeypatch):
     """``up`` after a killed supervisord may find its programs still stopping: it waits for
-    their ports (up to PORT_WAIT_SECONDS), and names a port that stays taken and what to set."""
+    their ports (up to PORT_WAIT_SECONDS), and names a port that stays taken and what to set.
+    With no killed supervisord, a taken port is named at once."""
     from deploy.runner import cli
 
     holder = socket.socket()
@@ -167,7 +183,7 @@ def test_up_waits_for_a_port_being_freed_and_names_one_that_is_not(monkeypatch):
     env = {"GATEWAY_PORT": "1"}  # nothing listens on port 1
     threading.Timer(1.0, holder.close).start()
     started = time.monotonic()
-    cli._refuse_taken_ports(env, [replica], {})
+    cli._refuse_taken_ports(env, [replica], {}, killed=True)
     assert 0.9 < time.monotonic() - started < 10
 
     with socket.socket() as taken:
@@ -175,7 +191,11 @@ def test_up_waits_for_a_port_being_freed_and_names_one_that_is_not(monkeypatch):
         taken.listen()
         replica = native.Replica("order", 0, "127.0.0.1", taken.getsockname()[1])
         monkeypatch.setattr(cli, "PORT_WAIT_SECONDS", 1)
+        with pytest.raises(native.StackError, match=r"order: port \d+ .*killed.* ORDER_HTTP_PORT"):
+            cli._refuse_taken_ports(env, [replica], {}, killed=True)
+        started = time.monotonic()
         with pytest.raises(native.StackError, match=r"order: port \d+ .* ORDER_HTTP_PORT"):
-            cli._refuse_taken_ports(env, [replica], {})
+            cli._refuse_taken_ports(env, [replica], {}, killed=False)
+        assert time.monotonic() - started < 0.9  # no wait
         # ... unless this run dir's supervisord keeps it
-        cli._refuse_taken_ports(env, [replica], {"order": {"statename": "RUNNING"}})
+        cli._refuse_taken_ports(env, [replica], {"order": {"statename": "RUNNING"}}, killed=True)

@@ -82,6 +82,7 @@ async def receivers() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     yield serve
     for server in servers:
         server.close()
+        await server.wait_closed()
 
 
 async def _order_to(pool: asyncpg.Pool, url: str) -> UUID:
