@@ -10,7 +10,7 @@ A handler either returns (its effect is committed: the delivery is acked), or ra
 "Later" is a broker-side delay (see :mod:`sagakit.topology`) that grows with each attempt; after
 the last one the message is parked in the service's dead-letter queue with the reason, the
 attempt count and its original headers. A failure that is a store or the broker being away
-(:data:`OUTAGE`) is not the event's fault: it is retried at the last delay for as long as the
+(:func:`is_outage`) is not the event's fault: it is retried at the last delay for as long as the
 outage lasts, never parked. The copy is published with a publisher confirm before
 the original is acked, so a crash in between means a redelivery (which the inbox absorbs),
 never a loss. A message parked here expires after ``DEAD_LETTER_RETENTION_DAYS`` (a retention
@@ -26,8 +26,10 @@ Every delivery is handled inside a CONSUMER span continuing the trace of the eve
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
 from contextvars import ContextVar
@@ -64,13 +66,26 @@ class Poison(Exception):
     """The event can never be applied; park it for an operator."""
 
 
-# Errors that say a store or the network is unavailable, not that the event is wrong.
+# Errors that say a store or the network is unavailable, not that the event is wrong. A name
+# that does not resolve is one: in compose, a stopped database's container leaves the network's
+# DNS, and connecting to it raises socket.gaierror (an OSError, not a ConnectionError).
 OUTAGE: tuple[type[BaseException], ...] = (
-    ConnectionError, TimeoutError, asyncpg.exceptions.TooManyConnectionsError,
+    ConnectionError, TimeoutError, socket.gaierror, socket.herror,
+    asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 )
+# ... and an OSError of these kinds, which Python gives no class of their own (a host or network
+# that cannot be reached: a container gone from the network, a route down).
+_UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
+                          errno.ENETDOWN})
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says a store or the network is unavailable (retry for as long as it
+    lasts; a 503 at the API) rather than that the work itself is wrong."""
+    return isinstance(exc, OUTAGE) or (isinstance(exc, OSError) and exc.errno in _UNREACHABLE)
 POISON = (ValidationError, json.JSONDecodeError, UnicodeDecodeError, SubscriberNotFound, Poison)
 
 
@@ -160,7 +175,7 @@ class RetryPolicy:
             else:  # handlers are chosen by ce-type, whatever the routing key says
                 reason = ("SubscriberNotFound: no ce-type header, so no handler can tell what "
                           f"event this is (routing key {raw.routing_key!r})")
-        outage = isinstance(exc, OUTAGE)
+        outage = is_outage(exc)
         if isinstance(exc, POISON) or (attempt >= self.max_attempts and not outage):
             headers.update(
                 {

@@ -33,7 +33,7 @@ from starlette.types import Message as AsgiMessage
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sagakit import auth, logs, telemetry, units
-from sagakit.consuming import OUTAGE
+from sagakit.consuming import is_outage
 from sagakit.docs import add_swagger_ui, docs_paths
 from sagakit.errors import ApiError
 from sagakit.waits import within
@@ -244,13 +244,11 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-# A store that cannot be reached (down, restarting, out of connection slots) makes the service
-# unavailable for a moment: 503 with Retry-After tells a client to try again, a 500 would not.
-_UNAVAILABLE = OUTAGE
-
-
 def _unexpected(exc: Exception) -> JSONResponse:
-    if isinstance(exc, _UNAVAILABLE):
+    # A store that cannot be reached (down, restarting, out of connection slots, its name gone
+    # from DNS) makes the service unavailable for a moment: 503 with Retry-After tells a client
+    # to try again, a 500 would not.
+    if is_outage(exc):
         log.warning("store unavailable: %r", exc)
         response = problem(503, "Service unavailable",
                            "A backing store is unavailable; retry shortly (with the same "

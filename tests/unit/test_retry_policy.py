@@ -1,6 +1,8 @@
 """Where a failed delivery goes: retry with growing delay, park poison and exhausted events, and
 never park because a store is down."""
 
+import errno
+import socket
 from types import SimpleNamespace
 from typing import Any
 
@@ -8,7 +10,7 @@ import asyncpg
 import pytest
 
 from sagakit import topology
-from sagakit.consuming import Poison, RetryLater, RetryPolicy
+from sagakit.consuming import Poison, RetryLater, RetryPolicy, is_outage
 from sagakit.deadletters import message_id
 
 
@@ -57,12 +59,23 @@ async def test_poison_is_parked_at_once(policy):
     assert broker.published[-1]["headers"]["x-attempts"] == 1
 
 
-@pytest.mark.parametrize("outage", [ConnectionRefusedError(), TimeoutError(),
-                                    asyncpg.exceptions.TooManyConnectionsError("full")])
+@pytest.mark.parametrize("outage", [
+    ConnectionRefusedError(), TimeoutError(), asyncpg.exceptions.TooManyConnectionsError("full"),
+    # a compose database killed: its name leaves the network's DNS
+    socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+    OSError(errno.EHOSTUNREACH, "Connect call failed"),
+])
 async def test_a_store_outage_is_retried_for_as_long_as_it_lasts(policy, outage):
     retries, broker = policy
     assert await retries.reroute(delivery(40), "order.q", outage) == "retry"
     assert broker.published[-1]["headers"]["retry-delay-ms"] == "2000"  # the longest delay
+
+
+async def test_an_error_of_the_work_itself_is_not_an_outage(policy):
+    retries, _ = policy
+    for error in (OSError(errno.ENOENT, "no such file"), ValueError("bad"), KeyError("x")):
+        assert not is_outage(error)
+        assert await retries.reroute(delivery(40), "order.q", error) == "parked"
 
 
 async def test_a_parked_message_expires_after_the_dead_letter_retention():

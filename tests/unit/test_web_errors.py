@@ -1,7 +1,9 @@
 """The shared HTTP edge: an unreachable store is a 503 to retry, never a 500."""
 
 import asyncio
+import errno
 import json
+import socket
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -47,6 +49,16 @@ async def test_out_of_connection_slots_is_503_with_retry_after():
 async def test_redis_down_is_503():
     response = await _get(_app_raising(redis.exceptions.ConnectionError("refused")))
     assert response.status_code == 503
+
+
+async def test_a_database_whose_name_does_not_resolve_is_503():
+    """In compose, a killed database's container leaves the network's DNS: asyncpg raises
+    socket.gaierror, an OSError that is not a ConnectionError."""
+    for error in (socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+                  OSError(errno.EHOSTUNREACH, "Connect call failed")):
+        response = await _get(_app_raising(error))
+        assert response.status_code == 503, error
+        assert response.headers["retry-after"] == "1"
 
 
 async def test_a_bug_is_still_a_json_500():

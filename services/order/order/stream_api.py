@@ -26,7 +26,7 @@ from order.domain import TERMINAL
 from order.schemas import timeline_entry
 from order.settings import OrderSettings
 from sagakit.auth import Caller, allow
-from sagakit.consuming import OUTAGE
+from sagakit.consuming import is_outage
 from sagakit.notifications import NotificationFanout, Subscription, TooManySubscribers
 from sagakit.web import JsonRoute, problem
 
@@ -96,7 +96,10 @@ async def _follow(pool: asyncpg.Pool, order_id: UUID, after: int, ended: bool,
                 return
             if not await subscription.wait(heartbeat):
                 yield b": heartbeat\n\n"
-    except OUTAGE as exc:  # the database went away: end; the client resumes from its last id
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # the database went away: end; the client resumes from its last id
         log.warning("order %s event stream ended: %r", order_id, exc)
 
 
