@@ -1,7 +1,13 @@
 # saga-shop's four services: one image base shared by all (they share sagakit and one
 # pyproject.toml), then one target per service: `docker build --target payment .`.
 # Each target's CMD is exactly native mode's start command (deploy/native.py: python -m <service>)
-# and its HEALTHCHECK asks the service's own /health/ready; tests/compose/ holds them to both.
+# and its HEALTHCHECK asks the service's own /health/live; tests/compose/ holds them to both.
+# Live, not ready: Docker's health says whether the container works. A service is live only
+# once it has connected to its database and broker at start, and stays live while one of them
+# is away (it retries by itself, answering 503): a ready-based health made every dependant
+# "unhealthy" through a database's outage, and `docker compose up --wait` (make up) failed on
+# it at once even as the stack healed. Readiness is what `make up` waits for next, through the
+# gateway, as native mode does; the gateway page shows it.
 FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -43,30 +49,30 @@ FROM base AS order
 ENV ORDER_HTTP_HOST=0.0.0.0 \
     ORDER_HTTP_PORT=8001
 EXPOSE 8001
-HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(f'http://127.0.0.1:{os.environ[\"ORDER_HTTP_PORT\"]}/health/ready', timeout=2)"]
+HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(f'http://127.0.0.1:{os.environ[\"ORDER_HTTP_PORT\"]}/health/live', timeout=8)"]
 CMD ["python", "-m", "order"]
 
 FROM base AS payment
 ENV PAYMENT_HTTP_HOST=0.0.0.0 \
     PAYMENT_HTTP_PORT=8002
 EXPOSE 8002
-HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(f'http://127.0.0.1:{os.environ[\"PAYMENT_HTTP_PORT\"]}/health/ready', timeout=2)"]
+HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(f'http://127.0.0.1:{os.environ[\"PAYMENT_HTTP_PORT\"]}/health/live', timeout=8)"]
 CMD ["python", "-m", "payment"]
 
 FROM base AS production
 ENV PRODUCTION_HTTP_HOST=0.0.0.0 \
     PRODUCTION_HTTP_PORT=8003
 EXPOSE 8003
-HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(f'http://127.0.0.1:{os.environ[\"PRODUCTION_HTTP_PORT\"]}/health/ready', timeout=2)"]
+HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(f'http://127.0.0.1:{os.environ[\"PRODUCTION_HTTP_PORT\"]}/health/live', timeout=8)"]
 CMD ["python", "-m", "production"]
 
 FROM base AS identity
 ENV IDENTITY_HTTP_HOST=0.0.0.0 \
     IDENTITY_HTTP_PORT=8004
 EXPOSE 8004
-HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(f'http://127.0.0.1:{os.environ[\"IDENTITY_HTTP_PORT\"]}/health/ready', timeout=2)"]
+HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(f'http://127.0.0.1:{os.environ[\"IDENTITY_HTTP_PORT\"]}/health/live', timeout=8)"]
 CMD ["python", "-m", "identity"]

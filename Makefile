@@ -49,9 +49,18 @@ bootstrap:
 COMPOSE_ALL_FILES = -f docker-compose.yml -f docker-compose.ha.yml
 
 # Compose mode needs only Docker on the host: no virtualenv, no nginx, no host Python.
+# Then every service ready through the gateway (database and broker reachable), as native mode
+# waits: the containers' health is liveness (Dockerfile says why). The gateway image's wget asks.
+WAIT_READY = docker compose exec -T gateway sh -c 'for i in $$(seq 180); do ok=1; \
+	for s in order payment production identity; do \
+	wget -q -O /dev/null "http://127.0.0.1:$${GATEWAY_PORT}/health/$$s/ready" || ok=0; done; \
+	[ $$ok = 1 ] && exit 0; sleep 1; done; \
+	echo "not every service is ready after 180 s: make ps, make logs" >&2; exit 1'
+
 ifeq ($(MODE),compose)
 up:
 	docker compose up -d --build --wait $(COMPOSE_UP_ARGS)
+	@$(WAIT_READY)
 	@echo "saga-shop is up: http://127.0.0.1:$${GATEWAY_PORT:-8080}/ (make ps, make logs, make down)"
 	@echo "development accounts (README.md, \"Accounts\"): ana@example.com / ana-dev-password, bob@example.com / bob-dev-password; operator client ops-console / ops-dev-secret"
 else
@@ -62,6 +71,7 @@ endif
 # RabbitMQ as a three-node cluster of quorum queues (docker-compose.ha.yml; compose only).
 up-ha:
 	docker compose -f docker-compose.yml -f docker-compose.ha.yml up -d --build --wait $(COMPOSE_UP_ARGS)
+	@$(WAIT_READY)
 	@echo "saga-shop is up on a 3-node RabbitMQ cluster: http://127.0.0.1:$${GATEWAY_PORT:-8080}/"
 
 # `make down` keeps the data (named volumes in compose, databases natively);

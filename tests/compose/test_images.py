@@ -1,5 +1,5 @@
 """The images compose builds, checked without building them: each service target runs native
-mode's command and probes its own readiness, dependencies sit in a layer the source cannot
+mode's command and probes its own liveness, dependencies sit in a layer the source cannot
 invalidate, nobody runs as root, hadolint is satisfied, and the collector's pipelines lead
 where the README says (traces to Jaeger, logs to Seq).
 """
@@ -81,7 +81,7 @@ def ready_server() -> Iterator[int]:
 
 
 @pytest.mark.parametrize("service", SETTINGS)
-def test_service_healthcheck_asks_its_own_readiness(service: str, ready_server: int) -> None:
+def test_service_healthcheck_asks_its_own_liveness(service: str, ready_server: int) -> None:
     # Run the image's probe here, against a stand-in for the service on the port it reads.
     argv = image().healthcheck(service)
     assert argv is not None and argv[0] == "python"
@@ -91,7 +91,7 @@ def test_service_healthcheck_asks_its_own_readiness(service: str, ready_server: 
         done = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True,
                               timeout=30, check=False)
         assert (done.returncode == 0) is healthy, done.stderr.decode()
-        assert _Ready.paths == ["/health/ready"]
+        assert _Ready.paths == ["/health/live"]
 
 
 def test_dependencies_are_installed_before_the_source_arrives() -> None:
