@@ -86,3 +86,26 @@ def test_a_killed_service_process_comes_back_by_itself_and_healthy(stack):
         time.sleep(0.2)
     assert stack.log(identity.name).count("native: starting") == starts + 1
     assert ANA.token(stack.base_url, timeout=10)
+
+
+def test_with_every_replica_dead_the_gateway_says_retry(client, stack):
+    """No replica of a service answers: its API paths are the gateway's own JSON 502 (its
+    probes 503), each with Retry-After, so a client knows to come back (with the same
+    Idempotency-Key for an order); the rest of the shop answers as before."""
+    replicas = stack.replicas("production")
+    for replica in replicas:
+        stack.kill(replica.name, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(stack.running(r.name) for r in replicas):
+        assert time.monotonic() < deadline, "a replica survived SIGKILL"
+        time.sleep(0.05)
+    try:
+        for path, status in (("/api/v1/production/stock", 502),
+                             ("/health/production/ready", 503)):
+            answer = client.get(path)
+            assert answer.status_code == status, answer.text
+            assert answer.json()["status"] == status
+            assert answer.headers["retry-after"] == "1"
+        assert client.get("/api/v1/products").status_code == 200
+    finally:
+        stack.restart_missing()
