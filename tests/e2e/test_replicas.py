@@ -100,11 +100,13 @@ def test_with_every_replica_dead_the_gateway_says_retry(client, stack):
         assert time.monotonic() < deadline, "a replica survived SIGKILL"
         time.sleep(0.05)
     try:
-        for path, status in (("/api/v1/production/stock", 502),
-                             ("/health/production/ready", 503)):
+        # 502 where a connect is refused (natively), 504 where it times out (compose: a killed
+        # container's address answers nothing until Docker's DNS and nginx forget it)
+        for path, statuses in (("/api/v1/production/stock", (502, 504)),
+                               ("/health/production/ready", (503,))):
             answer = client.get(path)
-            assert answer.status_code == status, answer.text
-            assert answer.json()["status"] == status
+            assert answer.status_code in statuses, answer.text
+            assert answer.json()["status"] == answer.status_code
             assert answer.headers["retry-after"] == "1"
         assert client.get("/api/v1/products").status_code == 200
     finally:
