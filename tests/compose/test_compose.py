@@ -426,6 +426,14 @@ def test_make_drives_compose_in_compose_mode() -> None:
         dry = subprocess.run(["make", "-n", target, "SAGA_MODE=compose"], cwd=REPO,
                              capture_output=True, text=True, timeout=30, check=True)
         assert command in dry.stdout, f"make {target}: {dry.stdout}"
+    # ... and then, as native mode, until every service answers ready through the gateway
+    # (the containers' own health is liveness: Dockerfile)
+    for target in ("up", "up-ha"):
+        dry = subprocess.run(["make", "-n", target, "SAGA_MODE=compose"], cwd=REPO,
+                             capture_output=True, text=True, timeout=30, check=True)
+        assert "exec -T gateway" in dry.stdout and "/health/$s/ready" in dry.stdout, dry.stdout
+        for service in SETTINGS:
+            assert service in dry.stdout.split("exec -T gateway", 1)[1], service
 
 
 def test_interpolation_follows_compose() -> None:
