@@ -68,11 +68,15 @@ class Poison(Exception):
 
 # Errors that say a store or the network is unavailable, not that the event is wrong. A name
 # that does not resolve is one: in compose, a stopped database's container leaves the network's
-# DNS, and connecting to it raises socket.gaierror (an OSError, not a ConnectionError).
+# DNS, and connecting to it raises socket.gaierror (an OSError, not a ConnectionError). A
+# PostgreSQL that stops (or restarts, or whose backend is terminated) ends the statements in
+# flight with 57P01 "terminating connection due to administrator command" (57P02 after a
+# crash): the server going away, not the statement's fault.
 OUTAGE: tuple[type[BaseException], ...] = (
     ConnectionError, TimeoutError, socket.gaierror, socket.herror,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 )

@@ -18,7 +18,8 @@ import pytest
 
 from order import store
 from order.domain import Line, OrderFaults, OrderRef, PricedOrder, Status
-from sagakit import postgres, units
+from sagakit import postgres, units, web
+from sagakit.consuming import is_outage
 from sagakit.envelope import EventMeta, OutgoingEvent
 from sagakit.events import OrderCreated, OrderLine, OrderReceived
 from sagakit.faults import PostgresFaultStore
@@ -284,3 +285,20 @@ async def test_an_idempotency_key_is_claimed_by_the_statement_that_places_the_or
     assert claimed is not None and claimed["order_id"] == placed[0]
     assert claimed["request_hash"] == "hash-1"
     assert (orders, events) == (1, 1)
+
+
+async def test_a_statement_the_database_cut_off_is_an_outage_not_a_bug(pool):
+    """A PostgreSQL that stops or restarts ends the statements in flight ("terminating
+    connection due to administrator command"): a consumer retries the event for as long as
+    that lasts, the API answers 503 with Retry-After."""
+    async with pool.acquire() as conn:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        running = asyncio.ensure_future(conn.fetchval("SELECT pg_sleep(10)"))
+        await asyncio.sleep(0.3)
+        async with pool.acquire() as other:  # what a database's stop does to its sessions
+            assert await other.fetchval("SELECT pg_terminate_backend($1)", backend)
+        with pytest.raises(asyncpg.PostgresError) as cut:  # asyncpg says it as either of two
+            await running
+    assert is_outage(cut.value)
+    answer = web._unexpected(cut.value)
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"

@@ -64,6 +64,9 @@ async def test_poison_is_parked_at_once(policy):
     # a compose database killed: its name leaves the network's DNS
     socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
     OSError(errno.EHOSTUNREACH, "Connect call failed"),
+    # a PostgreSQL stopping or restarting ends the statements in flight (57P01, 57P02)
+    asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.exceptions.CrashShutdownError("terminating connection because of crash"),
 ])
 async def test_a_store_outage_is_retried_for_as_long_as_it_lasts(policy, outage):
     retries, broker = policy

@@ -61,6 +61,17 @@ async def test_a_database_whose_name_does_not_resolve_is_503():
         assert response.headers["retry-after"] == "1"
 
 
+async def test_a_database_session_cut_mid_statement_is_503():
+    """A PostgreSQL stopping ends its sessions: asyncpg says so as 57P01, or, when the cut
+    lands between two protocol messages, as an InternalClientError of its protocol state."""
+    for error in (asyncpg.exceptions.AdminShutdownError("terminating connection"),
+                  asyncpg.exceptions.InternalClientError(
+                      "cannot switch to state 12; another operation (2) is in progress")):
+        response = await _get(_app_raising(error))
+        assert response.status_code == 503, error
+        assert response.headers["retry-after"] == "1"
+
+
 async def test_a_bug_is_still_a_json_500():
     response = await _get(_app_raising(ZeroDivisionError("oops")))
     assert response.status_code == 500 and response.json()["status"] == 500
