@@ -27,7 +27,7 @@ from uvicorn.config import STARTUP_FAILURE
 from sagakit import logs, metrics, postgres, telemetry, units
 from sagakit.archive import PostgresArchive
 from sagakit.audit import PostgresAuditLog
-from sagakit.consuming import LOST_ACKS, RetryPolicy, event_meta
+from sagakit.consuming import LOST_ACKS, RetryPolicy, event_meta, is_outage
 from sagakit.deadletters import ParkedQueue
 from sagakit.docs import asyncapi_html, docs_paths
 from sagakit.events import Event
@@ -300,6 +300,23 @@ def retention_sweep(pool: asyncpg.Pool, settings: Any,
     return sweep
 
 
+def unretrieved_outages(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's handler of errors nothing awaited, as every service runs it.
+
+    When a store or the broker goes away, the clients' own internal futures fail too (asyncpg's
+    "unexpected connection_lost() call", redis-py's and uvloop's name lookups of a container
+    gone from compose's DNS), and some of them nobody awaits: asyncio then logs "Future
+    exception was never retrieved" at ERROR, with a traceback, for an outage the work that
+    needed the store already retries (sagakit.consuming.is_outage). Said once, as a warning;
+    any other error nothing awaited is logged as asyncio does, a possible bug."""
+    error = context.get("exception")
+    if error is not None and is_outage(error) and "never retrieved" in context.get("message", ""):
+        _log.warning("%s: %r (a store or the broker went away; what needed it retries)",
+                     context["message"], error)
+        return
+    loop.default_exception_handler(context)
+
+
 class Worker(Protocol):
     """A background part of a service (an outbox relay, the kitchen's cooks, a sender)."""
 
@@ -315,6 +332,7 @@ async def running(messaging: Messaging, relay: Worker, *workers: Worker) -> Asyn
     (each finishes what it holds), then the relay (it publishes what all of them committed),
     and close the broker connection last. Every service's lifespan runs its saga in this."""
     settle_heap()  # before the first delivery: nothing in flight gets frozen
+    asyncio.get_running_loop().set_exception_handler(unretrieved_outages)
     await messaging.start()
     await relay.start()
     for worker in workers:
