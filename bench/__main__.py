@@ -154,6 +154,11 @@ def summarise(args: argparse.Namespace, started: datetime, result: load.LoadResu
         per = {name: round(1000 * seconds / saga["completed"], 2)
                for name, seconds in cpu["cpu_seconds"].items()}
         cpu["ms_per_saga"] = {**per, "total": round(sum(per.values()), 2)}
+        # CPU per saga against the raw pipeline's in the same run: the ratio the machine's
+        # speed of the day divides out of (rates drift between runs, this much less).
+        raw = ((ceiling or {}).get("cpu_ms_per_saga") or {}).get("total")
+        if raw:
+            cpu["vs_ceiling"] = round(cpu["ms_per_saga"]["total"] / raw, 2)
     completed = saga["completed_per_s"]
     return {
         "started_at": started.isoformat(timespec="seconds"),
@@ -231,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{figures['cpu']['cpu_percent_of_one_core']}; machine busy "
           f"{figures['machine']['busy_percent_during_load']}%")
     print(f"bench: cpu ms per saga {figures['cpu'].get('ms_per_saga')}")
+    if "vs_ceiling" in figures["cpu"]:
+        print(f"bench: cpu ms per saga of the raw pipeline "
+              f"{figures['ceiling']['cpu_ms_per_saga']['total']}; the stack costs "
+              f"{figures['cpu']['vs_ceiling']}x as much")
     print(f"bench: wrote {json_path}" + (f" and {png_path}" if png_path else ""))
     return 0 if figures["error_count"] == 0 else 1
 

@@ -29,6 +29,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aio_pika
 
+from bench import procstat
+
 VHOST = "saga_bench_raw"
 EXCHANGE = "raw.events"
 PREFETCH = 32
@@ -217,7 +219,14 @@ def run(rabbitmq_url: str, sagas: int = 3000, window: int = 64, timeout: float =
         process.start()
     try:
         time.sleep(1.0)  # let both consumers attach before the first saga
+        # CPU of the pipeline's own three processes and RabbitMQ (by command name: shared with
+        # whatever else uses this broker meanwhile), for CPU per saga beside the rate.
+        meter = procstat.CpuMeter(groups={}, own_pids={
+            "order": os.getpid(), **{p.name.removeprefix("raw-"): p.pid or 0 for p in relays}})
+        meter.start()
+        began = time.monotonic()
         result = asyncio.run(_drive(url, sagas, window, timeout))
+        cpu = meter.stop(time.monotonic() - began)
     finally:
         for process in relays:
             process.terminate()
@@ -227,6 +236,12 @@ def run(rabbitmq_url: str, sagas: int = 3000, window: int = 64, timeout: float =
                 process.kill()
     result["vhost"] = vhost
     result["relays"] = framework
+    spent: dict[str, float] = cpu["cpu_seconds"]  # type: ignore[assignment]
+    seconds = {k: v for k, v in spent.items()
+               if k in ("order", "payment", "production", "rabbitmq")}
+    if result["sagas"]:
+        per = {k: round(1000 * v / result["sagas"], 3) for k, v in seconds.items()}
+        result["cpu_ms_per_saga"] = {**per, "total": round(sum(per.values()), 3)}
     return result
 
 

@@ -101,7 +101,7 @@ class Messaging:
         await self.topology.declare(self.broker)
         await self.broker.start()
         await self._sampling.enter_async_context(
-            every(QUEUE_SAMPLE_SECONDS, self._sample_queues, "queue-depths"))
+            every(QUEUE_SAMPLE_SECONDS, self._sample_queues, "queue-depths", at_once=True))
         await self._sampling.enter_async_context(
             every(DEAD_LETTER_SWEEP_SECONDS, self._forget_old_dead_letters,
                   "dead-letter-retention"))
@@ -388,16 +388,21 @@ def postgres_archive(request: Request) -> PostgresArchive:
 
 @asynccontextmanager
 async def every(seconds: float, work: Callable[[], Awaitable[object]],
-                name: str) -> AsyncIterator[None]:
+                name: str, *, at_once: bool = False) -> AsyncIterator[None]:
     """Run ``work`` every ``seconds`` while the block runs (a sweeper); a failed run is logged
-    and the next one tries again, so a database away for a while stops nothing for good."""
+    and the next one tries again, so a database away for a while stops nothing for good.
+    ``at_once``: the first run as the block starts, not ``seconds`` later (a gauge that a
+    restarted process must not leave empty until then)."""
     log = logging.getLogger(f"sagakit.{name}")
 
     stopping = False
 
     async def loop() -> None:
+        first = at_once
         while not stopping:  # not only the cancel: a library may swallow one (sagakit.waits)
-            await asyncio.sleep(seconds)
+            if not first:
+                await asyncio.sleep(seconds)
+            first = False
             try:
                 with telemetry.untraced(), units.unit_of_work():  # its events wake the relay
                     await work()

@@ -59,6 +59,10 @@ def test_a_small_run_reports_every_figure(stack: Stack, infra: Infra, tmp_path: 
     assert per_saga["order"] > 0
     assert per_saga["total"] == pytest.approx(
         sum(v for k, v in per_saga.items() if k != "total"), abs=0.05)
+    raw = report["ceiling"]["cpu_ms_per_saga"]
+    assert {"order", "payment", "production"} <= raw.keys() and raw["total"] > 0
+    assert report["cpu"]["vs_ceiling"] == pytest.approx(per_saga["total"] / raw["total"],
+                                                        abs=0.01)
 
     json_path, _ = write(report, tmp_path)
     assert json.loads(json_path.read_text())["efficiency"] == report["efficiency"]

@@ -78,6 +78,20 @@ def test_every_ends_even_if_its_work_swallows_the_cancel() -> None:
     assert runs == 1
 
 
+async def test_a_gauge_sampled_at_once_is_there_before_its_first_interval() -> None:
+    """A restarted process must not answer its metrics with an empty consumer lag for the
+    first ``QUEUE_SAMPLE_SECONDS``: queue depths are sampled as the service starts."""
+    runs: list[str] = []
+
+    async def sample(name: str) -> None:
+        runs.append(name)
+
+    async with every(60, lambda: sample("at once"), "now", at_once=True), \
+            every(60, lambda: sample("later"), "later"):
+        await asyncio.sleep(0.2)
+    assert runs == ["at once"]
+
+
 def _ends_within(scenario: Callable[[], Coroutine[Any, Any, object]], seconds: float) -> bool:
     """Whether ``asyncio.run(scenario())`` ends within ``seconds``. In a thread of its own: a
     loop that never ends also keeps ``asyncio.run`` from ending (it cancels what is left and
