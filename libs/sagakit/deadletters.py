@@ -312,8 +312,10 @@ class ParkedQueue:
 
 
 def _replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
+    # The id it is parked under (message_name), also for a message that came without one: the
+    # AMQP client would make one up, and parked again it would show under a new name.
     return aio_pika.Message(
-        message.body, headers=replay_headers(message), message_id=message.message_id,
+        message.body, headers=replay_headers(message), message_id=message_id(message),
         correlation_id=message.correlation_id, type=message.type,
         content_type=message.content_type, app_id=message.app_id,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,

@@ -169,7 +169,18 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "aiormq", "aio_pika"):
+    configure_library_loggers()
+
+
+# Libraries that say too much at INFO: uvicorn's access log (the gateway keeps one), the AMQP
+# clients' connection chatter, and httpx, which logs every request with its whole URL: a
+# webhook's query string may hold its receiver's secret (the gateway redacts query strings
+# from its own log for the same reason); what the webhook sender has to say it says itself.
+QUIET_LIBRARIES = ("uvicorn.access", "aiormq", "aio_pika", "httpx", "httpcore")
+
+
+def configure_library_loggers() -> None:
+    for noisy in QUIET_LIBRARIES:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -282,6 +282,22 @@ def test_token_endpoint_errors_follow_oauth(anonymous, form, status, error) -> N
     assert response.json()["errors"][0]["field"]  # every one names what to look at
 
 
+def test_a_wrong_client_secret_challenges_only_a_client_that_used_basic(anonymous) -> None:
+    """A Basic challenge to a browser's fetch() makes the browser prompt for credentials
+    itself (the operator view's log-in with a wrong secret); RFC 6749 §5.2 asks for it only
+    when the client authenticated with HTTP Basic."""
+    client = f"probe-{uuid.uuid4().hex[:8]}"  # a count of its own (identity.throttle)
+    in_form = anonymous.post("/api/v1/auth/token", data={
+        "grant_type": "client_credentials", "client_id": client, "client_secret": "no"})
+    assert in_form.status_code == 401
+    assert "basic" not in in_form.headers.get("www-authenticate", "").lower()
+    assert in_form.json()["error"] == "invalid_client"
+    in_basic = anonymous.post("/api/v1/auth/token", data={"grant_type": "client_credentials"},
+                              auth=(client, "no"))
+    assert in_basic.status_code == 401 and in_basic.json()["error"] == "invalid_client"
+    assert in_basic.headers["www-authenticate"] == 'Basic realm="saga-shop"'
+
+
 def _log_in(http: httpx.Client, email: str, password: str) -> httpx.Response:
     return http.post("/api/v1/auth/token", data={"grant_type": "password", "username": email,
                                                  "password": password})

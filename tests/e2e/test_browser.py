@@ -372,3 +372,41 @@ def test_the_shop_works_by_keyboard_on_a_phone(chromium, stack):
         assert tab.foreign_requests() == []
     finally:
         tab.context.close()
+
+
+def test_an_expired_session_takes_the_shop_back_to_its_log_in(tab):
+    """A tab left open past its token's life still shows the account; the next action must
+    bring the log-in back, not leave the page stuck behind a 401 it cannot answer."""
+    page = tab.page
+    log_in_as_ana(tab)
+    page.evaluate("""() => {
+        const saved = JSON.parse(sessionStorage.getItem("saga-shop.session"));
+        sessionStorage.setItem("saga-shop.session",
+                               JSON.stringify({...saved, expiresAt: Date.now() - 1000}));
+    }""")
+    choose(tab)
+    page.get_by_role("button", name="Place order").click()
+    page.get_by_role("button", name="Log in").wait_for(state="visible")
+    assert "Logged in as" not in page.locator("#who").inner_text()
+
+
+def test_a_wrong_operator_secret_is_said_by_the_page(tab):
+    """No Basic challenge for a secret sent in the form: the browser would ask for a user name
+    and password itself, and the page would wait for ever on its log-in."""
+    page = tab.page
+    page.goto("/ops")
+    page.get_by_label("Client id").fill(OPERATOR.form["client_id"])
+    page.get_by_label("Client secret").fill("not the secret")
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_text("Could not log in").wait_for(timeout=10_000)
+
+
+def test_the_operator_view_fits_a_phone(chromium, stack):
+    tab = Tab(chromium, stack.base_url, viewport={"width": 390, "height": 844},
+              is_mobile=True, has_touch=True)
+    try:
+        log_in_as_operator(tab)
+        tab.page.locator("#stock tr").first.wait_for()
+        assert tab.page.evaluate("document.documentElement.scrollWidth") <= 390
+    finally:
+        tab.context.close()

@@ -244,6 +244,18 @@ def test_security_and_cache_headers(client):
     assert "content-security-policy" not in docs.headers  # Swagger UI loads its own scripts
 
 
+@pytest.mark.parametrize("path", ["/", "/assets/site.css"])
+def test_a_range_of_a_page_is_the_whole_page_with_each_header_once(anonymous, path):
+    """A range past the end was nginx's 416, raised after the headers were added: its JSON
+    error page then sent every security header twice (and the file's ETag)."""
+    whole = anonymous.get(path)
+    for asked in ("bytes=999999-", "bytes=0-9"):
+        answer = anonymous.get(path, headers={"Range": asked})
+        assert answer.status_code == 200 and answer.content == whole.content, asked
+        names = [name.lower() for name, _ in answer.headers.raw]
+        assert len(names) == len(set(names)), sorted(names)
+
+
 @pytest.mark.parametrize("path", ["/", "/ops"])
 def test_the_shop_pages_load_only_their_own_files(anonymous, path):
     page = anonymous.get(path)

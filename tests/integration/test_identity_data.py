@@ -8,7 +8,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from identity import customer_data
+from identity import api, customer_data
 
 
 async def _customer(pool: asyncpg.Pool) -> UUID:
@@ -41,3 +41,23 @@ async def test_an_export_asked_with_an_erasure_never_outlives_it(identity_db):
                                        customer_id)
         assert left == 0, "an export outlived the erasure"
         assert await _export(identity_db, customer_id) == "refused"  # and none after it
+
+
+async def test_a_taken_email_at_sign_up_is_no_error_in_the_database(identity_db):
+    """PostgreSQL logs a failed statement with its key (``Key (lower(email))=(...)``): a
+    sign-up with a taken email must not fail in the database, or the email lands in its log,
+    where no erasure reaches. Six sign-ups racing for one address: one account, no error."""
+    email = f"eva-{uuid4().hex[:8]}@example.com"
+    async with identity_db.acquire() as conn, conn.transaction():
+        assert await api.insert_customer(conn, uuid4(), "Eva", email, "x")
+        assert not await api.insert_customer(conn, uuid4(), "Eva", email.upper(), "x")
+        # a statement that had failed would have aborted the transaction
+        assert await conn.fetchval("SELECT count(*) FROM customers WHERE lower(email) = $1",
+                                   email) == 1
+    other = f"eva-{uuid4().hex[:8]}@example.com"
+
+    async def sign_up() -> bool:
+        async with identity_db.acquire() as conn:
+            return await api.insert_customer(conn, uuid4(), "Eva", other, "x")
+
+    assert sorted(await asyncio.gather(*(sign_up() for _ in range(6)))) == [False] * 5 + [True]

@@ -8,6 +8,8 @@ not hold up the deliveries claimed with it (a batch waits for all of its attempt
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from uuid import UUID, uuid4
@@ -18,6 +20,8 @@ import pytest
 from order import service as orders
 from order import webhooks
 from order.callbacks import CallbackPolicy
+from sagakit import logs
+from sagakit.logs import JsonFormatter
 
 TIMEOUT = 1.0
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -123,3 +127,52 @@ async def test_an_unfair_receiver_costs_one_bounded_attempt_and_holds_up_no_othe
     assert outcome["endless body"] == ("delivered", None)
     await asyncio.sleep(0.2)
     assert endless.sent < 64 * 2**20, endless.sent  # what the socket buffers took, not more
+
+
+async def _refusing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_request(reader)
+    writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+    await writer.drain()
+
+
+class _Lines(logging.Handler):
+    """Each record as the services write it (JSON, with the ids of the work in progress),
+    formatted in the caller's context, as the off-loop handler's formatter is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.formatter_ = JsonFormatter("order")
+        self.lines: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.formatter_.format(record)))
+
+
+async def test_a_parked_webhook_is_said_in_its_orders_log_lines_and_its_url_is_not(
+        order_db, receivers):
+    """The order's Seq link (its trace id) shows its webhooks' failures; the receiver's URL,
+    whose query string may hold its secret, is in no line (httpx logs each at INFO)."""
+    url = await receivers(_refusing) + "?access_token=SECRET-IN-QUERY"
+    order_id = await _order_to(order_db, url)
+    lines = _Lines()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(lines)
+    root.setLevel(logging.INFO)  # as the services run
+    logs.configure_library_loggers()
+    logs.order_id_var.set(None)  # placing the order named it in this task's context
+    sender = webhooks.WebhookSender(
+        order_db, CallbackPolicy.from_setting("http://127.0.0.1"), webhooks.SenderSettings(
+            max_attempts=1, backoff_seconds=60, backoff_max_seconds=60,
+            timeout_seconds=TIMEOUT, batch_size=500))
+    try:
+        assert await sender.deliver_due() >= 1
+    finally:
+        await sender._http.aclose()
+        root.removeHandler(lines)
+        root.setLevel(level)
+    async with order_db.acquire() as conn:
+        trace_id = await conn.fetchval("SELECT trace_id FROM orders WHERE id = $1", order_id)
+    parked = [line for line in lines.lines if "parked after" in str(line["message"])]
+    assert [(p["order_id"], p["trace_id"]) for p in parked] == [(str(order_id), trace_id)]
+    assert not [line for line in lines.lines if "SECRET-IN-QUERY" in json.dumps(line)]

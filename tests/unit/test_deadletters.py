@@ -6,7 +6,13 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sagakit.deadletters import describe, message_id, original_queue, replay_headers
+from sagakit.deadletters import (
+    _replayed,
+    describe,
+    message_id,
+    original_queue,
+    replay_headers,
+)
 
 
 def parked(body: bytes = b'{"order_id": "o-1"}', message_id: str | None = "e-1",
@@ -44,6 +50,15 @@ def test_a_message_without_an_id_is_named_by_its_body():
     first = message_id(parked(b"garbage", message_id=None))
     assert first.startswith("sha256:") and first == message_id(parked(b"garbage", None))
     assert message_id(parked(b"other", None)) != first
+
+
+def test_a_replayed_message_without_an_id_keeps_its_name_when_parked_again():
+    """An AMQP client publishing a message with no id makes one up (aiormq does): replayed
+    as it came, a foreign message parked again showed under a new, random id, and the audit
+    named two ids for one message."""
+    message = parked(b"garbage", message_id=None)
+    message.content_type, message.app_id = "text/plain", None
+    assert _replayed(message).message_id == message_id(message)
 
 
 def test_a_message_the_broker_parked_names_its_queue_in_x_death_headers():

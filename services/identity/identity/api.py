@@ -61,19 +61,31 @@ class TokenOut(BaseModel):
     scope: str
 
 
+async def insert_customer(conn: asyncpg.Connection, customer_id: uuid.UUID, name: str,
+                          email: str, password_hash: str) -> bool:
+    """Add the customer; False if one with this email (as the database lower-cases it) exists.
+
+    ``ON CONFLICT DO NOTHING`` rather than catching the unique violation: PostgreSQL logs every
+    statement that fails with the offending key (``DETAIL: Key (lower(email))=(...)``), so each
+    sign-up with a taken email wrote that email into the database server's log, beyond the
+    reach of an erasure. Two sign-ups racing for one email: one inserts, the other waits for
+    its commit and inserts nothing."""
+    return await conn.fetchval(
+        "INSERT INTO customers (id, name, email, password_hash) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT DO NOTHING RETURNING true", customer_id, name, email, password_hash,
+    ) is not None
+
+
 @router.post("/api/v1/customers", status_code=status.HTTP_201_CREATED, response_model=CustomerOut,
              tags=["customers"], summary="Sign up as a customer", **allow())
 async def sign_up(body: SignUp, request: Request, response: Response) -> CustomerOut:
     customer_id = uuid.uuid4()
     hashed = await hash_password(body.password)
-    try:
-        async with request.app.state.pool.acquire() as conn:
-            await conn.execute("INSERT INTO customers (id, name, email, password_hash)"
-                               " VALUES ($1, $2, $3, $4)", customer_id, body.name, body.email,
-                               hashed)
-    except asyncpg.UniqueViolationError:
+    async with request.app.state.pool.acquire() as conn:
+        created = await insert_customer(conn, customer_id, body.name, body.email, hashed)
+    if not created:
         raise ApiError(409, "Conflict", "A customer with this email exists; log in instead.",
-                       field="email") from None
+                       field="email")
     response.headers["Location"] = "/api/v1/customers/me"
     return CustomerOut(id=customer_id, name=body.name, email=body.email)
 
@@ -234,9 +246,13 @@ async def token(request: Request) -> Response:
         if wait:
             return _wait(wait, "invalid_client", "client_id")
         if not right:
+            # RFC 6749 §5.2: the Basic challenge answers a client that authenticated with HTTP
+            # Basic. To one that sent its secret in the form it would be an invitation to try
+            # Basic instead, and a browser takes it as one: a page's fetch() with a wrong
+            # secret made Chromium ask for a user name and password itself (the operator view).
+            challenge = {"WWW-Authenticate": 'Basic realm="saga-shop"'} if basic else None
             return _oauth_error(401, "invalid_client", "Unknown client or wrong secret.",
-                                ("client_id", "client_secret"),
-                                headers={"WWW-Authenticate": 'Basic realm="saga-shop"'})
+                                ("client_id", "client_secret"), headers=challenge)
         assert row is not None
         allowed = set(row["scopes"])
         if requested - allowed:

@@ -44,7 +44,7 @@ from standardwebhooks.webhooks import Webhook
 
 from order.callbacks import CallbackPolicy, CallbackRefused
 from order.store import WEBHOOK_DELIVERIES, AccountClosed, open_account
-from sagakit import telemetry, units
+from sagakit import logs, telemetry, units
 from sagakit.backoff import Backoff
 from sagakit.waits import cancelled, woken
 
@@ -164,7 +164,7 @@ SET attempts = w.attempts + 1, next_attempt_at = now() + make_interval(secs => $
 FROM due, order_timeline t, orders o
 WHERE w.id = due.id AND t.seq = w.timeline_seq AND o.id = w.order_id
 RETURNING w.id, w.order_id, w.timeline_seq, w.url, w.attempts, t.status, t.reason, t.at,
-          coalesce(o.owner, '') AS owner,
+          coalesce(o.owner, '') AS owner, o.trace_id,
           (SELECT count(*) FROM order_timeline x WHERE x.order_id = w.order_id
            AND x.seq <= w.timeline_seq) AS position
 """
@@ -234,6 +234,10 @@ class WebhookSender:
         return len(rows)
 
     async def _attempt(self, row: asyncpg.Record, secrets: list[str]) -> None:
+        # Its log lines are the order's (its id, its trace id), as every line of a saga step is,
+        # so the order's log link in Seq shows its webhooks too. Each attempt is a task of its
+        # own (gather), so the id set here is this attempt's only.
+        logs.order_id_var.set(str(row["order_id"]))
         if not secrets:  # signing_secrets: an erased owner's, nothing to sign it with
             await self._record(row["id"], "parked", "refused: the owner's account was erased")
             return
@@ -246,7 +250,7 @@ class WebhookSender:
             await self._record(row["id"], "delivered", None)
         elif row["attempts"] >= self.settings.max_attempts:
             log.warning("webhook %s parked after %d attempts: %s", row["id"], row["attempts"],
-                        error)
+                        error, extra={"trace_id": row["trace_id"]})
             await self._record(row["id"], "parked", error)
         else:
             delay = retry_delay(row["attempts"], self.settings.backoff_seconds,

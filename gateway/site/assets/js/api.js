@@ -40,6 +40,9 @@ async function problemOf(response) {
 
 /** Fetch a path of this gateway with the tab's token; the parsed JSON, or an ApiError. */
 export async function api(path, { method = "GET", body, headers = {}, raw = false } = {}) {
+  // A tab whose token has expired still shows its account: session() forgets the token, and a
+  // 401 then takes the page back to its log-in, as a refused token does.
+  const hadOne = sessionStorage.getItem(STORAGE_KEY) !== null;
   const current = session();
   const request = { method, headers: { Accept: "application/json", ...headers } };
   if (current) request.headers.Authorization = `Bearer ${current.token}`;
@@ -48,7 +51,7 @@ export async function api(path, { method = "GET", body, headers = {}, raw = fals
     request.body = JSON.stringify(body);
   }
   const response = await fetch(path, request);
-  if (response.status === 401 && current) {
+  if (response.status === 401 && hadOne) {
     // The token expired or was refused: forget it, and let the page show its log-in again.
     logOut();
     window.dispatchEvent(new Event("saga:logged-out"));
