@@ -180,7 +180,12 @@ class RetryPolicy:
                 reason = ("SubscriberNotFound: no ce-type header, so no handler can tell what "
                           f"event this is (routing key {raw.routing_key!r})")
         outage = is_outage(exc)
-        if isinstance(exc, POISON) or (attempt >= self.max_attempts and not outage):
+        # Failures that were the event's own (not a store away): they alone count towards
+        # parking. Retries spent waiting out an outage must not use up an early event's budget,
+        # or the first "not yet" after a long outage would park it. (A message retried before
+        # this header existed has only x-attempt: every failure counted then.)
+        failures = int(headers.get("x-failures", attempt - 1)) + (0 if outage else 1)
+        if isinstance(exc, POISON) or (failures >= self.max_attempts and not outage):
             headers.update(
                 {
                     "x-dead-letter-reason": reason,
@@ -196,21 +201,26 @@ class RetryPolicy:
             await self._publish(raw, headers, topology.DEAD_LETTERS, self.service,
                                 expiration=self.park_seconds)
             return "parked"
-        # A store that is down is not the event's fault: keep retrying at the longest delay for as
-        # long as the outage lasts, rather than parking every event that arrives meanwhile.
-        delay = self.delays_ms[min(attempt, len(self.delays_ms)) - 1]
+        # A store that is down is not the event's fault: keep retrying, the delay growing to the
+        # longest, for as long as the outage lasts, rather than parking every event that arrives
+        # meanwhile. The event's own failures take their delays from the start of the schedule:
+        # an early event whose predecessor waited out the same outage comes back soon.
+        step = attempt if outage else failures
+        delay = self.delays_ms[min(step, len(self.delays_ms)) - 1]
         headers.update(
             {
                 "x-attempt": attempt + 1,
+                "x-failures": failures,
                 "retry-delay-ms": str(delay),
                 "x-last-error": reason,
                 "x-original-queue": queue,
             }
         )
         log.warning(
-            "retrying %s in %d ms (attempt %d of %d): %s",
-            raw.message_id, delay, attempt + 1, self.max_attempts, reason,
-            extra={"event_id": raw.message_id, "queue": queue},
+            "retrying %s in %d ms (attempt %d; %s): %s",
+            raw.message_id, delay, attempt + 1,
+            "a store is away" if outage else f"failure {failures} of {self.max_attempts}",
+            reason, extra={"event_id": raw.message_id, "queue": queue},
         )
         await self._publish(raw, headers, topology.RETRY, queue)
         return "retry"

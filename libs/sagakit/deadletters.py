@@ -65,7 +65,8 @@ from sagakit.web import JsonRoute
 
 # Headers the retry and park path (and the broker's own dead-lettering) add; a replay drops
 # them so the message starts its attempts afresh, as if just published.
-_ADDED_ON_THE_WAY = ("x-dead-letter-reason", "x-attempts", "x-attempt", "x-parked-at",
+_ADDED_ON_THE_WAY = ("x-dead-letter-reason", "x-attempts", "x-attempt", "x-failures",
+                     "x-parked-at",
                      "x-original-queue", "x-last-error", "retry-delay-ms", "x-death",
                      "x-delivery-count", "x-first-death-exchange", "x-first-death-queue",
                      "x-first-death-reason", "x-last-death-exchange", "x-last-death-queue",

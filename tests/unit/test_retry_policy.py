@@ -53,6 +53,28 @@ async def test_after_the_last_attempt_it_is_parked_with_its_story(policy):
     assert parked["headers"]["ce-type"] == "t"
 
 
+async def test_an_early_event_after_a_long_outage_still_gets_its_own_retries(policy):
+    """Retries spent waiting out an outage are not the event's failures: after a long one, an
+    event whose predecessor is not applied yet (RetryLater) gets its whole schedule again,
+    starting with the shortest delay, rather than being parked at the first "not yet"."""
+    retries, broker = policy
+    message = delivery(1)
+    for _ in range(10):  # a store away for a while: ten retries, the delay growing
+        assert await retries.reroute(message, "order.q", ConnectionRefusedError()) == "retry"
+        message.headers = broker.published[-1]["headers"]
+    assert message.headers["x-attempt"] == 11 and message.headers["x-failures"] == 0
+    assert message.headers["retry-delay-ms"] == "2000"
+    outcomes = []
+    for _ in range(3):  # back, but its predecessor is not applied yet
+        outcomes.append(await retries.reroute(message, "order.q", RetryLater("early")))
+        message.headers = broker.published[-1]["headers"]
+        if outcomes[-1] == "retry":
+            assert message.headers["retry-delay-ms"] == ("100", "500", "2000")[len(outcomes) - 1]
+    assert outcomes == ["retry", "retry", "retry"]
+    assert await retries.reroute(message, "order.q", RetryLater("early")) == "parked"
+    assert broker.published[-1]["headers"]["x-attempts"] == 14
+
+
 async def test_poison_is_parked_at_once(policy):
     retries, broker = policy
     assert await retries.reroute(delivery(1), "order.q", Poison("bad")) == "parked"
