@@ -48,14 +48,18 @@ from pydantic import ValidationError
 
 from sagakit import logs, metrics, telemetry, topology, units
 from sagakit.envelope import EventMeta, jsonable, message_name
+from sagakit.events import EventType
 
 log = logging.getLogger("sagakit.consuming")
 
 
 def order_of(meta: EventMeta) -> str | None:
     """The order a delivery is about, for its log lines: its subject, but for the events about
-    a customer (their data, their erasure), whose subject is the customer's id."""
-    return None if "customer" in meta.type else meta.subject or None
+    a customer (their data, their erasure), whose subject is the customer's id, and about a
+    card (``card-`` and a digest of its token)."""
+    if "customer" in meta.type or meta.type == EventType.CARD_TOKENIZED:
+        return None
+    return meta.subject or None
 
 
 class RetryLater(Exception):

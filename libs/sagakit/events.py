@@ -21,6 +21,7 @@ The saga, read top to bottom::
     payment.refunded       payment    -> order       the charge was reversed
     payment.voided         payment    -> order       nothing was charged, nothing will be
     payment.card_tokenized payment    -> order       a card token the order API may accept
+                                                     (its subject: the card, not an order)
 
 A customer's data (right of access and erasure), outside the saga; the subject is the customer:
 
@@ -32,6 +33,7 @@ A customer's data (right of access and erasure), outside the saga; the subject i
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -226,13 +228,22 @@ class PaymentVoided(Event):
 
 
 class CardTokenized(Event):
-    """A card was tokenized; the order API may accept its token."""
+    """A card was tokenized; the order API may accept its token.
+
+    Its subject is :meth:`subject_of` the token, not the token: a token can pay, and an
+    event's subject travels where its body does not (every log line and span of its delivery,
+    the ``correlation_id``, dead-letter listings)."""
 
     type: ClassVar[EventType] = EventType.CARD_TOKENIZED
     token: str
     brand: str
     last4: str
     created_at: datetime
+
+    @staticmethod
+    def subject_of(token: str) -> str:
+        """``card-`` and a digest of the token: one card's events share it; it pays nothing."""
+        return "card-" + hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
 class CustomerDataRequested(Event):

@@ -37,6 +37,8 @@ from tests.compose.files import (
 NOT_IN_COMPOSE = {
     "PRODUCTION_SEED_STOCK": "data, not a knob: a JSON copy of the menu's stock in compose "
                              "would be a second source of truth",
+    "PRODUCTION_INBOX_TTL_SECONDS": "derived from DEAD_LETTER_RETENTION_DAYS (and checked "
+                                    "against it): a figure here could fall out of step",
     # Links for a person's browser, not addresses a container connects to: the defaults are
     # already where compose publishes Jaeger and Seq (127.0.0.1:16686, :5380).
     "ORDER_JAEGER_UI_URL": "a browser link; the default is compose's published Jaeger port",

@@ -24,7 +24,14 @@ import httpx
 import pytest
 
 from sagakit.envelope import OutgoingEvent
-from sagakit.events import Event, EventType, OrderCancelled, OrderCreated, OrderLine
+from sagakit.events import (
+    CardTokenized,
+    Event,
+    EventType,
+    OrderCancelled,
+    OrderCreated,
+    OrderLine,
+)
 from tests.conftest import Infra
 from tests.integration.conftest import EventTap, ServiceProcess, until
 
@@ -127,7 +134,10 @@ async def test_a_card_is_tokenized_announced_and_never_kept_in_full(
     assert response.headers["Location"] == f"/api/v1/payments/cards/{card['token']}"
     assert (await http.get(response.headers["Location"])).json() == card
 
-    announced = await tap.next(E.CARD_TOKENIZED, card["token"])
+    # Its subject names the card without being the token (a credential that can pay).
+    subject = CardTokenized.subject_of(card["token"])
+    assert card["token"] not in subject
+    announced = await tap.next(E.CARD_TOKENIZED, subject)
     assert {k: announced[k] for k in ("token", "brand", "last4")} == {
         "token": card["token"], "brand": "visa", "last4": "4242"}
     assert datetime.fromisoformat(announced["created_at"]).tzinfo is not None

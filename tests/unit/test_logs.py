@@ -149,6 +149,7 @@ def test_no_other_uvicorn_line_waits_and_a_stuck_reader_is_waited_for_once() -> 
     ("payment.processed", "o-1", "o-1"),
     ("customer.erasure_requested", "c-1", None),  # a customer's id is no order's
     ("payment.customer_erased", "c-1", None),
+    ("payment.card_tokenized", "card-3f2a", None),  # a card is no order either
     ("order.created", "", None),
 ])
 def test_a_deliverys_log_lines_name_its_order_only_when_it_is_about_one(

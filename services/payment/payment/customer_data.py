@@ -39,7 +39,8 @@ def _json(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def export(pool: asyncpg.Pool, event: CustomerDataRequested, meta: EventMeta) -> None:
-    """Announce the customer's cards (masked: brand and last four) and ledger, as stored."""
+    """Announce the customer's cards (as stored: token, brand, last four, expiry, holder; the
+    number and CVC never were) and ledger. The token is theirs, as their card list shows it."""
     async with pool.acquire() as conn, conn.transaction():
         if not await first_delivery(conn, meta):
             return

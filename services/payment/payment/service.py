@@ -74,7 +74,7 @@ async def tokenize_card(
             raise AccountClosed
         await add_to_outbox(conn, SOURCE.event(CardTokenized(
             token=card.token, brand=card.brand, last4=card.last4, created_at=created_at,
-        ), card.token))
+        ), CardTokenized.subject_of(card.token)))
     # Token and brand only: no part of the card number goes into a log line.
     # The token is a credential that can pay: log only enough of it to tell cards apart.
     log.info("card tokenized", extra={"token_end": card.token[-4:], "brand": str(card.brand)})

@@ -40,7 +40,7 @@ def build(settings: ProductionSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         telemetry.setup(SERVICE)
         redis = Redis.from_url(settings.redis_url, decode_responses=True)
-        store = ProductionStore(redis, inbox_ttl_seconds=settings.inbox_ttl_seconds)
+        store = ProductionStore(redis, inbox_ttl_seconds=settings.inbox_ttl())
         if seeded := await store.seed_stock(settings.seed_stock):
             log.info("stocked %s", ", ".join(seeded))
         faults = RedisFaultStore(redis, ProductionFaults().model_dump())

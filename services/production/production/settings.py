@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from sagakit.settings import ServiceSettings
@@ -40,5 +40,21 @@ class ProductionSettings(ServiceSettings):
     # Stock written at start for SKUs the store does not know yet (a restart never resets stock).
     # JSON in the environment: PRODUCTION_SEED_STOCK='{"fries": 100}'.
     seed_stock: dict[str, int] = Field(default_factory=lambda: dict(MENU_STOCK))
-    # How long a consumed event id is remembered (redeliveries come within minutes, not weeks).
-    inbox_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # How long a consumed event id, and an order's cancellation mark, are remembered: longer
+    # than a parked event may wait for its replay (DEAD_LETTER_RETENTION_DAYS), or a paid
+    # order's order.received replayed weeks later, after the customer cancelled, would find
+    # neither and cook for a refunded order. None: that retention and a day.
+    inbox_ttl_seconds: int | None = Field(None, ge=60)
+
+    def inbox_ttl(self) -> int:
+        return self.inbox_ttl_seconds or (self.dead_letter_retention_days + 1) * 86_400
+
+    @model_validator(mode="after")
+    def _outlive_dead_letters(self) -> ProductionSettings:
+        if self.inbox_ttl_seconds is not None and \
+                self.inbox_ttl_seconds <= self.dead_letter_retention_days * 86_400:
+            raise ValueError(
+                f"PRODUCTION_INBOX_TTL_SECONDS ({self.inbox_ttl_seconds}) must be longer than "
+                f"DEAD_LETTER_RETENTION_DAYS ({self.dead_letter_retention_days} days): a "
+                "parked event replayed later would be applied again")
+        return self
