@@ -1,6 +1,7 @@
 """What the order service does with each event it consumes: one small function per event type.
 
-Payment's and production's events arrive on two queues, one per source. Deliveries are handled
+Payment's and production's events arrive on two queues, one per source (and the identity's
+requests about a customer's data on a third). Deliveries are handled
 concurrently and replicas compete, so events of one order may arrive out of order: the state
 machine's verdict (apply, early = retry later, stale = ignore) is what keeps the saga right.
 """

@@ -122,7 +122,8 @@ async def charge_order(pool: asyncpg.Pool, order: OrderCreated, meta: EventMeta,
 
 async def refund_or_void(pool: asyncpg.Pool, order: OrderCancelled, meta: EventMeta) -> None:
     """Compensate a cancelled order: refund its charge, or say that nothing was (or will be)
-    charged. Either way the order learns, once, that payment is settled."""
+    charged, once. (A charge already refunded announces nothing again: the order service
+    cancels an order once, so that answer went with the first ``order.cancelled``.)"""
     async with pool.acquire() as conn, conn.transaction():
         await store.lock_order(conn, order.order_id)
         first, charge = await store.record_cancellation(conn, meta, order.order_id, order.reason)

@@ -26,7 +26,7 @@ OPS = allow("ops")
 router = APIRouter(prefix="/api/v1/production", route_class=JsonRoute)
 
 MAX_UNITS = 1_000_000
-# A sku as the order service takes it (order.schemas.Line): visible text, 1 to 64 characters.
+# A sku as the order service takes it (order.schemas.ItemIn): visible text, 1 to 64 characters.
 Sku = Annotated[Text, Path(min_length=1, max_length=64, examples=["burger-classic"])]
 
 
@@ -37,8 +37,12 @@ class StockOut(BaseModel):
 
 class Restock(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Stock is taken when a ticket is queued, not when it is cooked: units already held for
+    # queued tickets are on the shelf but no longer available. A manager who counts the shelf
+    # subtracts what the queue holds (GET /api/v1/production/queue), or would sell them twice.
     available: StrictInt = Field(ge=0, le=MAX_UNITS, examples=[120],
-                                 description="units on the shelf now (replaces the count)")
+                                 description="units free to sell from now on (replaces the "
+                                 "count): on the shelf, less those held for queued tickets")
 
 
 class Line(BaseModel):
