@@ -49,7 +49,10 @@ class KitchenLine:
         self.store = store
         self.faults = faults  # slowness_ms: added to each ticket's preparation
         self.preparation_seconds = preparation_seconds
-        # Never take a ticket from a cook who may still be making it.
+        # Never take a ticket from a cook who may still be making it: a cook takes its
+        # preparation plus the slowness fault (10 s at most), so keep the reclaim time (30 s by
+        # default) above both; below, a slow ticket would be taken over and made twice
+        # (finish.lua still announces it once).
         self.reclaim_idle_ms = int(max(reclaim_seconds, 3 * preparation_seconds) * 1000)
         self._reclaim_every = min(5.0, self.reclaim_idle_ms / 2000)
         self._next_reclaim = 0.0
