@@ -26,6 +26,7 @@ from deploy.runner.config import (
     resolve_run_dir,
     say,
     service_command,
+    settings_names,
     stack_env,
 )
 from deploy.runner.control import rpc
@@ -102,7 +103,7 @@ def up(env: Mapping[str, str] | None = None, run_dir: str | os.PathLike[str] | N
     killed = rpc(path) is None and (path / processes.PID_FILE).exists()
     _refuse_taken_ports(full, wanted, kept, killed=killed)
     changed = gateway.write_config(full, path / "nginx")
-    surplus = processes.apply(path, _programs(full, path, wanted))
+    surplus = processes.apply(path, _programs(full, path, wanted), watched=settings_names())
     if changed and GATEWAY in kept:
         processes.send_signal(path, GATEWAY, "HUP")  # nginx re-reads its config, no request dropped
         say("gateway: config changed, reloaded")

@@ -102,6 +102,24 @@ def settings_defaults() -> dict[str, str]:
     return found
 
 
+@functools.cache
+def settings_names() -> frozenset[str]:
+    """Every variable the services' settings classes read (a field's alias, else the class's
+    prefix and the field's name): what a running replica was configured by."""
+    from identity.settings import IdentitySettings
+    from order.settings import OrderSettings
+    from payment.settings import PaymentSettings
+    from production.settings import ProductionSettings
+
+    names = set()
+    for settings in (OrderSettings, PaymentSettings, ProductionSettings, IdentitySettings):
+        prefix = settings.model_config.get("env_prefix", "")
+        for name, field in settings.model_fields.items():
+            alias = field.validation_alias
+            names.add((alias if isinstance(alias, str) else f"{prefix}{name}").upper())
+    return frozenset(names)
+
+
 def defaults() -> dict[str, str]:
     """Every default the runner applies (``DEFAULTS``): the settings classes' and its own."""
     return {**settings_defaults(), **RUNNER_DEFAULTS}

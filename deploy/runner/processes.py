@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,13 +173,34 @@ def _start_supervisord(run_dir: Path, config: Path, timeout: float = 20.0) -> An
     return proxy
 
 
-def apply(run_dir: Path, programs: Sequence[Program]) -> list[str]:
+def _settings(env: Mapping[str, str] | None, watched: Collection[str]) -> dict[str, str]:
+    """What of ``env`` a program's behaviour depends on: the ``watched`` names (the services'
+    settings) and the OpenTelemetry SDK's own variables, leaving out the rest of the caller's
+    shell (PATH, MAKEFLAGS ...), which differs from one ``up`` to the next."""
+    return {k: v for k, v in (env or {}).items() if k in watched or k.startswith("OTEL_")}
+
+
+def _env_file_of(run_dir: Path, name: str) -> dict[str, str] | None:
+    try:
+        env: dict[str, str] = json.loads((run_dir / "env" / f"{name}.json").read_text())["env"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return env
+
+
+def apply(run_dir: Path, programs: Sequence[Program], watched: Collection[str] = ()) -> list[str]:
     """Make supervisord keep exactly `programs` and start each one not running.
+
+    A running program whose settings (``watched``: the names its settings classes read) differ
+    from what it was started with is restarted with the new ones, as compose recreates a
+    container whose environment changed: every replica of a service runs one configuration,
+    and a later ``up`` without an override takes it away again, in both modes.
 
     Starts this run dir's supervisord if none runs. Returns the programs it keeps but that are no
     longer wanted, still running: the caller stops them (:func:`stop`) once nothing sends them
     requests.
     """
+    started_with = {p.name: _settings(_env_file_of(run_dir, p.name), watched) for p in programs}
     config = write_config(run_dir, programs)
     proxy = rpc(run_dir)
     if proxy is None:
@@ -196,7 +217,14 @@ def apply(run_dir: Path, programs: Sequence[Program]) -> list[str]:
         surplus = list(removed)
     for program in programs:
         info = proxy.supervisor.getProcessInfo(program.name)
-        if info["statename"] in {*ALIVE, "BACKOFF", "STOPPING"}:  # kept by supervisord
+        now = _settings(program.env, watched)
+        changed = sorted(k for k in {*now, *started_with[program.name]}
+                         if now.get(k) != started_with[program.name].get(k))
+        if info["statename"] in ALIVE and changed:
+            say(f"{program.name}: settings changed ({', '.join(changed)}): restarting")
+            proxy.supervisor.stopProcess(program.name)
+            proxy.supervisor.startProcess(program.name, False)
+        elif info["statename"] in {*ALIVE, "BACKOFF", "STOPPING"}:  # kept by supervisord
             say(f"{program.name}: {info['statename'].lower()} (pid {info['pid'] or '-'})")
         else:
             proxy.supervisor.startProcess(program.name, False)

@@ -199,3 +199,32 @@ def test_up_waits_for_a_port_only_after_a_killed_supervisord(monkeypatch):
         assert time.monotonic() - started < 0.9  # no wait
         # ... unless this run dir's supervisord keeps it
         cli._refuse_taken_ports(env, [replica], {"order": {"statename": "RUNNING"}}, killed=True)
+
+
+def test_a_running_program_whose_settings_changed_is_restarted_with_them(supervised: Path):
+    """`make up WEBHOOK_ALLOWED_HOSTS=...`, then `make up ORDER_REPLICAS=2`: the second replica
+    started without the override while the first kept it, and they answered the same order
+    differently. As compose recreates a changed container, a changed setting restarts the
+    running program; the rest of the caller's shell (PATH, MAKEFLAGS ...) restarts nothing."""
+    watched = {"WEBHOOK_ALLOWED_HOSTS"}
+    base = {**os.environ, "WEBHOOK_ALLOWED_HOSTS": "http://127.0.0.1:9000"}
+    processes.apply(supervised, _programs(base), watched)
+    first = _wait(lambda: native.read_pid(supervised, "order"), "order never started")
+
+    processes.apply(supervised, _programs({**base, "MAKEFLAGS": "-j2"}), watched)  # a shell's
+    assert native.read_pid(supervised, "order") == first
+
+    processes.apply(supervised, _programs({**base, "WEBHOOK_ALLOWED_HOSTS": ""}), watched)
+    again = _wait(lambda: (pid := native.read_pid(supervised, "order")) not in (None, first)
+                  and pid, "order kept the settings it was started with")
+    started = json.loads((supervised / "env" / "order.json").read_text())["env"]
+    assert started["WEBHOOK_ALLOWED_HOSTS"] == "" and again != first
+
+
+def test_the_runner_watches_every_variable_the_services_read():
+    from deploy.runner.config import settings_names
+
+    names = settings_names()
+    assert {"WEBHOOK_ALLOWED_HOSTS", "ORDER_DATABASE_URL", "RETRY_DELAYS_MS",
+            "PRODUCTION_PREPARATION_SECONDS", "IDENTITY_TOKEN_TTL_SECONDS"} <= names
+    assert not {"PATH", "ORDER_REPLICAS", "GATEWAY_PORT"} & names
