@@ -137,8 +137,9 @@ def run(scenario: Scenario, number: int, customer: Api) -> bool:
     why = f": {order['cancellation_reason']}" if order.get("cancellation_reason") else ""
     print(f"    outcome {scenario.outcome}: {order['status']}{why}"
           + ("" if ok else f"  (EXPECTED {scenario.status})"))
-    print(f"    trace   {order['links']['trace']}")
-    print(f"    logs    {order['links']['logs']}")
+    links = order["links"]
+    print(f"    trace   {links['trace'] or 'not exported here: grep its trace id in .run/logs'}")
+    print(f"    logs    {links['logs'] or 'not exported here: grep its trace id in .run/logs'}")
     return ok
 
 

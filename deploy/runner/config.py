@@ -152,6 +152,11 @@ def stack_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
             f"server {address} {UPSTREAM_SERVER_OPTIONS};"
             for address in full[f"{prefix}_UPSTREAM"].split()))
     full.setdefault("PYTHONUNBUFFERED", "1")  # log lines reach the log file as they happen
+    if not full.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        # Nothing is exported natively unless asked: no Jaeger or Seq to link an order to (its
+        # links are null; its trace id finds its lines in .run/logs).
+        full.setdefault("ORDER_JAEGER_UI_URL", "")
+        full.setdefault("ORDER_SEQ_UI_URL", "")
     return full
 
 

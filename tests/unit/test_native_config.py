@@ -161,3 +161,20 @@ def test_what_the_runner_passes_is_what_each_service_defaults_to(service, monkey
         if field in settings.model_fields:
             assert getattr(given, field) == getattr(alone, field), f"{service}.{field}"
     assert native.replicas(service, native.stack_env({}))[0].port == alone.http_port
+
+
+def test_natively_an_order_links_to_jaeger_and_seq_only_when_something_is_exported():
+    """Native mode exports nothing unless OTEL_EXPORTER_OTLP_ENDPOINT is set: links to a Jaeger
+    and a Seq that do not run would lead nowhere, so they are null (the API and the pages)."""
+    from order.api import _links
+
+    quiet = native.stack_env({})
+    assert quiet["ORDER_JAEGER_UI_URL"] == quiet["ORDER_SEQ_UI_URL"] == ""
+    links = _links(OrderSettings(jaeger_ui_url=quiet["ORDER_JAEGER_UI_URL"],
+                                 seq_ui_url=quiet["ORDER_SEQ_UI_URL"]), "ab" * 16)
+    assert (links.trace, links.logs) == (None, None)
+    exporting = native.stack_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert "ORDER_JAEGER_UI_URL" not in exporting  # the settings' default: compose's ports
+    links = _links(OrderSettings(), "ab" * 16)
+    assert links.trace == f"http://localhost:16686/trace/{'ab' * 16}"
+    assert links.logs and links.logs.startswith("http://localhost:5380/")

@@ -59,9 +59,12 @@ def pool_of(request: Request) -> asyncpg.Pool:
 
 
 def _links(settings: OrderSettings, trace_id: str) -> Links:
+    """Where to see the order's trace and logs; none where nothing receives them (an empty
+    ORDER_JAEGER_UI_URL / ORDER_SEQ_UI_URL: native mode exports nothing by default)."""
+    jaeger, seq = settings.jaeger_ui_url.rstrip("/"), settings.seq_ui_url.rstrip("/")
     return Links(
-        trace=f"{settings.jaeger_ui_url.rstrip('/')}/trace/{trace_id}",
-        logs=f"{settings.seq_ui_url.rstrip('/')}/#/events?filter=TraceId%3D'{trace_id}'",
+        trace=f"{jaeger}/trace/{trace_id}" if jaeger else None,
+        logs=f"{seq}/#/events?filter=TraceId%3D'{trace_id}'" if seq else None,
     )
 
 

@@ -75,8 +75,10 @@ class TimelineEntry(BaseModel):
 
 
 class Links(BaseModel):
-    trace: str = Field(description="the order's trace in Jaeger")
-    logs: str = Field(description="every log line of the order's trace in Seq")
+    trace: str | None = Field(description="the order's trace in Jaeger; null where no trace "
+                              "backend runs (native mode without OTEL_EXPORTER_OTLP_ENDPOINT)")
+    logs: str | None = Field(description="every log line of the order's trace in Seq; null "
+                             "where no log backend runs (natively: the files in .run/logs)")
 
 
 class CustomerOut(BaseModel):

@@ -178,11 +178,14 @@ async function showOrder(id) {
       h("span", { class: "badge", "data-status": step.status }, step.status), " ",
       new Date(step.at).toLocaleTimeString(), step.reason ? ` — ${step.reason}` : ""))),
     h("p", {}, "Trace ", h("code", {}, order.trace_id), ": ",
-      order.trace_recorded
-        ? h("a", { href: order.links.trace, rel: "noopener", target: "_blank" }, "in Jaeger")
-        : "not recorded (sampled out under load)",
+      !order.trace_recorded ? "not recorded (sampled out under load)"
+        : order.links.trace
+          ? h("a", { href: order.links.trace, rel: "noopener", target: "_blank" }, "in Jaeger")
+          : "not exported here (its lines carry this trace id)",
       " · ",
-      h("a", { href: order.links.logs, rel: "noopener", target: "_blank" }, "its logs in Seq")));
+      order.links.logs
+        ? h("a", { href: order.links.logs, rel: "noopener", target: "_blank" }, "its logs in Seq")
+        : "no log backend here"));
 }
 
 // Every service's dead letters (the identity's too: its customer-data requests), then what was
