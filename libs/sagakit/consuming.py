@@ -82,6 +82,11 @@ OUTAGE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
+    # A login refused while connecting: in compose a killed database's address can go, as the
+    # stack comes back, to another database container, whose server refuses this service's
+    # role (28P01). A wrong password from the start never gets this far: a service connects
+    # before it is live.
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 )
 # ... and an OSError of these kinds, which Python gives no class of their own (a host or network

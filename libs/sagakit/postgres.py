@@ -39,10 +39,15 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+# How long opening one connection may take (asyncpg's default is 60 s): while a database is
+# away, a request that needs a new connection answers 503 in seconds, not after a minute.
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
-        reset=_keep_session,
+        reset=_keep_session, timeout=CONNECT_TIMEOUT_SECONDS,
     )
     assert pool is not None
     return pool

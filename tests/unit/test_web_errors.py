@@ -65,6 +65,7 @@ async def test_a_database_session_cut_mid_statement_is_503():
     """A PostgreSQL stopping ends its sessions: asyncpg says so as 57P01, or, when the cut
     lands between two protocol messages, as an InternalClientError of its protocol state."""
     for error in (asyncpg.exceptions.AdminShutdownError("terminating connection"),
+                  asyncpg.exceptions.InvalidPasswordError("password authentication failed"),
                   asyncpg.exceptions.InternalClientError(
                       "cannot switch to state 12; another operation (2) is in progress")):
         response = await _get(_app_raising(error))

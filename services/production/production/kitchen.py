@@ -28,6 +28,7 @@ from production import service
 from production.store import KitchenEntry, ProductionStore
 from sagakit import logs, telemetry
 from sagakit.backoff import Backoff
+from sagakit.consuming import is_outage
 from sagakit.faults import FaultStore
 
 log = logging.getLogger("production.kitchen")
@@ -102,9 +103,11 @@ class KitchenLine:
             except Exception as exc:  # Redis away or restarted: keep the ticket, try again
                 log.warning("%s: %s; retrying in %.1fs", cook, exc, backoff.delay)
                 if in_hand is not None and attempts >= ATTEMPTS_PER_TICKET:
-                    # The warning above has the cause: no traceback for each letting go.
-                    log.error("%s lets go of kitchen entry %s", cook,  # noqa: TRY400
-                              in_hand.entry_id)
+                    # The warning above has the cause: no traceback for each letting go. Redis
+                    # away is no one's fault (the ticket stays pending: a cook takes it over
+                    # once Redis is back); anything else may be a bug.
+                    (log.warning if is_outage(exc) else log.error)(
+                        "%s lets go of kitchen entry %s", cook, in_hand.entry_id)
                     in_hand = None
                 if "NOGROUP" in str(exc):  # the stream was deleted: recreate the queue
                     with contextlib.suppress(Exception):
