@@ -47,7 +47,8 @@ def _port_busy(host: str, port: int) -> bool:
 
 def _programs(env: dict[str, str], run_dir: Path,
               wanted: list[Replica]) -> list[processes.Program]:
-    programs = [processes.Program(GATEWAY, gateway.nginx_command(run_dir / "nginx"), env, 100)]
+    programs = [processes.Program(GATEWAY, gateway.nginx_command(run_dir / "nginx"), env, 100,
+                                  restart_on_change=False)]
     programs += [processes.Program(r.name, service_command(r.service, env), r.env(env), 200)
                  for r in wanted]
     return programs

@@ -58,6 +58,9 @@ class Program:
     argv: Sequence[str]
     env: Mapping[str, str] = field(repr=False)
     priority: int = 500  # lower starts first and stops last
+    # Restarted by :func:`apply` when its settings change; not the gateway, whose config is
+    # rendered from the environment and re-read on a signal (no request dropped).
+    restart_on_change: bool = True
 
 
 def log_file(run_dir: Path, name: str) -> Path:
@@ -220,7 +223,7 @@ def apply(run_dir: Path, programs: Sequence[Program], watched: Collection[str] =
         now = _settings(program.env, watched)
         changed = sorted(k for k in {*now, *started_with[program.name]}
                          if now.get(k) != started_with[program.name].get(k))
-        if info["statename"] in ALIVE and changed:
+        if info["statename"] in ALIVE and changed and program.restart_on_change:
             say(f"{program.name}: settings changed ({', '.join(changed)}): restarting")
             proxy.supervisor.stopProcess(program.name)
             proxy.supervisor.startProcess(program.name, False)

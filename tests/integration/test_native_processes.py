@@ -220,6 +220,15 @@ def test_a_running_program_whose_settings_changed_is_restarted_with_them(supervi
     started = json.loads((supervised / "env" / "order.json").read_text())["env"]
     assert started["WEBHOOK_ALLOWED_HOSTS"] == "" and again != first
 
+    # The gateway re-reads its config on a signal instead: never restarted for a setting.
+    gateway = processes.Program("gateway", SLEEPER, base, 100, restart_on_change=False)
+    processes.apply(supervised, [gateway, *_programs(base)], watched)
+    kept = _wait(lambda: native.read_pid(supervised, "gateway"), "the gateway never started")
+    processes.apply(supervised, [processes.Program("gateway", SLEEPER, {**base, "X": "1"}, 100,
+                                                   restart_on_change=False), *_programs(base)],
+                    {*watched, "X"})
+    assert native.read_pid(supervised, "gateway") == kept
+
 
 def test_the_runner_watches_every_variable_the_services_read():
     from deploy.runner.config import settings_names
