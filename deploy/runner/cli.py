@@ -47,9 +47,10 @@ def _port_busy(host: str, port: int) -> bool:
 
 def _programs(env: dict[str, str], run_dir: Path,
               wanted: list[Replica]) -> list[processes.Program]:
-    programs = [processes.Program(GATEWAY, gateway.nginx_command(run_dir / "nginx"), env, 100,
-                                  restart_on_change=False)]
-    programs += [processes.Program(r.name, service_command(r.service, env), r.env(env), 200)
+    programs = [processes.Program(GATEWAY, gateway.nginx_command(run_dir / "nginx"), env, 100)]
+    programs += [processes.Program(r.name, service_command(r.service, env), r.env(env), 200,
+                                   watched=settings_names(r.service),
+                                   ready_url=f"http://{r.address}/health/ready")
                  for r in wanted]
     return programs
 
@@ -104,7 +105,7 @@ def up(env: Mapping[str, str] | None = None, run_dir: str | os.PathLike[str] | N
     killed = rpc(path) is None and (path / processes.PID_FILE).exists()
     _refuse_taken_ports(full, wanted, kept, killed=killed)
     changed = gateway.write_config(full, path / "nginx")
-    surplus = processes.apply(path, _programs(full, path, wanted), watched=settings_names())
+    surplus = processes.apply(path, _programs(full, path, wanted))
     if changed and GATEWAY in kept:
         processes.send_signal(path, GATEWAY, "HUP")  # nginx re-reads its config, no request dropped
         say("gateway: config changed, reloaded")

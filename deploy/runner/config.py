@@ -103,21 +103,24 @@ def settings_defaults() -> dict[str, str]:
 
 
 @functools.cache
-def settings_names() -> frozenset[str]:
-    """Every variable the services' settings classes read (a field's alias, else the class's
-    prefix and the field's name): what a running replica was configured by."""
+def settings_names(service: str) -> frozenset[str]:
+    """Every variable ``service``'s settings class reads (a field's alias, else the class's
+    prefix and the field's name): what its replicas are configured by, and nothing another
+    service reads."""
     from identity.settings import IdentitySettings
     from order.settings import OrderSettings
     from payment.settings import PaymentSettings
     from production.settings import ProductionSettings
+    from sagakit.settings import ServiceSettings
 
-    names = set()
-    for settings in (OrderSettings, PaymentSettings, ProductionSettings, IdentitySettings):
-        prefix = settings.model_config.get("env_prefix", "")
-        for name, field in settings.model_fields.items():
-            alias = field.validation_alias
-            names.add((alias if isinstance(alias, str) else f"{prefix}{name}").upper())
-    return frozenset(names)
+    classes: dict[str, type[ServiceSettings]] = {
+        "order": OrderSettings, "payment": PaymentSettings, "production": ProductionSettings,
+        "identity": IdentitySettings}
+    settings = classes[service]
+    prefix = settings.model_config.get("env_prefix", "")
+    return frozenset(
+        (alias if isinstance(alias := field.validation_alias, str) else f"{prefix}{name}").upper()
+        for name, field in settings.model_fields.items())
 
 
 def defaults() -> dict[str, str]:
@@ -152,10 +155,12 @@ def stack_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
             f"server {address} {UPSTREAM_SERVER_OPTIONS};"
             for address in full[f"{prefix}_UPSTREAM"].split()))
     full.setdefault("PYTHONUNBUFFERED", "1")  # log lines reach the log file as they happen
-    if not full.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        # Nothing is exported natively unless asked: no Jaeger or Seq to link an order to (its
-        # links are null; its trace id finds its lines in .run/logs).
+    # Nothing is exported natively unless asked: no Jaeger or Seq to link an order to (its
+    # links are null; its trace id finds its lines in .run/logs).
+    exported = full.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not (exported or full.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
         full.setdefault("ORDER_JAEGER_UI_URL", "")
+    if not (exported or full.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")):
         full.setdefault("ORDER_SEQ_UI_URL", "")
     return full
 

@@ -22,6 +22,7 @@ the program's output straight to ``logs/<name>.log``, each start under the start
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -58,9 +59,11 @@ class Program:
     argv: Sequence[str]
     env: Mapping[str, str] = field(repr=False)
     priority: int = 500  # lower starts first and stops last
-    # Restarted by :func:`apply` when its settings change; not the gateway, whose config is
-    # rendered from the environment and re-read on a signal (no request dropped).
-    restart_on_change: bool = True
+    # The variables its settings class reads: :func:`apply` restarts it when one changed. None
+    # for the gateway, whose config is rendered from the environment and re-read on a signal.
+    watched: frozenset[str] | None = None
+    # Where it answers ready: a restart waits for it before the next program's.
+    ready_url: str | None = None
 
 
 def log_file(run_dir: Path, name: str) -> Path:
@@ -177,9 +180,9 @@ def _start_supervisord(run_dir: Path, config: Path, timeout: float = 20.0) -> An
 
 
 def _settings(env: Mapping[str, str] | None, watched: Collection[str]) -> dict[str, str]:
-    """What of ``env`` a program's behaviour depends on: the ``watched`` names (the services'
-    settings) and the OpenTelemetry SDK's own variables, leaving out the rest of the caller's
-    shell (PATH, MAKEFLAGS ...), which differs from one ``up`` to the next."""
+    """What of ``env`` a program's behaviour depends on: the ``watched`` names (its settings)
+    and the OpenTelemetry SDK's own variables, leaving out the rest of the caller's shell
+    (PATH, MAKEFLAGS ...), which differs from one ``up`` to the next."""
     return {k: v for k, v in (env or {}).items() if k in watched or k.startswith("OTEL_")}
 
 
@@ -191,19 +194,40 @@ def _env_file_of(run_dir: Path, name: str) -> dict[str, str] | None:
     return env
 
 
-def apply(run_dir: Path, programs: Sequence[Program], watched: Collection[str] = ()) -> list[str]:
+def _environ_of(pid: int) -> dict[str, str] | None:
+    """The environment a running process has (launch.py ``exec``s the program with its env
+    file's): what it really runs with, whatever an interrupted ``up`` left in the files."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
+
+
+def _wait_until_ready(url: str, timeout: float = 60.0) -> None:
+    from deploy.runner.health import http_status  # health imports this module
+
+    deadline = time.monotonic() + timeout
+    while http_status(url) != 200 and time.monotonic() < deadline:
+        time.sleep(0.25)
+
+
+def apply(run_dir: Path, programs: Sequence[Program]) -> list[str]:
     """Make supervisord keep exactly `programs` and start each one not running.
 
-    A running program whose settings (``watched``: the names its settings classes read) differ
-    from what it was started with is restarted with the new ones, as compose recreates a
-    container whose environment changed: every replica of a service runs one configuration,
-    and a later ``up`` without an override takes it away again, in both modes.
+    A running program whose settings (its ``watched`` names) differ from those it runs with is
+    restarted with the new ones, as compose recreates a container whose environment changed:
+    every replica of a service runs one configuration, and a later ``up`` without an override
+    takes it away again, in both modes. One at a time, each restart waiting until the program
+    answers ready, so a service with replicas keeps one answering.
 
     Starts this run dir's supervisord if none runs. Returns the programs it keeps but that are no
     longer wanted, still running: the caller stops them (:func:`stop`) once nothing sends them
     requests.
     """
-    started_with = {p.name: _settings(_env_file_of(run_dir, p.name), watched) for p in programs}
+    # Where /proc cannot tell (not Linux), what the env files said before they are rewritten.
+    in_files = {p.name: _env_file_of(run_dir, p.name) for p in programs}
     config = write_config(run_dir, programs)
     proxy = rpc(run_dir)
     if proxy is None:
@@ -220,13 +244,23 @@ def apply(run_dir: Path, programs: Sequence[Program], watched: Collection[str] =
         surplus = list(removed)
     for program in programs:
         info = proxy.supervisor.getProcessInfo(program.name)
-        now = _settings(program.env, watched)
-        changed = sorted(k for k in {*now, *started_with[program.name]}
-                         if now.get(k) != started_with[program.name].get(k))
-        if info["statename"] in ALIVE and changed and program.restart_on_change:
-            say(f"{program.name}: settings changed ({', '.join(changed)}): restarting")
-            proxy.supervisor.stopProcess(program.name)
-            proxy.supervisor.startProcess(program.name, False)
+        differ: list[str] = []
+        if info["statename"] in ALIVE and program.watched is not None:
+            running = _environ_of(info["pid"]) if info["pid"] else None
+            was = _settings(in_files[program.name] if running is None else running,
+                            program.watched)
+            now = _settings(program.env, program.watched)
+            differ = sorted(k for k in {*now, *was} if now.get(k) != was.get(k))
+        if differ:
+            say(f"{program.name}: settings changed ({', '.join(differ)}): restarting")
+            with contextlib.suppress(xmlrpc.client.Fault):  # it stopped by itself meanwhile
+                proxy.supervisor.stopProcess(program.name)
+            try:
+                proxy.supervisor.startProcess(program.name, True)
+            except xmlrpc.client.Fault:  # it did not start: the caller's wait_ready says why
+                continue
+            if program.ready_url:
+                _wait_until_ready(program.ready_url)
         elif info["statename"] in {*ALIVE, "BACKOFF", "STOPPING"}:  # kept by supervisord
             say(f"{program.name}: {info['statename'].lower()} (pid {info['pid'] or '-'})")
         else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -205,6 +206,21 @@ def joining(name: str, trace_id: str, parent_span_id: str, recorded: bool) -> It
     parent = {"traceparent": f"00-{trace_id}-{parent_span_id}-{'01' if recorded else '00'}"}
     with span(name, parent=parent, links=[trace.Link(here)] if here.is_valid else ()) as current:
         yield current
+
+
+@contextmanager
+def in_trace(trace_id: str) -> Iterator[None]:
+    """Log lines inside belong to the trace ``trace_id`` (a 32-hex id), with no span made: for
+    work of an order done outside any span of its own (the webhook sender), so its lines carry
+    the order's trace id wherever they go (the JSON lines, the OTLP log records Seq filters
+    on). What the current context suppresses stays suppressed."""
+    here = trace.SpanContext(trace_id=int(trace_id, 16), span_id=random.getrandbits(64) or 1,
+                             is_remote=True, trace_flags=trace.TraceFlags(0))
+    token = context.attach(trace.set_span_in_context(trace.NonRecordingSpan(here)))
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 @contextmanager

@@ -252,7 +252,9 @@ def _unexpected(exc: Exception) -> JSONResponse:
     if is_outage(exc) or isinstance(exc, asyncpg.exceptions.InternalClientError):
         # asyncpg's InternalClientError is its protocol's state gone wrong, seen when a
         # database stops mid-statement (sqlalchemy#13241 counts it in ~4 % of such cuts): the
-        # same retry helps. Logged with its traceback, in case it ever is a bug of ours.
+        # same retry helps. Logged with its traceback, in case it ever is a bug of ours. Not
+        # an outage for the consumers (sagakit.consuming.OUTAGE): there a retry comes anyway,
+        # and a bug that raises it every time is parked after the last, not retried for ever.
         log.warning("store unavailable: %r", exc,
                     exc_info=exc if not is_outage(exc) else None)
         response = problem(503, "Service unavailable",

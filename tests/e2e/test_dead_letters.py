@@ -83,7 +83,7 @@ def test_a_replayed_event_takes_effect_once(client, stack):
     token = f"tok_parked{uuid.uuid4().hex[:12]}"
     event = OutgoingEvent.build(
         CardTokenized(token=token, brand="visa", last4="4242", created_at=datetime.now(UTC)),
-        source="saga-shop/payment", subject=token)
+        source="saga-shop/payment", subject=CardTokenized.subject_of(token))
     headers: dict[str, FieldValue] = {
         **event.headers, "x-dead-letter-reason": "RetryLater: test", "x-attempts": 5,
         "x-attempt": 5, "x-original-queue": "order.payment-events",

@@ -224,7 +224,7 @@ async def test_an_announced_card_token_is_accepted_and_an_unknown_one_refused(
     token = f"tok_{uuid4().hex[:24]}"
     card = CardTokenized(token=token, brand="visa", last4="4242", created_at=datetime.now(UTC))
 
-    await publish(announce(PAYMENT, card, token))
+    await publish(announce(PAYMENT, card, CardTokenized.subject_of(token)))
     order = await place(http, tap, order_body(token=token))  # as soon as it is announced
 
     assert order.created.body["payment_token"] == token

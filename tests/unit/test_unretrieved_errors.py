@@ -37,3 +37,22 @@ def test_any_other_error_nobody_awaited_stays_an_error(caplog):
     _drop_failed_future(ZeroDivisionError("a bug"))
     said = [r for r in caplog.records if "never retrieved" in r.getMessage()]
     assert [r.levelno for r in said] == [logging.ERROR]
+
+
+async def test_every_service_runs_its_saga_with_this_handler():
+    """`running()` (every service's lifespan) installs it on the service's loop."""
+    from sagakit.runtime import running
+
+    class Part:
+        async def start(self) -> None: ...
+        async def stop(self) -> None: ...
+        async def stop_consuming(self) -> None: ...
+        async def close(self) -> None: ...
+
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+    try:
+        async with running(Part(), Part()):  # type: ignore[arg-type]
+            assert loop.get_exception_handler() is unretrieved_outages
+    finally:
+        loop.set_exception_handler(before)

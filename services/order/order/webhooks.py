@@ -238,6 +238,10 @@ class WebhookSender:
         # so the order's log link in Seq shows its webhooks too. Each attempt is a task of its
         # own (gather), so the id set here is this attempt's only.
         logs.order_id_var.set(str(row["order_id"]))
+        with telemetry.in_trace(row["trace_id"]):
+            await self._attempt_in_trace(row, secrets)
+
+    async def _attempt_in_trace(self, row: asyncpg.Record, secrets: list[str]) -> None:
         if not secrets:  # signing_secrets: an erased owner's, nothing to sign it with
             await self._record(row["id"], "parked", "refused: the owner's account was erased")
             return
@@ -250,7 +254,7 @@ class WebhookSender:
             await self._record(row["id"], "delivered", None)
         elif row["attempts"] >= self.settings.max_attempts:
             log.warning("webhook %s parked after %d attempts: %s", row["id"], row["attempts"],
-                        error, extra={"trace_id": row["trace_id"]})
+                        error)
             await self._record(row["id"], "parked", error)
         else:
             delay = retry_delay(row["attempts"], self.settings.backoff_seconds,
