@@ -230,11 +230,14 @@ def apply(run_dir: Path, programs: Sequence[Program]) -> list[str]:
     in_files = {p.name: _env_file_of(run_dir, p.name) for p in programs}
     config = write_config(run_dir, programs)
     proxy = rpc(run_dir)
+    fresh: set[str] = set()  # started by this call: nothing to compare
     if proxy is None:
         proxy = _start_supervisord(run_dir, config)
         surplus: list[str] = []
+        fresh = {p.name for p in programs}
     else:
         [[added, changed, removed]] = proxy.supervisor.reloadConfig()
+        fresh = {*added, *changed}
         for name in changed:  # its section changed (another run dir layout): restart it
             proxy.supervisor.stopProcessGroup(name)
             proxy.supervisor.removeProcessGroup(name)
@@ -245,7 +248,8 @@ def apply(run_dir: Path, programs: Sequence[Program]) -> list[str]:
     for program in programs:
         info = proxy.supervisor.getProcessInfo(program.name)
         differ: list[str] = []
-        if info["statename"] in ALIVE and program.watched is not None:
+        if info["statename"] == "RUNNING" and program.watched is not None \
+                and program.name not in fresh:
             running = _environ_of(info["pid"]) if info["pid"] else None
             was = _settings(in_files[program.name] if running is None else running,
                             program.watched)
