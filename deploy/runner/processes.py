@@ -248,7 +248,7 @@ def apply(run_dir: Path, programs: Sequence[Program]) -> list[str]:
     for program in programs:
         info = proxy.supervisor.getProcessInfo(program.name)
         differ: list[str] = []
-        if info["statename"] == "RUNNING" and program.watched is not None \
+        if info["statename"] in ALIVE and program.watched is not None \
                 and program.name not in fresh:
             running = _environ_of(info["pid"]) if info["pid"] else None
             was = _settings(in_files[program.name] if running is None else running,
