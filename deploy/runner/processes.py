@@ -198,6 +198,8 @@ def _environ_of(pid: int) -> dict[str, str] | None:
     """The environment a running process has (launch.py ``exec``s the program with its env
     file's): what it really runs with, whatever an interrupted ``up`` left in the files."""
     try:
+        if LAUNCHER.name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None  # the launcher itself, not exec'd into the program yet: its env file
         raw = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return None

@@ -219,6 +219,8 @@ def test_a_running_program_whose_settings_changed_is_restarted_with_them(supervi
     processes.apply(supervised, programs(base))
     pids = {name: _wait(lambda n=name: native.read_pid(supervised, n), f"{name} never started")
             for name in ("gateway", "order", "order-2")}
+    for name in pids:  # running the program itself, as after an up (which waits for ready)
+        _wait(lambda n=name: native.log_tail(supervised, n).endswith("up"), f"{name} silent")
 
     processes.apply(supervised, programs({**base, "MAKEFLAGS": "-j2",
                                           "PRODUCTION_PREPARATION_SECONDS": "0"}))
