@@ -72,27 +72,30 @@ def say(message: str) -> None:
     print(f"native: {message}", flush=True)
 
 
-@functools.cache
-def settings_defaults() -> dict[str, str]:
-    """The defaults the runner needs that the services' settings classes state: read from them.
-
-    Imported on first use: ``down``, ``status`` and ``logs`` need no virtualenv.
-    """
+def _settings_classes() -> dict[str, type[Any]]:
+    """Each service's settings class, imported on first use: ``down``, ``status`` and ``logs``
+    need no virtualenv."""
     from identity.settings import IdentitySettings
     from order.settings import OrderSettings
     from payment.settings import PaymentSettings
     from production.settings import ProductionSettings
+
+    return {"order": OrderSettings, "payment": PaymentSettings,
+            "production": ProductionSettings, "identity": IdentitySettings}
+
+
+@functools.cache
+def settings_defaults() -> dict[str, str]:
+    """The defaults the runner needs that the services' settings classes state: read from them."""
     from sagakit.settings import ServiceSettings
 
     def default(settings: type[Any], field: str) -> str:
         return str(settings.model_fields[field].default)
 
-    classes: dict[str, type[ServiceSettings]] = {
-        "order": OrderSettings, "payment": PaymentSettings, "production": ProductionSettings,
-        "identity": IdentitySettings}
+    classes = _settings_classes()
     found = {"RABBITMQ_URL": default(ServiceSettings, "rabbitmq_url"),
              # Loopback unless set: the development accounts are on (IDENTITY_SEED_DEV_ACCOUNTS).
-             "GATEWAY_BIND": default(IdentitySettings, "gateway_bind")}
+             "GATEWAY_BIND": default(classes["identity"], "gateway_bind")}
     for service, settings in classes.items():
         prefix = service.upper()
         found[f"{prefix}_HTTP_HOST"] = default(settings, "http_host")
@@ -107,16 +110,7 @@ def settings_names(service: str) -> frozenset[str]:
     """Every variable ``service``'s settings class reads (a field's alias, else the class's
     prefix and the field's name): what its replicas are configured by, and nothing another
     service reads."""
-    from identity.settings import IdentitySettings
-    from order.settings import OrderSettings
-    from payment.settings import PaymentSettings
-    from production.settings import ProductionSettings
-    from sagakit.settings import ServiceSettings
-
-    classes: dict[str, type[ServiceSettings]] = {
-        "order": OrderSettings, "payment": PaymentSettings, "production": ProductionSettings,
-        "identity": IdentitySettings}
-    settings = classes[service]
+    settings = _settings_classes()[service]
     prefix = settings.model_config.get("env_prefix", "")
     return frozenset(
         (alias if isinstance(alias := field.validation_alias, str) else f"{prefix}{name}").upper()

@@ -232,7 +232,7 @@ def apply(run_dir: Path, programs: Sequence[Program]) -> list[str]:
     in_files = {p.name: _env_file_of(run_dir, p.name) for p in programs}
     config = write_config(run_dir, programs)
     proxy = rpc(run_dir)
-    fresh: set[str] = set()  # started by this call: nothing to compare
+    fresh: set[str]  # started by this call: nothing to compare
     if proxy is None:
         proxy = _start_supervisord(run_dir, config)
         surplus: list[str] = []

@@ -398,11 +398,10 @@ async def every(seconds: float, work: Callable[[], Awaitable[object]],
     stopping = False
 
     async def loop() -> None:
-        first = at_once
+        wait = 0.0 if at_once else seconds
         while not stopping:  # not only the cancel: a library may swallow one (sagakit.waits)
-            if not first:
-                await asyncio.sleep(seconds)
-            first = False
+            await asyncio.sleep(wait)
+            wait = seconds
             try:
                 with telemetry.untraced(), units.unit_of_work():  # its events wake the relay
                     await work()

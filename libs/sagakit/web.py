@@ -249,14 +249,14 @@ def _unexpected(exc: Exception) -> JSONResponse:
     # A store that cannot be reached (down, restarting, out of connection slots, its name gone
     # from DNS) makes the service unavailable for a moment: 503 with Retry-After tells a client
     # to try again, a 500 would not.
-    if is_outage(exc) or isinstance(exc, asyncpg.exceptions.InternalClientError):
+    outage = is_outage(exc)
+    if outage or isinstance(exc, asyncpg.exceptions.InternalClientError):
         # asyncpg's InternalClientError is its protocol's state gone wrong, seen when a
         # database stops mid-statement (sqlalchemy#13241 counts it in ~4 % of such cuts): the
         # same retry helps. Logged with its traceback, in case it ever is a bug of ours. Not
         # an outage for the consumers (sagakit.consuming.OUTAGE): there a retry comes anyway,
         # and a bug that raises it every time is parked after the last, not retried for ever.
-        log.warning("store unavailable: %r", exc,
-                    exc_info=exc if not is_outage(exc) else None)
+        log.warning("store unavailable: %r", exc, exc_info=None if outage else exc)
         response = problem(503, "Service unavailable",
                            "A backing store is unavailable; retry shortly (with the same "
                            "Idempotency-Key for an order).")
